@@ -1,0 +1,1 @@
+"""triserve command line: sample digits, run the platform locally, benchmark."""

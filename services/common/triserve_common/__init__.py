@@ -1,0 +1,1 @@
+"""Code shared by every triserve service (installed, never copied)."""

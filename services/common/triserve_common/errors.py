@@ -1,0 +1,114 @@
+"""Errors that carry their HTTP status, and the FastAPI handlers that render them.
+
+Every error body is the Open Inference Protocol's ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class TriserveError(Exception):
+    """Base error: ``status_code`` is the HTTP status a client sees."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequestError(TriserveError):
+    """The request is malformed or does not match the model (400)."""
+
+    status_code = 400
+
+
+class ModelNotFoundError(TriserveError):
+    """Unknown model or version (404)."""
+
+    status_code = 404
+
+
+class PayloadTooLargeError(TriserveError):
+    """Body, image or pixel count over a configured limit (413)."""
+
+    status_code = 413
+
+
+class UnsupportedMediaTypeError(TriserveError):
+    """The body is not of a type we accept, e.g. not an image (415)."""
+
+    status_code = 415
+
+
+class UnprocessableError(TriserveError):
+    """Well-formed type, undecodable content, e.g. a truncated image (422)."""
+
+    status_code = 422
+
+
+class ModelNotReadyError(TriserveError):
+    """The model or every backend for it is not ready (503)."""
+
+    status_code = 503
+
+
+class BackendError(TriserveError):
+    """A backend failed (502 unless told otherwise)."""
+
+    status_code = 502
+
+
+class BackendTimeoutError(TriserveError):
+    """A backend did not answer in time (504)."""
+
+    status_code = 504
+
+
+class ArtifactIntegrityError(TriserveError):
+    """An artifact's checksum or size does not match its manifest: refuse to serve it."""
+
+    status_code = 500
+
+
+def error_body(message: str) -> dict[str, Any]:
+    """OIP v2 error body."""
+    return {"error": message}
+
+
+def _format_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render :class:`TriserveError`, validation and HTTP errors as ``{"error": ...}`` JSON."""
+
+    async def triserve_handler(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TriserveError)
+        return JSONResponse(error_body(exc.message), status_code=exc.status_code)
+
+    async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(error_body(_format_validation(exc)), status_code=400)
+
+    async def http_handler(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse(
+            error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    app.add_exception_handler(TriserveError, triserve_handler)
+    app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_handler)

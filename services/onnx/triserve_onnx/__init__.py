@@ -1,0 +1,1 @@
+"""ONNX Runtime inference service (OIP v2 REST)."""

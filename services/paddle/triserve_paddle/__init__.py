@@ -1,0 +1,1 @@
+"""Paddle Inference service (OIP v2 REST)."""

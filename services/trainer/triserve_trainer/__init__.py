@@ -1,0 +1,1 @@
+"""Offline job: trains the MNIST classifier and exports the TorchServe .mar, ONNX and Paddle Inference artifacts."""
