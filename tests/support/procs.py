@@ -77,7 +77,9 @@ class ServiceProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"{self.name} not ready at {self.ready_url} after {self.timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.name} not ready at {self.ready_url} after {self.timeout}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 60) -> str:
         try:
