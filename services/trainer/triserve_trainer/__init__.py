@@ -1,1 +1,2 @@
-"""Offline job: trains the MNIST classifier and exports the TorchServe .mar, ONNX and Paddle Inference artifacts."""
+"""Offline job: trains the MNIST classifier and exports the TorchServe .mar, ONNX and Paddle Inference
+artifacts."""

@@ -1,0 +1,99 @@
+"""TorchServe model archive (``.mar``) built with the real ``torch-model-archiver``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from triserve_common.manifest import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_HANDLER = REPO_ROOT / "handlers" / "mnist_handler.py"
+PREPROCESS_FILE = "preprocess.json"
+
+#: TorchServe per-model settings shipped in the archive (``model-config.yaml``).
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 8,
+    "maxBatchDelay": 10,
+    "responseTimeout": 30,
+}
+
+
+class ArchiveError(Exception):
+    """torch-model-archiver failed."""
+
+
+def build_mar(
+    torchscript: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    spec: PreprocessSpec,
+    handler: Path = DEFAULT_HANDLER,
+    model_config: dict[str, Any] | None = None,
+) -> Path:
+    """``out_dir/<name>.mar`` containing model.pt, our handler, preprocess.json and model-config.yaml."""
+    if not handler.is_file():
+        raise ArchiveError(f"handler {handler} not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="triserve-mar-") as tmp:
+        tmpdir = Path(tmp)
+        spec_path = tmpdir / PREPROCESS_FILE
+        spec_path.write_text(spec.model_dump_json(indent=2) + "\n")
+        config_path = tmpdir / "model-config.yaml"
+        config_path.write_text(yaml.safe_dump(model_config or DEFAULT_MODEL_CONFIG, sort_keys=False))
+        work = tmpdir / "tmp"
+        work.mkdir()
+        cmd = [
+            sys.executable,
+            "-m",
+            "model_archiver.model_packaging",
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--serialized-file",
+            str(torchscript),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            str(spec_path),
+            "--config-file",
+            str(config_path),
+            "--export-path",
+            str(out_dir),
+            "--force",
+        ]
+        # torch-model-archiver stages files in $TMPDIR/<model name>: keep concurrent builds apart.
+        env = {**os.environ, "TMPDIR": str(work)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise ArchiveError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()}")
+    mar = out_dir / f"{name}.mar"
+    if not mar.is_file():
+        raise ArchiveError(f"torch-model-archiver did not write {mar}")
+    check_mar(mar, serialized=torchscript.name, handler=handler.name)
+    return mar
+
+
+def check_mar(mar: Path, serialized: str = "model.pt", handler: str = "mnist_handler.py") -> list[str]:
+    """The archive's file names; raises ArchiveError unless handler, model, spec and config are in it."""
+    with zipfile.ZipFile(mar) as zf:
+        names = zf.namelist()
+    needed = {"MAR-INF/MANIFEST.json", serialized, handler, PREPROCESS_FILE, "model-config.yaml"}
+    missing = needed - set(names)
+    if missing:
+        raise ArchiveError(f"{mar} lacks {sorted(missing)} (has {names})")
+    return names
