@@ -30,6 +30,7 @@ PADDLE_VERSION: str = getattr(paddle, "__version__", "unknown")
 Device = Literal["gpu", "cpu"]
 
 _ONEDNN = "enable_onednn" if hasattr(paddle_infer.Config, "enable_onednn") else "enable_mkldnn"
+_NO_ONEDNN = "disable_onednn" if hasattr(paddle_infer.Config, "disable_onednn") else "disable_mkldnn"
 _ONEDNN_CACHE = (
     "set_onednn_cache_capacity"
     if hasattr(paddle_infer.Config, "set_onednn_cache_capacity")
@@ -127,6 +128,8 @@ def plan_config(
         if settings.onednn:
             calls.append(ConfigCall(_ONEDNN))
             calls.append(ConfigCall(_ONEDNN_CACHE, (settings.onednn_cache_capacity,)))
+        else:  # Paddle 3 turns oneDNN on by default for CPU
+            calls.append(ConfigCall(_NO_ONEDNN))
         calls.append(ConfigCall("set_cpu_math_library_num_threads", (settings.cpu_threads,)))
     return calls
 

@@ -1,0 +1,48 @@
+"""ONNX Runtime provider selection (pure logic: which providers, in which order, with which options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from triserve_common.manifest import TensorSpec
+from triserve_onnx.runtime import select_providers, session_options
+from triserve_onnx.settings import OnnxSettings
+
+INPUTS = [TensorSpec(name="input", datatype="FP32", shape=[-1, 1, 28, 28])]
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def settings(**kw: object) -> OnnxSettings:
+    return OnnxSettings(model_store=Path("/nonexistent"), **kw)  # type: ignore[arg-type]
+
+
+def test_default_order_on_a_gpu_build() -> None:
+    chosen = select_providers(settings(trt_fp16=True, max_batch_size=64), GPU_BUILD, INPUTS)
+    assert [name for name, _ in chosen] == GPU_BUILD
+    trt = chosen[0][1]
+    assert trt["trt_fp16_enable"] is True and trt["device_id"] == 0
+    assert trt["trt_profile_min_shapes"] == "input:1x1x28x28"
+    assert trt["trt_profile_opt_shapes"] == "input:32x1x28x28"
+    assert trt["trt_profile_max_shapes"] == "input:64x1x28x28"
+    assert chosen[1] == ("CUDAExecutionProvider", {"device_id": 0})
+
+
+def test_unavailable_providers_are_skipped_cpu_always_last() -> None:
+    chosen = select_providers(settings(), ["AzureExecutionProvider", "CPUExecutionProvider"], INPUTS)
+    assert chosen == [("CPUExecutionProvider", {})]
+    chosen = select_providers(settings(providers="CUDAExecutionProvider"), GPU_BUILD, INPUTS)
+    assert [name for name, _ in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_providers_from_env_comma_separated(monkeypatch) -> None:
+    monkeypatch.setenv("TRISERVE_ONNX_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
+    monkeypatch.setenv("TRISERVE_ONNX_INTRA_OP_THREADS", "3")
+    s = OnnxSettings()
+    assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"] and s.port == 8001
+    so = session_options(s)
+    assert so.intra_op_num_threads == 3
+
+
+def test_trt_engine_cache() -> None:
+    trt = select_providers(settings(trt_engine_cache_dir=Path("/c")), GPU_BUILD, INPUTS)[0][1]
+    assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == "/c"
