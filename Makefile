@@ -1,0 +1,77 @@
+# triserve developer commands. A fresh clone (with ../shared beside it) needs only:
+#   make up      # venv + install + Java 17, then all four services in the background (gateway :8080)
+#   make test    # the whole test suite (unit + integration with real services)
+# See README.md for the rest; `make help` lists every target.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Python 3.11 (the CPU torch wheel is built for it); override with `make PYTHON=/path/to/python3.11`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.triserve-installed
+# Extra arguments: `make up ARGS="--gateway-port 9080"`, `make test PYTEST_ARGS="-k gateway -x"`.
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv install java up down run status test lint readme clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else f"triserve needs Python 3.11, {sys.executable} is {v.major}.{v.minor}: make PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(BIN)/python ## create the virtual environment (.venv)
+
+# torch is checked first: pip must take the CPU build (a plain PyPI torch is a multi-GB CUDA build).
+$(STAMP): requirements-dev.txt constraints.txt $(wildcard services/*/pyproject.toml) | $(BIN)/python
+	@url=$$($(BIN)/pip install --dry-run --ignore-installed --no-deps -q --report - -c constraints.txt torch 2>/dev/null \
+	  | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["download_info"]["url"])'); \
+	case "$$url" in *cpu*) ;; *) echo "pip would install torch from $$url, not a CPU build."; \
+	  echo "Point pip at the CPU wheels first, e.g.: export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu"; exit 1;; esac
+	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt
+	@$(BIN)/python -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build" if torch.version.cuda else 0)'
+	@touch $@
+
+install: $(STAMP) ## install the project and dev tools into .venv (only when requirements changed)
+
+java: ## check for Java >= 17 (TorchServe); install it with apt when root
+	@java="$${JAVA_HOME:+$$JAVA_HOME/bin/}java"; \
+	v=$$("$$java" -version 2>&1 | sed -nE 's/.*version "(1\.)?([0-9]+).*/\2/p' | head -n1); \
+	if [ -n "$$v" ] && [ "$$v" -ge 17 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Java 17 not found: installing openjdk-17-jre-headless with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless; \
+	else \
+	  echo "TorchServe needs Java 17 (found: $${v:-none}). Install it, then re-run make:"; \
+	  echo "  sudo apt-get install -y openjdk-17-jre-headless    # Debian/Ubuntu"; \
+	  echo "  (or any JDK/JRE >= 17 on PATH or in JAVA_HOME)"; exit 1; \
+	fi
+
+up: install java ## start the platform in the background; waits until the gateway is ready
+	$(BIN)/triserve up $(ARGS)
+
+run: install java ## start the platform in the foreground; Ctrl-C stops everything
+	$(BIN)/triserve run $(ARGS)
+
+down: ## stop what `make up` started (pid files under run/)
+	@if [ -x $(BIN)/triserve ]; then $(BIN)/triserve down $(ARGS); else echo "no $(BIN)/triserve: nothing was started"; fi
+
+status: install ## which services run and are ready
+	$(BIN)/triserve status $(ARGS)
+
+test: install java ## the whole test suite (unit + integration with real services)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff + mypy (strict)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+readme: install ## regenerate README.md's configuration reference from the settings classes
+	$(BIN)/python -m triserve_cli.platform --write-readme README.md
+
+clean: down ## stop the platform and delete run/ (logs included)
+	rm -rf run

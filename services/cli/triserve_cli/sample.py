@@ -1,0 +1,129 @@
+"""``triserve sample``: cut one MNIST test digit out of the IDX files and write it as a 28x28 PNG.
+
+    triserve sample 7 > 7.png                # the first test image labelled 7
+    triserve sample --index 42 -o 42.png     # test image #42 (its label goes to stderr)
+    triserve sample 3 --nth 5 --data-dir ~/mnist
+
+The image is MNIST's own (white digit on black, 8-bit grayscale), which is what the gateway expects.
+Data: ``--data-dir``, else ``$TRISERVE_MNIST_DIR``, else ``../shared/data/mnist`` beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from triserve_common.idx import IdxError, load_split
+
+#: The repository root when the CLI is installed from a checkout (``pip install -e services/cli``).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+MNIST_DIR_ENV = "TRISERVE_MNIST_DIR"
+
+
+def default_data_dir() -> Path:
+    """``$TRISERVE_MNIST_DIR``, else ``../shared/data/mnist`` next to the current or repository directory."""
+    if env := os.environ.get(MNIST_DIR_ENV):
+        return Path(env)
+    candidates = [base.parent / "shared" / "data" / "mnist" for base in (Path.cwd(), REPO_ROOT)]
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One MNIST image: its index in the split, its label and its pixels (uint8 ``[28, 28]``)."""
+
+    index: int
+    label: int
+    pixels: npt.NDArray[np.uint8]
+
+    def png(self) -> bytes:
+        """The image as PNG bytes (8-bit grayscale)."""
+        buf = io.BytesIO()
+        Image.fromarray(self.pixels, mode="L").save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def pick(
+    data_dir: Path, digit: int | None = None, index: int | None = None, nth: int = 0, split: str = "t10k"
+) -> Sample:
+    """The sample at ``index``, or the ``nth`` (0-based) image labelled ``digit``.
+
+    Raises ``ValueError`` (with a message for the user) when nothing matches, ``IdxError`` on bad data.
+    """
+    pair = load_split(data_dir, split)
+    count = int(pair.labels.shape[0])
+    if index is not None:
+        if not 0 <= index < count:
+            raise ValueError(f"--index {index} out of range: {split} has {count} images")
+        if digit is not None and int(pair.labels[index]) != digit:
+            raise ValueError(f"image {index} is a {int(pair.labels[index])}, not a {digit}")
+        chosen = index
+    elif digit is not None:
+        matches = np.flatnonzero(pair.labels == digit)
+        if nth >= len(matches):
+            raise ValueError(f"only {len(matches)} images labelled {digit} in {split}, --nth {nth} too large")
+        chosen = int(matches[nth])
+    else:
+        raise ValueError("give a digit (0-9) or --index")
+    return Sample(index=chosen, label=int(pair.labels[chosen]), pixels=pair.images[chosen])
+
+
+def _digit(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"digit must be 0-9, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    digit: int | None = args.digit if args.digit is not None else args.digit_opt
+    if args.digit is not None and args.digit_opt is not None and args.digit != args.digit_opt:
+        print("triserve sample: the positional digit and --digit disagree", file=sys.stderr)
+        return 2
+    out: Path | None = args.output
+    if out is None and sys.stdout.isatty():
+        print("triserve sample: not writing a PNG to a terminal; redirect or use -o FILE", file=sys.stderr)
+        return 2
+    try:
+        data_dir: Path = args.data_dir or default_data_dir()
+        sample = pick(data_dir, digit=digit, index=args.index, nth=args.nth, split=args.split)
+    except (IdxError, ValueError) as exc:
+        hint = f" (set --data-dir or ${MNIST_DIR_ENV})" if isinstance(exc, IdxError) else ""
+        print(f"triserve sample: {exc}{hint}", file=sys.stderr)
+        return 1
+    data = sample.png()
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        out.write_bytes(data)
+    print(f"{args.split} image #{sample.index}, label {sample.label}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``sample`` subcommand."""
+    parser = subparsers.add_parser(
+        "sample",
+        help="write one MNIST test digit as a PNG",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("digit", nargs="?", type=_digit, help="label to pick (0-9)")
+    parser.add_argument("--digit", dest="digit_opt", type=_digit, help="same as the positional digit")
+    parser.add_argument("--index", type=int, help="image index in the split (instead of a digit)")
+    parser.add_argument("--nth", type=int, default=0, help="with a digit: take the nth match (0-based)")
+    parser.add_argument("--split", default="t10k", choices=("t10k", "train"), help="MNIST split (t10k)")
+    parser.add_argument(
+        "--data-dir", type=Path, help=f"MNIST IDX folder (default ${MNIST_DIR_ENV} or ../shared/data/mnist)"
+    )
+    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    parser.set_defaults(func=_run)
