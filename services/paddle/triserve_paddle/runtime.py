@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import queue
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import paddle
-from paddle import inference as paddle_infer
 
 from triserve_common.errors import TriserveError
 from triserve_common.manifest import LoadedVersion, TensorSpec
 from triserve_common.runtime import Runtime, map_tensor_names
 from triserve_paddle.settings import PaddleSettings
+
+with warnings.catch_warnings():  # paddle warns about a missing ccache (only matters for C++ extensions)
+    warnings.filterwarnings("ignore", message="No ccache found")
+    import paddle
+    from paddle import inference as paddle_infer
 
 log = logging.getLogger(__name__)
 
