@@ -156,3 +156,26 @@ def test_stop_makes_the_plane_unready(plane: DataPlane) -> None:
     assert plane.ready()
     plane.stop()
     assert not plane.ready() and not plane.runtime.ready
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [1], "datatype": "INT8", "data": [1000]}]}
+        ).encode(),
+        b"[" * 100_000,
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [{"a": 1}]}]}
+        ).encode(),
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]}]}
+        ).encode(),
+        json.dumps({"inputs": [{"name": "input", "shape": [-1], "datatype": "FP32", "data": [1]}]}).encode(),
+        json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": [1]}]}).encode(),
+        json.dumps({"inputs": "input"}).encode(),
+    ],
+)
+async def test_odd_bodies_are_400_never_500(plane: DataPlane, body: bytes) -> None:
+    with pytest.raises(BadRequestError):
+        await run(plane, body)
