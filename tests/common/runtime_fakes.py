@@ -60,4 +60,5 @@ class FakeRuntime(Runtime):
 def expected_logits(x: np.ndarray) -> np.ndarray:
     """What :class:`FakeRuntime` answers for ``x``."""
     sums = x.reshape(x.shape[0], -1).sum(axis=1, dtype=np.float32)
-    return (sums[:, None] * np.arange(1, 11, dtype=np.float32)).astype(np.float32)
+    logits: np.ndarray = (sums[:, None] * np.arange(1, 11, dtype=np.float32)).astype(np.float32)
+    return logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from triserve_common.errors import BadRequestError, ModelNotFoundError, Triserve
 
 
 @pytest.fixture
-def plane() -> DataPlane:
+def plane() -> Iterator[DataPlane]:
     runtime = FakeRuntime(max_batch_size=8)
     runtime.load()
     dp = DataPlane(runtime, CollectorRegistry(), "test-server", "0.0.1")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from triserve_common.manifest import TensorSpec
 from triserve_onnx.runtime import select_providers, session_options
 from triserve_onnx.settings import OnnxSettings
@@ -34,7 +36,7 @@ def test_unavailable_providers_are_skipped_cpu_always_last() -> None:
     assert [name for name, _ in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def test_providers_from_env_comma_separated(monkeypatch) -> None:
+def test_providers_from_env_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRISERVE_ONNX_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     monkeypatch.setenv("TRISERVE_ONNX_INTRA_OP_THREADS", "3")
     s = OnnxSettings()
