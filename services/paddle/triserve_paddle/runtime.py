@@ -61,9 +61,20 @@ class Capabilities:
 
     @classmethod
     def detect(cls) -> Capabilities:
+        """CUDA: compiled in and a GPU visible; TensorRT: compiled in and its libraries loadable."""
         cuda = bool(paddle.device.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
-        trt = cuda and tuple(paddle_infer.get_trt_compile_version()) != (0, 0, 0)
+        trt = cuda and all(
+            _version_or_zero(probe) != (0, 0, 0)
+            for probe in (paddle_infer.get_trt_compile_version, paddle_infer.get_trt_runtime_version)
+        )
         return cls(cuda=cuda, tensorrt=trt)
+
+
+def _version_or_zero(probe: Any) -> tuple[int, ...]:
+    try:
+        return tuple(probe())
+    except Exception:  # a GPU build without TensorRT libraries may raise instead of answering
+        return (0, 0, 0)
 
 
 def choose_engine(settings: PaddleSettings, caps: Capabilities) -> tuple[Device, bool]:
