@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -251,6 +252,15 @@ class BackendContract:
         expected = self.direct(service.store / "mnist" / "1", x)
         np.testing.assert_allclose(from_binary, expected, rtol=self.rtol, atol=self.atol)
         assert (from_binary.argmax(1) == expected.argmax(1)).all()
+
+    def test_concurrent_requests_get_their_own_results(self, service: Running, digits: Digits) -> None:
+        """Predictor pool / session shared by threads: no batch gets another's outputs."""
+        batches = [digits.x[i : i + 1 + i % 5] for i in range(24)]
+        expected = [infer_binary(service.url, b)[1] for b in batches]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda b: infer_binary(service.url, b)[1], batches))
+        for got, want in zip(results, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=self.rtol, atol=self.atol)
 
     @pytest.mark.parametrize(
         ("path", "body", "headers", "status", "fragment"),
