@@ -23,7 +23,7 @@ def export_torchscript(model: torch.nn.Module, path: Path) -> Path:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))  # type: ignore[no-untyped-call]
-    scripted = torch.jit.freeze(scripted)
+        scripted = torch.jit.freeze(scripted)
     scripted.save(str(path))
     return path
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ class ParityError(Exception):
 def run_torchscript(path: Path, x: npt.NDArray[np.float32], batch: int = 500) -> npt.NDArray[np.float32]:
     import torch
 
-    model = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     with torch.no_grad():
         parts = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
     return np.concatenate(parts).astype(np.float32)
