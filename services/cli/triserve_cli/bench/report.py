@@ -1,0 +1,182 @@
+"""Benchmark output: the terminal table, the JSON document, the PNG plot, and the target figures."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from triserve_cli.bench.paths import ADDED_LATENCY_PAIRS
+
+Result = dict[str, Any]
+"""One measurement: ``path``, ``concurrency`` and :meth:`WrkResult.to_dict`'s fields."""
+
+PACKAGES = (
+    "torchserve", "torch", "onnxruntime", "paddlepaddle", "fastapi", "uvicorn", "httpx", "numpy", "locust",
+)
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, memory, OS and Python of this machine."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(
+            int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    except (OSError, StopIteration, ValueError):
+        mem_kb = 0
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def versions(wrk_version: str) -> dict[str, str]:
+    """Versions of the load generator, Java and the serving packages."""
+    found = {"wrk": wrk_version}
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30, check=False)
+        found["java"] = (java.stderr.splitlines() or ["?"])[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        found["java"] = "not found"
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def lookup(results: Sequence[Result], path: str, concurrency: int) -> Result | None:
+    """The measurement of ``path`` at ``concurrency``, if taken."""
+    return next((r for r in results if r["path"] == path and r["concurrency"] == concurrency), None)
+
+
+def _target(
+    name: str, value: float | None, op: str, threshold: float, unit: str, detail: str
+) -> dict[str, Any]:
+    met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+    return {"name": name, "value": value, "op": op, "threshold": threshold, "unit": unit, "met": met,
+            "detail": detail}
+
+
+def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """The issue's four targets, computed from this run (value None where a needed run is missing)."""
+    out = []
+    g32, ts32 = lookup(results, "gateway-onnx", 32), lookup(results, "torchserve-stock", 32)
+    ratio = g32["rps"] / ts32["rps"] if g32 and ts32 and ts32["rps"] > 0 else None
+    out.append(_target("gateway->ONNX vs TorchServe stock, req/s at c=32", ratio, ">=", 5.0, "x",
+                       "gateway-onnx rps / torchserve-stock rps"))
+    out.append(_target("gateway->ONNX p99 at c=32", g32["p99_ms"] if g32 else None, "<=", 50.0, "ms",
+                       "gateway-onnx p99"))
+    for gateway, direct in ADDED_LATENCY_PAIRS:
+        g1, d1 = lookup(results, gateway, 1), lookup(results, direct, 1)
+        added = g1["p50_ms"] - d1["p50_ms"] if g1 and d1 else None
+        out.append(_target(f"gateway added latency, p50 at c=1 ({direct})", added, "<=", 1.0, "ms",
+                           f"{gateway} p50 - {direct} p50"))
+    on, off = lookup(results, "gateway-batching-on", 64), lookup(results, "gateway-batching-off", 64)
+    gain = on["rps"] / off["rps"] if on and off and off["rps"] > 0 else None
+    out.append(_target("dynamic batching on vs off, req/s at c=64", gain, ">=", 2.0, "x",
+                       "gateway-batching-on rps / gateway-batching-off rps"))
+    errors = sum(int(r["errors"]) for r in results)
+    out.append(_target("errors in every run", float(errors) if results else None, "<=", 0.0, "",
+                       "socket errors + timeouts + non-2xx + wrong digits, all runs"))
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}{unit}" if unit == "x" else f"{value:.3g} {unit}".strip()
+
+
+def table(results: Sequence[Result]) -> str:
+    """A Markdown table, one row per (path, concurrency)."""
+    lines = [
+        "| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors | wrk CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['errors']} | {r['generator_cpu']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The targets as a Markdown table."""
+    lines = ["| target | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for t in rows:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        goal = f"{t['op']} {_fmt(t['threshold'], t['unit'])}"
+        lines.append(f"| {t['name']} | {_fmt(t['value'], t['unit'])} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
+def generator_table(generator: dict[str, Any]) -> str:
+    """The load generator check as one paragraph."""
+    best = generator.get("best_path")
+    if not best:
+        return "load generator: no path measured"
+    return (
+        f"load generator check: wrk against a trivial endpoint reached {generator['trivial_rps']:.0f} "
+        f"req/s at {best['concurrency']} clients; the best path ({best['path']}) reached "
+        f"{best['rps']:.0f} req/s there: "
+        f"{generator['ratio']:.1f}x headroom ({'ok' if generator['ok'] else 'NOT ENOUGH'}, need >= 10x)."
+    )
+
+
+def plot(results: Sequence[Result], path: Path, title: str) -> Path:
+    """PNG with throughput and p99 latency against concurrency, one line per path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(14, 6))
+    names = list(dict.fromkeys(r["path"] for r in results))
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
+        rows = sorted((r for r in results if r["path"] == name), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        style = {"color": cmap(i % 20), "marker": "o", "label": name,
+                 "linestyle": "--" if name == "torchserve-stock" else "-",
+                 "linewidth": 2.5 if name in ("torchserve-stock", "gateway-onnx") else 1.5}
+        ax_rps.plot(xs, [r["rps"] for r in rows], **style)
+        ax_p99.plot(xs, [r["p99_ms"] for r in rows], **style)
+    for ax, label in ((ax_rps, "throughput (req/s)"), (ax_p99, "p99 latency (ms, log)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        xticks = sorted({r["concurrency"] for r in results})
+        ax.set_xticks(xticks, [str(x) for x in xticks])
+    ax_p99.set_yscale("log")
+    ax_rps.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(document: dict[str, Any], path: Path) -> Path:
+    """The whole run as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
