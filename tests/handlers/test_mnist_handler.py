@@ -129,3 +129,22 @@ def test_png_equals_npy(handler_env: tuple[Any, Path], digits: tuple[np.ndarray,
 def test_no_data_warmup(handler_env: tuple[Any, Path]) -> None:
     handler, model_dir = handler_env
     assert handler.handle(None, FakeContext(model_dir)) is None
+
+
+def test_committed_mar_is_current(model_store: Path) -> None:
+    """The committed archive carries today's handler and verifies against its manifest."""
+    import zipfile
+
+    from triserve_common.manifest import read_manifest, verify_artifact
+
+    vdir = model_store / "mnist" / "1"
+    manifest = read_manifest(vdir)
+    for kind in ("torchserve", "onnx", "paddle", "torchscript"):
+        verify_artifact(manifest, vdir, kind)
+    with zipfile.ZipFile(vdir / "mnist.mar") as zf:
+        packaged = zf.read("mnist_handler.py")
+    assert packaged == (REPO_ROOT / "handlers" / "mnist_handler.py").read_bytes(), (
+        "handlers/mnist_handler.py changed since model_store/mnist/1/mnist.mar was built: rerun "
+        "`triserve-train --data-dir ../shared/data/mnist --version 1 --force`"
+    )
+    assert manifest.metrics.accuracy >= 0.98 and manifest.parity.passed
