@@ -1,0 +1,230 @@
+"""Backend clients, one class per protocol, over pooled keep-alive ``httpx.AsyncClient``s.
+
+- :class:`OipV2Client` (ONNX and Paddle services): OIP v2 ``/v2/models/{m}[/versions/{v}]/infer``
+  with binary tensors both ways (``Inference-Header-Content-Length``).
+- :class:`TorchServeClient`: ``POST /predictions/{m}[/{v}]`` with a ``.npy`` float32
+  ``[N,1,28,28]`` body; the handler answers a ``.npy`` float32 logits ``[N,10]``.
+
+Failures are classified for failover (:mod:`triserve_gateway.errors`): connection errors and
+503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx/404
+→ ``BackendError`` (all retryable); other 4xx → :class:`BackendRejectedError` (final).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from triserve_common import codec
+from triserve_gateway.config import BackendConfig
+from triserve_gateway.errors import (
+    BackendError,
+    BackendRejectedError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+)
+
+Array = np.ndarray[Any, Any]
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class BackendClient(Protocol):
+    """What the gateway needs from a backend."""
+
+    name: str
+    protocol: str
+    url: str
+
+    async def infer(
+        self, model: str, version: str | None, x: Array, request_id: str | None,
+        input_name: str = "input", output_name: str = "logits",
+    ) -> Array:
+        """Run a batch ``x``; return the output tensor (first axis = rows of ``x``)."""
+        ...
+
+    async def health(self, timeout: float = 1.0) -> bool:
+        """Whether the backend answers its readiness probe."""
+        ...
+
+    async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
+        """What the backend says about ``model``: at least ``version`` and ``engine`` when known."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_http_client(config: BackendConfig, base_url: str | None = None) -> httpx.AsyncClient:
+    """A pooled keep-alive client for one backend."""
+    limits = httpx.Limits(
+        max_connections=config.max_connections,
+        max_keepalive_connections=config.max_connections,
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncClient(
+        base_url=base_url or config.url, timeout=config.timeout_s, limits=limits, trust_env=False
+    )
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        return resp.text[:200]
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if key in body:
+                return str(body[key])
+    return json.dumps(body)[:200]
+
+
+class _HttpBackend:
+    protocol = "?"
+
+    def __init__(self, name: str, config: BackendConfig, http: httpx.AsyncClient | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.url = config.url
+        self._http = http or make_http_client(config)
+
+    async def _send(
+        self, method: str, url: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        try:
+            if timeout is None:
+                return await self._http.request(method, url, content=content, headers=headers)
+            return await self._http.request(method, url, content=content, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            raise BackendTimeoutError(
+                f"backend '{self.name}' did not answer within {timeout or self.config.timeout_s}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise BackendUnavailableError(
+                f"backend '{self.name}' ({self.url}) unreachable: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _check(self, resp: httpx.Response) -> None:
+        status = resp.status_code
+        if status == 200:
+            return
+        message = f"backend '{self.name}' answered {status}: {_error_message(resp)}"
+        if status in (429, 503):
+            raise BackendUnavailableError(message)
+        if status >= 500 or status == 404:
+            raise BackendError(message)
+        raise BackendRejectedError(message, status_code=status)
+
+    async def _get_json(self, url: str, timeout: float) -> Any:
+        resp = await self._send("GET", url, timeout=timeout)
+        self._check(resp)
+        return resp.json()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class OipV2Client(_HttpBackend):
+    """OIP v2 REST client with binary tensors (ONNX and Paddle services)."""
+
+    protocol = "oip-v2"
+
+    async def infer(
+        self, model: str, version: str | None, x: Array, request_id: str | None,
+        input_name: str = "input", output_name: str = "logits",
+    ) -> Array:
+        body, headers = codec.encode_request({input_name: x}, outputs=[output_name], request_id=request_id)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        prefix = f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
+        path = prefix + "/infer"
+        resp = await self._send("POST", path, content=body, headers=headers)
+        self._check(resp)
+        try:
+            decoded = codec.decode_response(
+                resp.content, codec.parse_header_length(resp.headers.get(codec.HEADER_LENGTH))
+            )
+        except Exception as exc:
+            raise BackendError(f"backend '{self.name}' sent an unreadable response: {exc}") from None
+        out = decoded.outputs.get(output_name)
+        if out is None:
+            raise BackendError(
+                f"backend '{self.name}' answered without output '{output_name}' "
+                f"(got: {', '.join(decoded.outputs) or 'none'})"
+            )
+        return out
+
+    async def health(self, timeout: float = 1.0) -> bool:
+        try:
+            resp = await self._send("GET", "/v2/health/ready", timeout=timeout)
+        except (BackendUnavailableError, BackendTimeoutError):
+            return False
+        return resp.status_code == 200
+
+    async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
+        meta = await self._get_json(f"/v2/models/{model}", timeout)
+        params = meta.get("parameters") or {}
+        versions = meta.get("versions") or []
+        return {
+            "version": versions[-1] if versions else params.get("version"),
+            "engine": params.get("engine") or meta.get("platform"),
+            "platform": meta.get("platform"),
+        }
+
+
+class TorchServeClient(_HttpBackend):
+    """TorchServe inference API client exchanging ``.npy`` tensors with our handler."""
+
+    protocol = "torchserve"
+
+    def __init__(self, name: str, config: BackendConfig, http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(name, config, http)
+        self.management_url = config.management_url
+
+    async def infer(
+        self, model: str, version: str | None, x: Array, request_id: str | None,
+        input_name: str = "input", output_name: str = "logits",
+    ) -> Array:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x, dtype="<f4"), allow_pickle=False)
+        headers = {"Content-Type": "application/octet-stream"}
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        path = f"/predictions/{model}" if version is None else f"/predictions/{model}/{version}"
+        resp = await self._send("POST", path, content=buf.getvalue(), headers=headers)
+        self._check(resp)
+        try:
+            out: Array = np.load(io.BytesIO(resp.content), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise BackendError(f"backend '{self.name}' did not answer a .npy tensor: {exc}") from None
+        return out
+
+    async def health(self, timeout: float = 1.0) -> bool:
+        try:
+            resp = await self._send("GET", "/ping", timeout=timeout)
+        except (BackendUnavailableError, BackendTimeoutError):
+            return False
+        return resp.status_code == 200
+
+    async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
+        if not self.management_url:
+            return {"version": None, "engine": "torchserve"}
+        info = await self._get_json(f"{self.management_url}/models/{model}", timeout)
+        entry = info[0] if isinstance(info, list) and info else {}
+        workers = entry.get("workers") or []
+        return {
+            "version": entry.get("modelVersion"),
+            "engine": f"torchserve ({entry.get('runtime', 'python')})",
+            "workers": len(workers),
+            "workers_ready": sum(1 for w in workers if w.get("status") == "READY"),
+        }
+
+
+def make_backend_client(name: str, config: BackendConfig) -> BackendClient:
+    """The client class for ``config.protocol``."""
+    if config.protocol == "oip-v2":
+        return OipV2Client(name, config)
+    return TorchServeClient(name, config)

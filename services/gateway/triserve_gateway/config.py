@@ -1,0 +1,207 @@
+"""Routing config: the YAML file (``services/gateway/routing.yaml``) plus env overrides.
+
+Schema (see the default file for a commented example)::
+
+    backends:            # name -> how to reach it
+      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", timeout_s: 5}
+      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085",
+                   management_url: "http://127.0.0.1:8081", metrics_url: "http://127.0.0.1:8082"}
+    models:
+      mnist:
+        strategy: weighted          # weighted | round-robin | least-outstanding | fastest
+        backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
+        batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+    health: {interval_s: 2, timeout_s: 1}
+    circuit: {failure_threshold: 3, open_s: 5}
+
+Other tools read backend ports from here (:func:`load_routing`), not from duplicated literals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from triserve_common.errors import TriserveError
+from triserve_gateway.routing import StrategyName
+from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings
+
+Protocol = Literal["oip-v2", "torchserve"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class BackendConfig(_Strict):
+    """How to reach one backend."""
+
+    protocol: Protocol
+    url: str
+    """Inference base URL (OIP v2 root, or TorchServe's inference API)."""
+    management_url: str | None = None
+    """TorchServe management API (model describe: version, runtime)."""
+    metrics_url: str | None = None
+    """TorchServe metrics API (informational)."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Per-request timeout towards this backend (504 when exceeded and no other backend helps)."""
+    max_connections: int = Field(default=512, ge=1)
+    """Pooled keep-alive connections to this backend."""
+
+    @property
+    def port(self) -> int | None:
+        """Port of :attr:`url`."""
+        return urlsplit(self.url).port
+
+
+class BackendRef(_Strict):
+    """A backend serving a model, with its share of traffic."""
+
+    name: str
+    weight: float = Field(default=1.0, ge=0)
+    """Relative share under ``weighted``; 0 = no regular traffic, failover and forced use only."""
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching towards each backend of a model."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1)
+    """Most rows (images) in one backend call."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    """Longest a request waits for companions."""
+    max_concurrent_batches: int = Field(default=2, ge=1)
+    """Batches in flight per backend before requests start waiting to be batched."""
+
+
+class ModelRoute(_Strict):
+    """Routing of one model."""
+
+    backends: list[BackendRef] = Field(min_length=1)
+    strategy: StrategyName = "weighted"
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_attempts: int | None = Field(default=None, ge=1)
+    """Backends tried per request (first try + failovers); None = every backend of the model."""
+
+
+class HealthConfig(_Strict):
+    """Active health checks."""
+
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+
+
+class CircuitConfig(_Strict):
+    """Passive ejection (circuit breaker) per backend."""
+
+    failure_threshold: int = Field(default=3, ge=1)
+    open_s: float = Field(default=5.0, ge=0)
+
+
+class RoutingConfig(_Strict):
+    """The whole routing file."""
+
+    backends: dict[str, BackendConfig]
+    models: dict[str, ModelRoute]
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> RoutingConfig:
+        for model, route in self.models.items():
+            names = [ref.name for ref in route.backends]
+            unknown = sorted(set(names) - set(self.backends))
+            if unknown:
+                raise ValueError(
+                    f"model '{model}' routes to undefined backend(s) {', '.join(unknown)} "
+                    f"(defined: {', '.join(sorted(self.backends))})"
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"model '{model}' lists a backend twice")
+        return self
+
+
+class RoutingConfigError(TriserveError, ValueError):
+    """The routing file is missing or invalid; the message names the file and the problem."""
+
+
+def load_routing(path: Path | None = None) -> RoutingConfig:
+    """Parse and validate a routing file (default: ``services/gateway/routing.yaml``)."""
+    path = path or DEFAULT_ROUTING_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RoutingConfigError(f"cannot read routing file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise RoutingConfigError(f"routing file {path} is not valid YAML: {exc}") from None
+    try:
+        return RoutingConfig.model_validate(raw)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RoutingConfigError(f"routing file {path}: {detail}") from None
+
+
+def apply_overrides(config: RoutingConfig, settings: GatewaySettings) -> RoutingConfig:
+    """A copy of ``config`` with the settings' (env) overrides applied."""
+    cfg = config.model_copy(deep=True)
+    urls = dict(settings.backend_urls)
+    for name, url in (
+        ("onnx", settings.onnx_url),
+        ("paddle", settings.paddle_url),
+        ("torchserve", settings.torchserve_url),
+    ):
+        if url:
+            urls[name] = url
+    for name, url in urls.items():
+        if name not in cfg.backends:
+            raise RoutingConfigError(f"URL override for undefined backend '{name}'")
+        cfg.backends[name].url = url.rstrip("/")
+    if settings.torchserve_management_url and "torchserve" in cfg.backends:
+        cfg.backends["torchserve"].management_url = settings.torchserve_management_url.rstrip("/")
+    for backend in cfg.backends.values():
+        if settings.backend_timeout_s is not None:
+            backend.timeout_s = settings.backend_timeout_s
+    for route in cfg.models.values():
+        for ref in route.backends:
+            if ref.name in settings.weights:
+                ref.weight = settings.weights[ref.name]
+        if settings.strategy is not None:
+            route.strategy = settings.strategy
+        if settings.batching is not None:
+            route.batching.enabled = settings.batching
+        if settings.max_batch_size is not None:
+            route.batching.max_batch_size = settings.max_batch_size
+        if settings.max_queue_delay_ms is not None:
+            route.batching.max_queue_delay_ms = settings.max_queue_delay_ms
+    if settings.health_interval_s is not None:
+        cfg.health.interval_s = settings.health_interval_s
+    if settings.circuit_failure_threshold is not None:
+        cfg.circuit.failure_threshold = settings.circuit_failure_threshold
+    if settings.circuit_open_s is not None:
+        cfg.circuit.open_s = settings.circuit_open_s
+    return cfg
+
+
+def gateway_routing(settings: GatewaySettings) -> RoutingConfig:
+    """The effective routing: the settings' routing file with their overrides."""
+    return apply_overrides(load_routing(settings.routing_file), settings)
+
+
+__all__ = [
+    "BackendConfig",
+    "BackendRef",
+    "BatchingConfig",
+    "CircuitConfig",
+    "GatewaySettings",
+    "HealthConfig",
+    "ModelRoute",
+    "RoutingConfig",
+    "RoutingConfigError",
+    "apply_overrides",
+    "gateway_routing",
+    "load_routing",
+]

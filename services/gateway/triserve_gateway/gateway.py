@@ -1,0 +1,406 @@
+"""The gateway's core, HTTP-free at its edges: route, batch, call, fail over, check health.
+
+:meth:`Gateway.infer` takes an already preprocessed float32 batch and returns the model's output:
+
+1. candidates = the model's backends that pass the active health check and whose circuit
+   breaker admits a request (a forced backend — ``X-Backend`` — is the only candidate);
+2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
+3. the request joins that backend's micro-batcher (or calls it directly with batching off);
+4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
+   up to ``max_attempts``; the breaker records one outcome per backend call.
+
+503 when no backend is routable, otherwise the last failure's status (502/503/504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from triserve_common.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError, TriserveError
+from triserve_gateway.backends import BackendClient
+from triserve_gateway.batching import BatcherPool, MicroBatcher
+from triserve_gateway.circuit import CircuitBreaker, CircuitState
+from triserve_gateway.config import ModelRoute, RoutingConfig
+from triserve_gateway.errors import (
+    BackendError,
+    BackendRejectedError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    UnknownBackendError,
+    is_retryable,
+)
+from triserve_gateway.metrics import GatewayMetrics
+from triserve_gateway.models import ModelCatalog, ModelVersion
+from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
+
+log = logging.getLogger(__name__)
+
+Array = np.ndarray[Any, Any]
+BatchKey = tuple[str, str | None, str]
+"""(model, requested version or None, backend)."""
+
+
+@dataclass
+class BackendState:
+    """A backend's client and live state: active health, circuit breaker, routing stats."""
+
+    name: str
+    client: BackendClient
+    breaker: CircuitBreaker
+    stats: BackendStats
+    healthy: bool = True
+    """Result of the last active health check (optimistic until the first one)."""
+    last_error: str | None = None
+    checked_at: float | None = None
+
+    def routable(self) -> bool:
+        """Healthy and admitted by its circuit breaker."""
+        return self.healthy and self.breaker.available()
+
+    def health_label(self) -> str:
+        if not self.healthy:
+            return "unhealthy"
+        if self.breaker.state is CircuitState.CLOSED:
+            return "healthy"
+        return "ejected" if self.breaker.state is CircuitState.OPEN else "probing"
+
+
+@dataclass
+class _Route:
+    config: ModelRoute
+    strategy: Strategy
+    candidates: list[Candidate]
+    by_name: dict[str, Candidate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """The output rows of one request and how they were obtained."""
+
+    value: Array
+    backend: str
+    model_version: str
+    queue_s: float
+    backend_s: float
+    attempts: int
+
+
+_FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
+    (BackendUnavailableError, "unavailable"),
+    (BackendTimeoutError, "timeout"),
+    (BackendRejectedError, "rejected"),
+    (BackendError, "error"),
+)
+
+
+class Gateway:
+    """Routing, batching, failover and health checking over a set of backend clients."""
+
+    def __init__(
+        self,
+        routing: RoutingConfig,
+        catalog: ModelCatalog,
+        clients: Mapping[str, BackendClient],
+        metrics: GatewayMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.routing = routing
+        self.catalog = catalog
+        self.metrics = metrics
+        missing = sorted(set(routing.backends) - set(clients))
+        if missing:
+            raise ValueError(f"no client for backend(s) {', '.join(missing)}")
+        self.backends: dict[str, BackendState] = {
+            name: BackendState(
+                name=name,
+                client=clients[name],
+                breaker=CircuitBreaker(routing.circuit.failure_threshold, routing.circuit.open_s),
+                stats=BackendStats(name),
+            )
+            for name in routing.backends
+        }
+        rng = rng or random.Random()
+        self._routes: dict[str, _Route] = {}
+        for model, route in routing.models.items():
+            cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
+            self._routes[model] = _Route(
+                route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands}
+            )
+        self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
+        self._health_task: asyncio.Task[None] | None = None
+        for state in self.backends.values():
+            self._publish_up(state)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, health_checks: bool = True) -> None:
+        """First health check (so routing starts informed), then the periodic check task."""
+        if health_checks:
+            await self.check_health()
+            self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def close(self) -> None:
+        """Stop health checks, drain batchers, close backend clients."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self._batchers.close()
+        await asyncio.gather(*(s.client.aclose() for s in self.backends.values()), return_exceptions=True)
+
+    # ------------------------------------------------------------------ queries
+
+    def _route(self, model: str) -> _Route:
+        r = self._routes.get(model)
+        if r is None:
+            known = ", ".join(sorted(self._routes))
+            raise ModelNotFoundError(f"model '{model}' is not routed (models: {known})")
+        return r
+
+    def route(self, model: str) -> ModelRoute:
+        """The routing config of ``model`` (404 if it is not routed)."""
+        return self._route(model).config
+
+    def model_ready(self, model: str) -> bool:
+        """Whether at least one backend of ``model`` is routable."""
+        r = self._routes.get(model)
+        return r is not None and any(self.backends[c.name].routable() for c in r.candidates)
+
+    def ready(self) -> bool:
+        """Every routed model has a routable backend."""
+        return bool(self._routes) and all(self.model_ready(m) for m in self._routes)
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(
+        self,
+        model: str,
+        version: str | None,
+        x: Array,
+        request_id: str | None = None,
+        backend: str | None = None,
+        mv: ModelVersion | None = None,
+    ) -> InferResult:
+        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
+        r = self._route(model)
+        mv = mv or self.catalog.get(model, version)
+        self._check_input(mv, x)
+        if backend:
+            cand = r.by_name.get(backend)
+            if cand is None:
+                raise UnknownBackendError(
+                    f"backend '{backend}' does not serve model '{model}' "
+                    f"(choose from: {', '.join(r.by_name)})"
+                )
+            pool = [cand]
+            attempts = 1
+        else:
+            pool = r.candidates
+            attempts = r.config.max_attempts or len(pool)
+        tried: list[str] = []
+        last_exc: TriserveError | None = None
+        while len(tried) < attempts:
+            avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
+            if not avail:
+                break
+            primary = [c for c in avail if c.weight > 0] or avail
+            cand = r.strategy.choose(primary)
+            state = self.backends[cand.name]
+            if not state.breaker.acquire():
+                tried.append(cand.name)
+                continue
+            if last_exc is not None:
+                self.metrics.failovers.labels(model, tried[-1]).inc()
+            tried.append(cand.name)
+            state.stats.outstanding += 1
+            try:
+                if r.config.batching.enabled:
+                    outcome = await self._batchers.get((model, version, cand.name)).submit(x, request_id)
+                    value, queue_s, backend_s = outcome.value, outcome.queue_s, outcome.run_s
+                else:
+                    start = time.perf_counter()
+                    value = await self._call(state, mv, version, x, [request_id])
+                    queue_s, backend_s = 0.0, time.perf_counter() - start
+            except TriserveError as exc:
+                if not is_retryable(exc):
+                    raise
+                last_exc = exc
+                log.warning("request %s: backend %s failed: %s", request_id, cand.name, exc.message)
+                continue
+            finally:
+                state.stats.outstanding -= 1
+            return InferResult(value, cand.name, mv.version, queue_s, backend_s, len(tried))
+        if last_exc is not None:
+            if len(tried) == 1:
+                raise last_exc
+            message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
+            raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
+        states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
+        raise ModelNotReadyError(f"no healthy backend for model '{model}' ({states})")
+
+    def _check_input(self, mv: ModelVersion, x: Array) -> None:
+        expected = mv.input.shape
+        ok = (
+            x.dtype == np.float32
+            and x.ndim == len(expected)
+            and x.shape[0] > 0
+            and all(e < 0 or e == d for e, d in zip(expected[1:], x.shape[1:], strict=True))
+        )
+        if not ok:
+            raise BadRequestError(
+                f"input '{mv.input.name}' must be FP32 {expected} with at least one row, "
+                f"got {x.dtype} {list(x.shape)}"
+            )
+
+    def _make_batcher(self, key: BatchKey) -> MicroBatcher:
+        model, version, backend = key
+        state = self.backends[backend]
+        cfg = self._routes[model].config.batching
+        mv = self.catalog.get(model, version)
+        histogram = self.metrics.batch_size.labels(model, backend)
+
+        async def run(x: Array, tags: list[Any]) -> Array:
+            return await self._call(state, mv, version, x, tags)
+
+        return MicroBatcher(
+            run,
+            max_batch_size=cfg.max_batch_size,
+            max_queue_delay_s=cfg.max_queue_delay_ms / 1000.0,
+            max_concurrent_batches=cfg.max_concurrent_batches,
+            isolate=lambda exc: isinstance(exc, BackendRejectedError),
+            on_batch=histogram.observe,
+        )
+
+    async def _call(
+        self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
+    ) -> Array:
+        """One backend call (one batch): breaker bookkeeping, latency stats, failure metrics."""
+        ids = [t for t in tags if t]
+        request_id = ",".join(ids) if ids else None
+        start = time.perf_counter()
+        try:
+            y = await state.client.infer(mv.name, version, x, request_id, mv.input.name, mv.output.name)
+            if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
+                raise BackendError(
+                    f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
+                    f"({len(mv.labels)} classes expected)"
+                )
+        except TriserveError as exc:
+            self._record_failure(state, exc)
+            raise
+        except Exception as exc:  # a bug or an unexpected client error: count it, fail over
+            err = BackendError(f"backend '{state.name}' failed: {type(exc).__name__}: {exc}")
+            self._record_failure(state, err)
+            raise err from exc
+        state.breaker.record_success()
+        state.stats.observe_latency(time.perf_counter() - start)
+        self._publish_up(state)
+        return y.astype(np.float32, copy=False)
+
+    def _record_failure(self, state: BackendState, exc: TriserveError) -> None:
+        reason = next((r for cls, r in _FAILURE_REASONS if isinstance(exc, cls)), "error")
+        self.metrics.backend_failures.labels(state.name, reason).inc()
+        if isinstance(exc, BackendRejectedError):
+            state.breaker.record_success()  # the backend is alive; the request was at fault
+            return
+        state.last_error = exc.message
+        before = state.breaker.state
+        state.breaker.record_failure()
+        if before is not CircuitState.OPEN and state.breaker.state is CircuitState.OPEN:
+            log.warning("backend %s ejected after %d consecutive failures: %s",
+                        state.name, state.breaker.consecutive_failures, exc.message)
+        self._publish_up(state)
+
+    # ------------------------------------------------------------------ health
+
+    def _publish_up(self, state: BackendState) -> None:
+        up = state.healthy and state.breaker.state is not CircuitState.OPEN
+        self.metrics.backend_up.labels(state.name).set(1.0 if up else 0.0)
+
+    async def check_health(self) -> None:
+        """Probe every backend once, concurrently, and update their ``healthy`` flags."""
+        timeout = self.routing.health.timeout_s
+        states = list(self.backends.values())
+        results = await asyncio.gather(*(s.client.health(timeout) for s in states), return_exceptions=True)
+        now = time.monotonic()
+        for state, result in zip(states, results, strict=True):
+            ok = result is True
+            if ok != state.healthy:
+                if ok:
+                    log.info("backend %s passes its health check again", state.name)
+                else:
+                    log.warning("backend %s fails its health check", state.name)
+            state.healthy = ok
+            state.checked_at = now
+            if not ok:
+                failed = isinstance(result, BaseException)
+                state.last_error = repr(result) if failed else "health check failed"
+            self._publish_up(state)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.routing.health.interval_s)
+            try:
+                await self.check_health()
+            except Exception:  # keep checking whatever happens
+                log.exception("health check round failed")
+
+    # ------------------------------------------------------------------ describe
+
+    async def describe(self, model: str) -> dict[str, Any]:
+        """TorchServe-management-style description of ``model`` with live per-backend details."""
+        route = self.route(model)
+        r = self._routes[model]
+        names = [ref.name for ref in route.backends]
+        timeout = self.routing.health.timeout_s
+
+        async def info(name: str) -> dict[str, Any]:
+            try:
+                return await self.backends[name].client.describe(model, timeout)
+            except TriserveError as exc:
+                return {"error": exc.message}
+            except Exception as exc:
+                return {"error": f"{type(exc).__name__}: {exc}"}
+
+        infos = await asyncio.gather(*(info(n) for n in names))
+        backends = []
+        for name, detail in zip(names, infos, strict=True):
+            state = self.backends[name]
+            cfg = self.routing.backends[name]
+            ewma = state.stats.ewma_s
+            backends.append(
+                {
+                    "name": name,
+                    "protocol": cfg.protocol,
+                    "url": cfg.url,
+                    "weight": r.by_name[name].weight,
+                    "health": state.health_label(),
+                    "circuit": state.breaker.state.value,
+                    "version": detail.get("version"),
+                    "engine": detail.get("engine"),
+                    "outstanding": state.stats.outstanding,
+                    "latency_ewma_ms": None if ewma is None else round(ewma * 1e3, 3),
+                    **({"last_error": state.last_error} if state.last_error and not state.routable() else {}),
+                    **{k: v for k, v in detail.items() if k not in ("version", "engine")},
+                }
+            )
+        latest = self.catalog.get(model)
+        return {
+            "modelName": model,
+            "modelVersion": latest.version,
+            "versions": self.catalog.versions(model),
+            "ready": self.model_ready(model),
+            "strategy": route.strategy,
+            "batching": route.batching.model_dump(),
+            "labels": latest.labels,
+            "backends": backends,
+        }

@@ -1,0 +1,152 @@
+"""In-process fake backends and fixtures data for the gateway's unit tests (fakes only here)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from triserve_common.manifest import (
+    Artifact,
+    DataSplit,
+    Manifest,
+    Metrics,
+    ModelInfo,
+    Parity,
+    PreprocessSpec,
+    TensorSpec,
+)
+from triserve_gateway.config import RoutingConfig
+from triserve_gateway.models import ModelCatalog, ModelVersion
+
+SPEC = PreprocessSpec()
+
+
+def gray_png(value: int, size: tuple[int, int] = (28, 28), mode: str = "L") -> bytes:
+    """A uniform image of gray ``value`` encoded as PNG."""
+    buf = io.BytesIO()
+    color: Any = value if mode in ("L", "I") else (value,) * len(mode)
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit_png(d: int, **kw: Any) -> bytes:
+    """An image the fake backends classify as digit ``d`` (gray level 26*d + 13)."""
+    return gray_png(26 * d + 13, **kw)
+
+
+def classify(x: np.ndarray) -> np.ndarray:
+    """Fake model: class = mean gray level // 26, undoing the preprocessing; one-hot-ish logits."""
+    gray = (x.reshape(x.shape[0], -1).mean(axis=1) * SPEC.std[0] + SPEC.mean[0]) * 255.0
+    cls = np.clip((gray // 26).astype(int), 0, 9)
+    logits = np.zeros((x.shape[0], 10), dtype=np.float32)
+    logits[np.arange(x.shape[0]), cls] = 10.0
+    return logits
+
+
+class FakeBackend:
+    """A BackendClient double: classifies with :func:`classify`, can fail, be slow or be down."""
+
+    protocol = "fake"
+
+    def __init__(self, name: str, delay: float = 0.0) -> None:
+        self.name = name
+        self.url = f"fake://{name}"
+        self.delay = delay
+        self.healthy = True
+        self.fail_with: BaseException | None = None
+        self.fail_times: int | None = None  # fail this many calls then recover (None = while set)
+        self.calls: list[int] = []  # rows per call
+        self.request_ids: list[str | None] = []
+        self.versions: list[str | None] = []
+        self.closed = False
+
+    async def infer(
+        self, model: str, version: str | None, x: np.ndarray, request_id: str | None,
+        input_name: str = "input", output_name: str = "logits",
+    ) -> np.ndarray:
+        self.calls.append(x.shape[0])
+        self.request_ids.append(request_id)
+        self.versions.append(version)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_with is not None and (self.fail_times is None or self.fail_times > 0):
+            if self.fail_times is not None:
+                self.fail_times -= 1
+            raise self.fail_with
+        return classify(x)
+
+    async def health(self, timeout: float = 1.0) -> bool:
+        return self.healthy
+
+    async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
+        return {"version": "1", "engine": f"fake-{self.name}"}
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def make_manifest(name: str = "mnist", version: str = "1") -> Manifest:
+    return Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(UTC),
+        framework_versions={"torch": "test"},
+        data=DataSplit(source_dir="-", files=[], split="standard", seed=0, train_size=1, test_size=1),
+        metrics=Metrics(accuracy=0.99, loss=0.01, epochs=1, training_seconds=1.0),
+        model=ModelInfo(architecture="fake", parameters=1, macs_per_image=1),
+        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 1, 28, 28])],
+        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
+        preprocessing=SPEC,
+        labels=[str(i) for i in range(10)],
+        parity=Parity(images=1, class_agreement={}, max_abs_logit_diff={}, tolerance=1e-4, passed=True),
+        artifacts={"onnx": Artifact(format="onnx", files=[])},
+    )
+
+
+def write_store(root: Path, versions: tuple[str, ...] = ("1",)) -> Path:
+    for v in versions:
+        d = root / "mnist" / v
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "manifest.json").write_text(make_manifest(version=v).model_dump_json(indent=2))
+    return root
+
+
+def catalog(versions: tuple[str, ...] = ("1",), max_pixels: int = 16_000_000) -> ModelCatalog:
+    return ModelCatalog(ModelVersion.from_manifest(make_manifest(version=v), max_pixels) for v in versions)
+
+
+def routing(
+    strategy: str = "weighted",
+    weights: dict[str, float] | None = None,
+    batching: bool = True,
+    **batch: Any,
+) -> RoutingConfig:
+    weights = weights or {"onnx": 1, "paddle": 1, "torchserve": 1}
+    return RoutingConfig.model_validate(
+        {
+            "backends": {
+                "onnx": {"protocol": "oip-v2", "url": "http://127.0.0.1:1"},
+                "paddle": {"protocol": "oip-v2", "url": "http://127.0.0.1:2"},
+                "torchserve": {"protocol": "torchserve", "url": "http://127.0.0.1:3"},
+            },
+            "models": {
+                "mnist": {
+                    "strategy": strategy,
+                    "backends": [{"name": n, "weight": w} for n, w in weights.items()],
+                    "batching": {"enabled": batching, **batch},
+                }
+            },
+            "health": {"interval_s": 0.05, "timeout_s": 0.5},
+            "circuit": {"failure_threshold": 2, "open_s": 0.2},
+        }
+    )
+
+
+def fakes(delay: float = 0.0) -> dict[str, FakeBackend]:
+    return {n: FakeBackend(n, delay) for n in ("onnx", "paddle", "torchserve")}
