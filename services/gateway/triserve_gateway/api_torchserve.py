@@ -131,11 +131,16 @@ def register(app: FastAPI, settings: GatewaySettings, service: InferenceService,
         content = render_predictions(served.mv, served.result.value, topk, len(images) > 1)
         return Response(content, media_type=JSON, headers=served.headers())
 
-    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
-        app.add_api_route(
-            path, predictions, methods=["POST", "PUT"], tags=["TorchServe inference API"],
-            summary="Classify image(s) (TorchServe-compatible)", openapi_extra=_PREDICTIONS_BODY,
-        )
+    for path, suffix in (
+        ("/predictions/{model_name}", ""),
+        ("/predictions/{model_name}/{model_version}", "_version"),
+    ):
+        for method in ("POST", "PUT"):
+            app.add_api_route(
+                path, predictions, methods=[method], tags=["TorchServe inference API"],
+                summary="Classify image(s) (TorchServe-compatible)", openapi_extra=_PREDICTIONS_BODY,
+                operation_id=f"predictions{suffix}_{method.lower()}",
+            )
 
     async def ping() -> Response:
         healthy = gateway.ready()
