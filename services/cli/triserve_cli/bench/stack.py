@@ -48,6 +48,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _torchserve_ports() -> dict[str, int]:
+    """Free ports for all five TorchServe listeners (two instances run side by side)."""
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    return {f"ts_{name}_port": free_port() for name in names}
+
+
 def stock_model_store(model_store: Path, target: Path, model: str = "mnist") -> Path:
     """A model store at ``target`` whose ``.mar`` has TorchServe's stock per-model config.
 
@@ -154,7 +160,7 @@ class Stack:
         config = PlatformConfig.from_env(
             run_dir=self.workdir / "platform", model_store=self.model_store,
             gateway_port=free_port(), onnx_port=free_port(), paddle_port=free_port(),
-            ts_inference_port=free_port(), ts_management_port=free_port(), ts_metrics_port=free_port(),
+            **_torchserve_ports(),
         )
         specs = {s.name: s for s in service_specs(config)}
         plan: list[tuple[Instance, dict[str, str]]] = []
@@ -162,15 +168,11 @@ class Stack:
             if name not in wanted:
                 continue
             extra: dict[str, str] = {}
-            if name.startswith("torchserve"):
-                # Two TorchServes side by side: each needs its own gRPC ports (7070/7071 by default).
-                extra = {"TS_GRPC_INFERENCE_PORT": str(free_port()), "TS_GRPC_MANAGEMENT_PORT": str(free_port())}
             if name == "torchserve-stock":
-                stock = replace(
-                    config, run_dir=self.workdir / "stock",
+                stock = PlatformConfig.from_env(
+                    run_dir=self.workdir / "stock",
                     model_store=stock_model_store(self.model_store, self.workdir / "stock-store"),
-                    ts_inference_port=free_port(), ts_management_port=free_port(),
-                    ts_metrics_port=free_port(),
+                    **_torchserve_ports(),
                 )
                 spec, port = {s.name: s for s in service_specs(stock)}["torchserve"], stock.ts_inference_port
             elif name.startswith("gateway"):

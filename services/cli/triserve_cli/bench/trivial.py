@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
 from typing import cast
 
 import httptools
@@ -36,15 +37,15 @@ class _Protocol(asyncio.Protocol):
             self._transport.write(self._reply)
 
 
-def reply_bytes(body: bytes) -> bytes:
-    """The fixed HTTP/1.1 keep-alive response carrying ``body``."""
-    head = f"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n\r\n"
+def reply_bytes(body: bytes, headers: Mapping[str, str] | None = None, status: str = "200 OK") -> bytes:
+    """A fixed HTTP/1.1 keep-alive response carrying ``body`` (text/plain unless ``headers`` say)."""
+    fields = {"content-type": "text/plain", **(headers or {}), "content-length": str(len(body))}
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
     return head.encode() + body
 
 
-async def serve(port: int, body: bytes, host: str = "127.0.0.1") -> None:
-    """Serve forever on ``host:port``."""
-    reply = reply_bytes(body)
+async def serve(port: int, reply: bytes, host: str = "127.0.0.1") -> None:
+    """Answer every request on ``host:port`` with the raw response ``reply``, forever."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Protocol(reply), host, port, backlog=4096)
     async with server:
@@ -54,7 +55,7 @@ async def serve(port: int, body: bytes, host: str = "127.0.0.1") -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m triserve_cli.bench.trivial PORT [BODY]``."""
     args = sys.argv[1:] if argv is None else argv
-    uvloop.run(serve(int(args[0]), (args[1] if len(args) > 1 else "ok").encode()))
+    uvloop.run(serve(int(args[0]), reply_bytes((args[1] if len(args) > 1 else "ok").encode())))
 
 
 if __name__ == "__main__":

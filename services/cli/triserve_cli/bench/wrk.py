@@ -118,7 +118,7 @@ end
 local function keep(status, body)
   if sample == "" then
     local text = string.sub(body, 1, 160)
-    sample = status .. " " .. string.gsub(text, '[^%%w%%s%%.,:;_%%-%%+%%(%%)%%[%%]{}=/]', "?")
+    sample = status .. " " .. string.gsub(text, "[^%%w .,:;_%%-%%+%%(%%)%%[%%]{}=/']", "?")
   end
 end
 
