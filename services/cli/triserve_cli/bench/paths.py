@@ -67,11 +67,10 @@ PATHS: tuple[BenchPath, ...] = (
     _gateway("gateway-auto", "gateway, automatic routing, OIP v2 binary", None),
     BenchPath("gateway-png", "gateway, automatic routing, TorchServe-style PNG upload", "gateway", "PUT",
               TS_PREDICT, "png", "text"),
+    _gateway("gateway-batching-on", "gateway -> ONNX, dynamic batching on", "onnx", "gateway-batching"),
     _gateway(
-        "gateway-batching-on", "gateway, automatic routing, dynamic batching on", None, "gateway-batching"
+        "gateway-batching-off", "gateway -> ONNX, dynamic batching off", "onnx", "gateway-nobatching"
     ),
-    _gateway("gateway-batching-off", "gateway, automatic routing, dynamic batching off", None,
-             "gateway-nobatching"),
 )
 """Every path, baseline first."""
 

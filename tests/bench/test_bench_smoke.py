@@ -1,0 +1,85 @@
+"""``triserve bench --smoke`` end to end: every path on real services, a few seconds per level.
+
+Checks the output's structure (table, JSON, PNG) and that every path answered correctly: the pre-check
+(one image per class through every path) and wrk's per-response digit check under load (0 errors).
+The targets are reported by the tool, not asserted here (a 2-core CI box says little about them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from triserve_cli.bench.paths import PATHS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LEVELS = [1, 4]
+Smoke = tuple[subprocess.CompletedProcess[str], Path, float]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Smoke:
+    out = tmp_path_factory.mktemp("bench")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "triserve_cli", "bench", "--smoke", "--no-progress", "--out", str(out),
+         "--mnist-dir", str(mnist_dir)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    return proc, out, time.monotonic() - started
+
+
+def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
+    proc, out, seconds = smoke
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert seconds < 180
+    for path in PATHS:
+        assert f"| {path.name} | 1 |" in proc.stdout
+        assert f"| {path.name} | 4 |" in proc.stdout
+    assert "load generator check" in proc.stdout
+    with Image.open(out / "bench.png") as png:
+        assert png.format == "PNG"
+        assert png.size[0] > 800
+
+
+def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
+    _, out, _ = smoke
+    doc = json.loads((out / "bench.json").read_text())
+    for key in ("machine", "versions", "settings", "paths", "precheck", "generator", "calibration", "results",
+                "targets"):
+        assert key in doc
+    assert doc["settings"]["concurrency"] == LEVELS
+    assert doc["versions"]["wrk"].startswith("wrk")
+    measured = {(r["path"], r["concurrency"]) for r in doc["results"]}
+    assert measured == {(p.name, c) for p in PATHS for c in LEVELS}
+    for row in doc["results"]:
+        assert row["requests"] > 0, row
+        assert row["errors"] == 0, row
+        assert row["bad_body"] == row["bad_status"] == 0
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+        assert row["rps"] > 0
+    assert {t["name"] for t in doc["targets"]} >= {"errors in every run"}
+
+
+def test_every_path_named_every_digit(smoke: Smoke) -> None:
+    _, out, _ = smoke
+    doc = json.loads((out / "bench.json").read_text())
+    assert [c["path"] for c in doc["precheck"]] == [p.name for p in PATHS]
+    for check in doc["precheck"]:
+        assert check["ok"], check
+        assert check["labels"] == list(range(10))
+        assert check["answers"] == check["labels"]
+
+
+def test_generator_has_headroom(smoke: Smoke) -> None:
+    _, out, _ = smoke
+    gen = json.loads((out / "bench.json").read_text())["generator"]
+    assert gen["ok"], gen
+    assert gen["trivial_rps"] >= 10 * gen["best_path"]["rps"]
