@@ -1,0 +1,255 @@
+"""docker-compose.yml (+ the GPU override) and the Prometheus/Grafana provisioning it mounts, checked
+without a Docker engine: Debian's docker-compose accepts the files, and every port, health check and
+scrape target is one the services really serve."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from tests.deploy.project import (
+    BACKENDS,
+    PYTHON_SERVICES,
+    REPO,
+    SERVICES,
+    dockerfile,
+    endpoints,
+    run_tool,
+    served_ports,
+    url_port,
+)
+
+COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
+PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = REPO / "deploy" / "grafana"
+
+
+def compose_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``docker-compose config`` output (what compose itself makes of the files), parsed."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail("docker-compose not found: apt-get install -y docker-compose")
+    argv = [exe]
+    for f in files:
+        argv += ["-f", str(f)]
+    for p in profiles:
+        argv += ["--profile", p]
+    result = run_tool([*argv, "config"])
+    names = [f.name for f in files]
+    assert result.returncode == 0, f"docker-compose config rejected {names}:\n{result.stderr}"
+    config = yaml.safe_load(result.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_config(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def compose_gpu() -> dict[str, Any]:
+    return compose_config(COMPOSE, COMPOSE_GPU)
+
+
+def container_env(service: str, config: dict[str, Any]) -> dict[str, str]:
+    """The environment the service's process sees: its image's ENV, then compose's environment."""
+    env = dockerfile(service).runtime.env()
+    env.update({k: str(v) for k, v in (config["services"][service].get("environment") or {}).items()})
+    return env
+
+
+def mounts_of(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(target, source) of a service's volumes, short (compose 1.x output) or long syntax."""
+    out = []
+    for volume in svc.get("volumes", []):
+        if isinstance(volume, dict):
+            out.append((volume["target"], str(volume.get("source", ""))))
+        else:
+            source, target = volume.split(":")[:2]
+            out.append((target, source))
+    return out
+
+
+def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Target → host path of the bind mounts."""
+    return {target: Path(source) for target, source in mounts_of(svc) if source.startswith("/")}
+
+
+def test_compose_files_are_accepted(compose: dict[str, Any], compose_gpu: dict[str, Any]) -> None:
+    assert set(SERVICES) | {"prometheus", "grafana"} <= set(compose["services"])
+    assert set(compose_gpu["services"]) == set(compose["services"])
+
+
+def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert set(published) == {"gateway"}, published
+    (port,) = published["gateway"]
+    assert int(port["published"]) == 8080
+    assert int(port["target"]) == served_ports("gateway", container_env("gateway", compose))["http"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_build_their_dockerfile_and_check_their_health(
+    service: str, compose: dict[str, Any], routes: dict[str, dict[str, str]]
+) -> None:
+    svc = compose["services"][service]
+    assert Path(svc["build"]["context"]).resolve() == REPO
+    assert svc["build"]["dockerfile"] == f"services/{service}/Dockerfile"
+    df = dockerfile(service)
+    (check,) = df.runtime.all("HEALTHCHECK")
+    _flags, rest = check.flags()
+    image_test = check.exec_form(rest.removeprefix("CMD ").strip())
+    # compose's health check is the image's (tests/deploy/test_dockerfiles.py proves that one right).
+    assert svc["healthcheck"]["test"] == ["CMD", *(image_test or [])]
+    assert svc["read_only"] is True and "/tmp" in svc["tmpfs"]
+    if service in PYTHON_SERVICES:
+        assert svc["healthcheck"]["test"][-1] == endpoints(service, routes).ready[1]
+
+
+def test_gateway_waits_for_healthy_backends(compose: dict[str, Any]) -> None:
+    depends = compose["services"]["gateway"]["depends_on"]
+    assert {name: d["condition"] for name, d in depends.items()} == dict.fromkeys(BACKENDS, "service_healthy")
+    grafana = compose["services"]["grafana"]["depends_on"]
+    assert grafana["prometheus"]["condition"] == "service_healthy"
+    for name in ("prometheus", "grafana"):
+        assert compose["services"][name]["healthcheck"]["test"]
+
+
+def test_gateway_routes_to_the_ports_the_backends_serve(compose: dict[str, Any]) -> None:
+    """The gateway's effective routing (its routing file + compose env, read by its own config code)."""
+    from tests.deploy.project import settings_under
+    from triserve_gateway.config import apply_overrides, load_routing
+
+    env = container_env("gateway", compose)
+    settings = settings_under("gateway", env)
+    routing_file = dockerfile("gateway").repo_path_of(str(settings.routing_file))  # type: ignore[attr-defined]
+    assert routing_file is not None and routing_file.is_file(), "the routing file is not in the image"
+    with_env = {k: v for k, v in env.items() if k != "TRISERVE_GATEWAY_ROUTING_FILE"}
+    routing = apply_overrides(load_routing(routing_file), settings_under("gateway", with_env))  # type: ignore[arg-type]
+    assert set(routing.backends) == set(BACKENDS)
+    for name, backend in routing.backends.items():
+        host = re.match(r"https?://([^:/]+)", backend.url)
+        assert host and host.group(1) == name, f"backend {name} at {backend.url}: not the compose service"
+        ports = served_ports(name, container_env(name, compose))
+        role = "inference" if name == "torchserve" else "http"
+        assert url_port(backend.url) == ports[role], f"gateway calls {backend.url}, {name} serves {ports}"
+        if backend.management_url:
+            assert url_port(backend.management_url) == ports["management"]
+
+
+def test_trainer_is_a_one_shot_job_under_a_profile(compose: dict[str, Any]) -> None:
+    from triserve_trainer.cli import build_parser
+
+    config = compose_config(COMPOSE, profiles=("train",))
+    trainer = config["services"]["trainer"]
+    # Started only with --profile train (`docker compose up` leaves it out); it runs once.
+    assert trainer["profiles"] == ["train"] and trainer["restart"] == "no"
+    assert [n for n, svc in compose["services"].items() if svc.get("profiles")] == ["trainer"]
+    args = build_parser().parse_args(trainer["command"])
+    targets = {target for target, _source in mounts_of(trainer)}
+    assert str(args.store) in targets, "the model store the trainer writes is a volume"
+    assert dockerfile("trainer").runtime.env()["TRISERVE_MNIST_DIR"] in targets
+
+
+def test_gpu_override_reserves_gpus_and_builds_gpu_images(compose_gpu: dict[str, Any]) -> None:
+    for name in BACKENDS:
+        svc = compose_gpu["services"][name]
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert svc["image"].endswith(":gpu")
+        declared = dockerfile(name).declared_args()
+        assert set(svc["build"]["args"]) <= set(declared), "build args the Dockerfile does not declare"
+        assert "cuda" in svc["build"]["args"]["BASE_IMAGE"]
+    assert compose_gpu["services"]["onnx"]["build"]["args"]["ORT_PACKAGE"] == "onnxruntime-gpu"
+    assert compose_gpu["services"]["paddle"]["build"]["args"]["PADDLE_PACKAGE"] == "paddlepaddle-gpu"
+    assert "/cu" in compose_gpu["services"]["torchserve"]["build"]["args"]["TORCH_INDEX_URL"]
+    assert "deploy" not in compose_gpu["services"]["gateway"]
+    # The env the override sets is valid for the services' settings.
+    from tests.deploy.project import settings_under
+
+    for name in ("onnx", "paddle"):
+        settings_under(name, container_env(name, compose_gpu))
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+def test_prometheus_scrapes_the_metrics_every_service_serves(
+    compose: dict[str, Any], routes: dict[str, dict[str, str]]
+) -> None:
+    prom = compose["services"]["prometheus"]
+    mounts = bind_mounts(prom)
+    assert Path(mounts["/etc/prometheus/prometheus.yml"]) == PROMETHEUS
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for service in SERVICES:
+        job = jobs[service]
+        (static,) = job["static_configs"]
+        (target,) = static["targets"]
+        host, _, port = target.partition(":")
+        assert host == service and host in compose["services"]
+        port_name, path = endpoints(service, routes).metrics
+        assert int(port) == served_ports(service, container_env(service, compose))[port_name]
+        assert job.get("metrics_path", "/metrics") == path
+
+
+# --------------------------------------------------------------------------- Grafana
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the gateway and the OIP v2 backends export (from their own metric classes)."""
+    from triserve_common.dataplane import DataPlaneMetrics
+    from triserve_gateway.metrics import GatewayMetrics
+
+    names: set[str] = set()
+    for cls in (GatewayMetrics, DataPlaneMetrics):
+        registry = CollectorRegistry()
+        cls(registry)
+        for family in registry.collect():
+            names.add(family.name)
+            names.update(s.name for s in family.samples)
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            if family.type == "histogram":
+                names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def test_grafana_provisions_the_datasource_and_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    datasources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+    (datasource,) = datasources["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert re.fullmatch(r"http://prometheus:\d+", datasource["url"]) and "prometheus" in compose["services"]
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/triserve.yml").read_text())["providers"]
+    assert mounts[provider["options"]["path"]] == GRAFANA / "dashboards"
+    dashboard = json.loads((GRAFANA / "dashboards/triserve.json").read_text())
+    variable = next(v for v in dashboard["templating"]["list"] if v["type"] == "datasource")
+    assert variable["current"]["value"] == datasource["uid"]
+
+
+def test_dashboard_panels_query_metrics_that_exist() -> None:
+    dashboard = json.loads((GRAFANA / "dashboards/triserve.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = " | ".join(p["title"] for p in panels).lower()
+    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up"):
+        assert needed in titles, f"no panel about {needed}"
+    exported = exported_metric_names()
+    jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
+    for panel in panels:
+        for target in panel["targets"]:
+            for metric in re.findall(r"\b(triserve_[a-z_]+)", target["expr"]):
+                assert metric in exported, f"panel {panel['title']!r}: {metric} is exported by no service"
+            for job_regex in re.findall(r'job=~"([^"]+)"', target["expr"]):
+                assert set(job_regex.split("|")) <= jobs, job_regex
