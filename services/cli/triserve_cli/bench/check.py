@@ -17,22 +17,25 @@ from triserve_common import codec
 from triserve_common.errors import BadRequestError
 
 
-def label_of(answer: Answer, response: httpx.Response) -> int:
-    """The digit a 2xx response names (-1 when it names none), decoded as the path answers."""
+def label_of(answer: Answer, content: bytes, header_length: str | None = None) -> int:
+    """The digit a 2xx body names (-1 when it names none), decoded as the path answers.
+
+    ``header_length``: the response's ``Inference-Header-Content-Length`` (binary OIP v2 answers).
+    """
     try:
         if answer == "text":
-            text = response.text.strip().strip('"')
+            text = content.decode().strip().strip('"')
             return int(text) if text.isdigit() and len(text) == 1 else -1
         if answer == "npy":
-            logits = np.load(io.BytesIO(response.content), allow_pickle=False)
-            return int(np.argmax(logits.reshape(-1))) if logits.size == 10 else -1
-        if answer == "v2":
-            length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
-            logits = codec.decode_response(response.content, length).outputs["logits"]
-            return int(np.argmax(logits.reshape(-1))) if logits.size == 10 else -1
-    except (ValueError, KeyError, json.JSONDecodeError, BadRequestError):
+            logits = np.load(io.BytesIO(content), allow_pickle=False)
+        elif answer == "v2":
+            length = codec.parse_header_length(header_length)
+            logits = codec.decode_response(content, length).outputs["logits"]
+        else:
+            return -2  # "any": no digit to read
+    except (ValueError, KeyError, json.JSONDecodeError, BadRequestError, UnicodeDecodeError):
         return -1
-    return -2  # "any": no digit to read
+    return int(np.argmax(logits.reshape(-1))) if logits.size == 10 else -1
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float
                 answers.append(-1)
                 failures.append(f"image {digit.index}: HTTP {response.status_code} {response.text[:200]!r}")
                 continue
-            got = label_of(path.answer, response)
+            got = label_of(path.answer, response.content, response.headers.get(codec.HEADER_LENGTH))
             answers.append(got)
             if got != digit.label:
                 failures.append(

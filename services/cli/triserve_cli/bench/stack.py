@@ -113,6 +113,8 @@ class Instance:
         """Whether its readiness URL answers 200; raises when the process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        if self.spec.ready_url is None:
+            return True
         try:
             return httpx.get(self.spec.ready_url, timeout=2.0).status_code == 200
         except httpx.HTTPError:
