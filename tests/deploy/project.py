@@ -177,7 +177,7 @@ class Instruction:
         rest = self.args
         while (match := re.match(r"--([a-z-]+)(?:=(\S+))?\s+", rest)) is not None:
             flags[match.group(1)] = match.group(2) or ""
-            rest = rest[match.end():]
+            rest = rest[match.end() :]
         return flags, rest
 
     def exec_form(self, text: str | None = None) -> list[str] | None:

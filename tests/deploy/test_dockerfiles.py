@@ -114,8 +114,11 @@ def test_versions_are_pinned(image: str) -> None:
         assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"base image {base} is not pinned"
     pins = constraints()
     # Version build args follow constraints.txt (the GPU packages share the CPU packages' versions).
-    for arg, package in (("ORT_VERSION", "onnxruntime"), ("PADDLE_VERSION", "paddlepaddle"),
-                         ("TORCH_VERSION", "torch")):
+    for arg, package in (
+        ("ORT_VERSION", "onnxruntime"),
+        ("PADDLE_VERSION", "paddlepaddle"),
+        ("TORCH_VERSION", "torch"),
+    ):
         if arg in args:
             assert args[arg] == pins[package], f"{arg}={args[arg]}, constraints: {package}=={pins[package]}"
     for stage in df.stages:
@@ -124,7 +127,7 @@ def test_versions_are_pinned(image: str) -> None:
                 if "pip" not in words or "install" not in words:
                     continue
                 constrained = "-c" in words and words[words.index("-c") + 1] == "constraints.txt"
-                it = iter(words[words.index("install") + 1:])
+                it = iter(words[words.index("install") + 1 :])
                 for word in it:
                     if word in ("-c", "--index-url", "--extra-index-url", "-e"):
                         next(it)  # the option's value: a file, an index, a local folder
@@ -252,9 +255,17 @@ def test_trainer_has_no_healthcheck_port() -> None:
     assert not df.runtime.all("EXPOSE")
 
 
-@pytest.mark.parametrize("image,arg", [("onnx", "ORT_PACKAGE"), ("paddle", "PADDLE_PACKAGE"),
-                                       ("torchserve", "TORCH_INDEX_URL"), ("onnx", "BASE_IMAGE"),
-                                       ("paddle", "BASE_IMAGE"), ("torchserve", "BASE_IMAGE")])
+@pytest.mark.parametrize(
+    "image,arg",
+    [
+        ("onnx", "ORT_PACKAGE"),
+        ("paddle", "PADDLE_PACKAGE"),
+        ("torchserve", "TORCH_INDEX_URL"),
+        ("onnx", "BASE_IMAGE"),
+        ("paddle", "BASE_IMAGE"),
+        ("torchserve", "BASE_IMAGE"),
+    ],
+)
 def test_gpu_variant_is_a_build_argument(image: str, arg: str) -> None:
     assert arg in dockerfile(image).declared_args()
 
