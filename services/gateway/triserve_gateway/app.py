@@ -48,6 +48,9 @@ def create_app(
     """The gateway app. ``routing``/``catalog``/``clients`` default to the settings' files and
     real HTTP clients; tests inject fakes. Raises :class:`TriserveError` on bad config."""
     settings = settings or GatewaySettings()
+    # httpx logs every backend request at INFO: far too chatty (and slow) for a hot path.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     routing = routing or gateway_routing(settings)
     catalog = catalog or ModelCatalog.from_store(
         settings.model_store, routing.models.keys(), settings.max_image_pixels

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -27,9 +29,11 @@ from triserve_gateway.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
 )
+from triserve_gateway.transport import FastHTTPTransport
 
 Array = np.ndarray[Any, Any]
 REQUEST_ID_HEADER = "X-Request-Id"
+_HEADER_LENGTH_KEY = codec.HEADER_LENGTH.lower()
 
 
 class BackendClient(Protocol):
@@ -57,23 +61,23 @@ class BackendClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_http_client(config: BackendConfig, base_url: str | None = None) -> httpx.AsyncClient:
-    """A pooled keep-alive client for one backend."""
-    limits = httpx.Limits(
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_connections,
-        keepalive_expiry=30.0,
-    )
+def make_http_client(
+    config: BackendConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """A pooled keep-alive client for one backend (lean HTTP/1.1 transport by default)."""
     return httpx.AsyncClient(
-        base_url=base_url or config.url, timeout=config.timeout_s, limits=limits, trust_env=False
+        base_url=config.url,
+        timeout=config.timeout_s,
+        transport=transport or FastHTTPTransport(config.max_connections),
+        trust_env=False,
     )
 
 
-def _error_message(resp: httpx.Response) -> str:
+def _error_message(content: bytes) -> str:
     try:
-        body = resp.json()
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        return resp.text[:200]
+        return content[:200].decode(errors="replace")
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
             if key in body:
@@ -81,37 +85,81 @@ def _error_message(resp: httpx.Response) -> str:
     return json.dumps(body)[:200]
 
 
+class _Answer:
+    """A backend's HTTP answer: status, lower-cased headers, body."""
+
+    __slots__ = ("content", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+
 class _HttpBackend:
+    """Shared plumbing: one pooled ``httpx.AsyncClient`` per backend; the hot path (``_post``)
+    hands pre-serialised requests straight to its :class:`FastHTTPTransport`, skipping httpx's
+    per-request object building; probes and management calls go through the client itself."""
+
     protocol = "?"
 
     def __init__(self, name: str, config: BackendConfig, http: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self.config = config
         self.url = config.url
-        self._http = http or make_http_client(config)
+        self._fast: FastHTTPTransport | None = None
+        if http is None:
+            self._fast = FastHTTPTransport(config.max_connections)
+            http = make_http_client(config, self._fast)
+        self._http = http
+        parts = urlsplit(config.url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._prefix = parts.path.rstrip("/")
+        self._host_header = f"Host: {parts.netloc}\r\n".encode()
 
-    async def _send(
-        self, method: str, url: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
+    def _unavailable(self, exc: Exception) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"backend '{self.name}' ({self.url}) unreachable: {type(exc).__name__}: {exc}"
+        )
+
+    def _timed_out(self, timeout: float | None) -> BackendTimeoutError:
+        return BackendTimeoutError(
+            f"backend '{self.name}' did not answer within {timeout or self.config.timeout_s}s"
+        )
+
+    async def _post(self, path: str, headers: Mapping[str, str], body: bytes) -> _Answer:
+        """POST ``body`` to ``path``; transport failures become retryable backend errors."""
         try:
-            if timeout is None:
-                return await self._http.request(method, url, content=content, headers=headers)
-            return await self._http.request(method, url, content=content, headers=headers, timeout=timeout)
+            if self._fast is None:
+                resp = await self._http.post(path, content=body, headers=dict(headers))
+                return _Answer(resp.status_code, resp.headers, resp.content)
+            head = [f"POST {self._prefix}{path} HTTP/1.1\r\n".encode(), self._host_header]
+            for key, value in headers.items():
+                head.append(f"{key}: {value}\r\n".encode("latin-1"))
+            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            status, raw, content = await self._fast.exchange(
+                self._host, self._port, b"".join(head) + body,
+                timeout=self.config.timeout_s, connect_timeout=self.config.timeout_s,
+            )
+            return _Answer(status, {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}, content)
         except httpx.TimeoutException:
-            raise BackendTimeoutError(
-                f"backend '{self.name}' did not answer within {timeout or self.config.timeout_s}s"
-            ) from None
+            raise self._timed_out(None) from None
         except httpx.TransportError as exc:
-            raise BackendUnavailableError(
-                f"backend '{self.name}' ({self.url}) unreachable: {type(exc).__name__}: {exc}"
-            ) from None
+            raise self._unavailable(exc) from None
 
-    def _check(self, resp: httpx.Response) -> None:
-        status = resp.status_code
+    async def _get(self, url: str, timeout: float) -> httpx.Response:
+        try:
+            return await self._http.get(url, timeout=timeout)
+        except httpx.TimeoutException:
+            raise self._timed_out(timeout) from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+
+    def _check(self, status: int, content: bytes) -> None:
         if status == 200:
             return
-        message = f"backend '{self.name}' answered {status}: {_error_message(resp)}"
+        message = f"backend '{self.name}' answered {status}: {_error_message(content)}"
         if status in (429, 503):
             raise BackendUnavailableError(message)
         if status >= 500 or status == 404:
@@ -119,9 +167,16 @@ class _HttpBackend:
         raise BackendRejectedError(message, status_code=status)
 
     async def _get_json(self, url: str, timeout: float) -> Any:
-        resp = await self._send("GET", url, timeout=timeout)
-        self._check(resp)
+        resp = await self._get(url, timeout)
+        self._check(resp.status_code, resp.content)
         return resp.json()
+
+    async def _probe(self, path: str, timeout: float) -> bool:
+        try:
+            resp = await self._get(path, timeout)
+        except (BackendUnavailableError, BackendTimeoutError):
+            return False
+        return resp.status_code == 200
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -140,12 +195,11 @@ class OipV2Client(_HttpBackend):
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         prefix = f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
-        path = prefix + "/infer"
-        resp = await self._send("POST", path, content=body, headers=headers)
-        self._check(resp)
+        resp = await self._post(prefix + "/infer", headers, body)
+        self._check(resp.status, resp.content)
         try:
             decoded = codec.decode_response(
-                resp.content, codec.parse_header_length(resp.headers.get(codec.HEADER_LENGTH))
+                resp.content, codec.parse_header_length(resp.headers.get(_HEADER_LENGTH_KEY))
             )
         except Exception as exc:
             raise BackendError(f"backend '{self.name}' sent an unreadable response: {exc}") from None
@@ -158,11 +212,7 @@ class OipV2Client(_HttpBackend):
         return out
 
     async def health(self, timeout: float = 1.0) -> bool:
-        try:
-            resp = await self._send("GET", "/v2/health/ready", timeout=timeout)
-        except (BackendUnavailableError, BackendTimeoutError):
-            return False
-        return resp.status_code == 200
+        return await self._probe("/v2/health/ready", timeout)
 
     async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
         meta = await self._get_json(f"/v2/models/{model}", timeout)
@@ -194,8 +244,8 @@ class TorchServeClient(_HttpBackend):
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         path = f"/predictions/{model}" if version is None else f"/predictions/{model}/{version}"
-        resp = await self._send("POST", path, content=buf.getvalue(), headers=headers)
-        self._check(resp)
+        resp = await self._post(path, headers, buf.getvalue())
+        self._check(resp.status, resp.content)
         try:
             out: Array = np.load(io.BytesIO(resp.content), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -203,11 +253,7 @@ class TorchServeClient(_HttpBackend):
         return out
 
     async def health(self, timeout: float = 1.0) -> bool:
-        try:
-            resp = await self._send("GET", "/ping", timeout=timeout)
-        except (BackendUnavailableError, BackendTimeoutError):
-            return False
-        return resp.status_code == 200
+        return await self._probe("/ping", timeout)
 
     async def describe(self, model: str, timeout: float = 1.0) -> dict[str, Any]:
         if not self.management_url:

@@ -96,6 +96,8 @@ class MicroBatcher:
         """
         if self._closed:
             raise RuntimeError("batcher is closed")
+        if not self._queue and self._running < self.max_concurrent_batches:
+            return await self._run_inline(x, tag)
         loop = asyncio.get_running_loop()
         pending = _Pending(x, tag, loop.create_future(), time.perf_counter())
         self._queue.append(pending)
@@ -104,6 +106,23 @@ class MicroBatcher:
             self._collector = loop.create_task(self._collect())
         self._wakeup.set()
         return await pending.future
+
+    async def _run_inline(self, x: Array, tag: Any) -> BatchOutcome:
+        """Fast path: nothing queued and spare capacity, so the caller runs its own batch of one."""
+        rows = x.shape[0]
+        self._running += 1
+        start = time.perf_counter()
+        if self._on_batch is not None:
+            self._on_batch(rows)
+        try:
+            y = await self._run(x, [tag])
+        finally:
+            self._running -= 1
+            if self._queue:
+                self._wakeup.set()
+        if y.shape[0] != rows:
+            raise RuntimeError(f"batched call returned {y.shape[0]} rows for {rows} inputs")
+        return BatchOutcome(y, 0.0, time.perf_counter() - start, rows)
 
     async def close(self) -> None:
         """Stop collecting, fail queued callers and wait for running batches."""

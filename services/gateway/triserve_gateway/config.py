@@ -177,6 +177,8 @@ def apply_overrides(config: RoutingConfig, settings: GatewaySettings) -> Routing
             route.batching.max_batch_size = settings.max_batch_size
         if settings.max_queue_delay_ms is not None:
             route.batching.max_queue_delay_ms = settings.max_queue_delay_ms
+        if settings.max_concurrent_batches is not None:
+            route.batching.max_concurrent_batches = settings.max_concurrent_batches
     if settings.health_interval_s is not None:
         cfg.health.interval_s = settings.health_interval_s
     if settings.circuit_failure_threshold is not None:

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 STAGES = ("preprocess", "queue", "backend")
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class LabelCache(Generic[M]):
+    """A labelled metric whose children are looked up in a dict (``labels()`` is slow-ish)."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
 
 
 class GatewayMetrics:
@@ -14,54 +32,44 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
+        r = registry
+        self.requests = LabelCache(Counter(
             "triserve_gateway_requests",
             "Inference requests by model, backend that answered (none if no backend did) and HTTP status.",
-            ["model", "backend", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
+            ["model", "backend", "status"], registry=r,
+        ))  # fmt: skip
+        self.latency = LabelCache(Histogram(
             "triserve_gateway_request_duration_seconds",
             "Total time of an inference request in the gateway (body read to response built).",
-            ["model", "backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.stage_latency = Histogram(
+            ["model", "backend"], buckets=LATENCY_BUCKETS, registry=r,
+        ))  # fmt: skip
+        self.stage_latency = LabelCache(Histogram(
             "triserve_gateway_stage_duration_seconds",
             "Time of each stage of an inference request: preprocess, queue (batching), backend.",
-            ["model", "backend", "stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
+            ["model", "backend", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+        ))  # fmt: skip
+        self.in_flight = LabelCache(Gauge(
             "triserve_gateway_requests_in_flight",
             "Inference requests being processed by the gateway.",
-            ["model"],
-            registry=registry,
-        )
-        self.batch_size = Histogram(
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.batch_size = LabelCache(Histogram(
             "triserve_gateway_batch_size",
             "Rows (images) per backend call.",
-            ["model", "backend"],
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.backend_up = Gauge(
+            ["model", "backend"], buckets=BATCH_BUCKETS, registry=r,
+        ))  # fmt: skip
+        self.backend_up = LabelCache(Gauge(
             "triserve_gateway_backend_up",
             "1 when the backend passes its active health check and its circuit is not open.",
-            ["backend"],
-            registry=registry,
-        )
-        self.backend_failures = Counter(
+            ["backend"], registry=r,
+        ))  # fmt: skip
+        self.backend_failures = LabelCache(Counter(
             "triserve_gateway_backend_failures",
             "Failed backend calls by reason (unavailable, timeout, error, rejected).",
-            ["backend", "reason"],
-            registry=registry,
-        )
-        self.failovers = Counter(
+            ["backend", "reason"], registry=r,
+        ))  # fmt: skip
+        self.failovers = LabelCache(Counter(
             "triserve_gateway_failovers",
             "Requests retried on another backend after a failure of this one.",
-            ["model", "backend"],
-            registry=registry,
-        )
+            ["model", "backend"], registry=r,
+        ))  # fmt: skip

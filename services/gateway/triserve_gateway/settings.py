@@ -61,6 +61,8 @@ class GatewaySettings(ServiceSettings):
     """Override of every model's ``batching.max_batch_size``."""
     max_queue_delay_ms: float | None = None
     """Override of every model's ``batching.max_queue_delay_ms``."""
+    max_concurrent_batches: int | None = None
+    """Override of every model's ``batching.max_concurrent_batches``."""
     backend_timeout_s: float | None = None
     """Override of every backend's request timeout."""
     health_interval_s: float | None = None
