@@ -71,7 +71,8 @@ def pod_spec(obj: Obj) -> Obj:
 
 
 def main_container(obj: Obj) -> Obj:
-    (container,) = pod_spec(obj)["containers"]
+    containers: list[Obj] = pod_spec(obj)["containers"]
+    (container,) = containers
     return container
 
 
