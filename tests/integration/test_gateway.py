@@ -1,0 +1,344 @@
+"""The gateway in front of the three REAL backends (ONNX service, Paddle service, TorchServe).
+
+Every service runs as its own process on free 127.0.0.1 ports; digits are cut from the MNIST t10k
+files at test time and sent as PNGs the way ``curl -T 0.png`` sends them (PUT, raw body).
+One stack per module (TorchServe's JVM start is the slow part).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.procs import REPO_ROOT, ServiceProcess, free_port, python_exe
+from triserve_common import codec
+from triserve_common.idx import load_split
+from triserve_common.manifest import PreprocessSpec, read_manifest
+
+pytestmark = pytest.mark.integration
+
+BACKENDS = ("onnx", "paddle", "torchserve")
+KNOWN_AMBIGUOUS = {18}
+"""t10k #18 is an ambiguous 3 (read as a 5 by many models): the next 3 is used instead."""
+MAX_BODY = 1 << 20
+MAX_PIXELS = 1_000_000
+
+
+Digits = tuple[list[bytes], np.ndarray, np.ndarray]
+
+
+@dataclass
+class Stack:
+    gateway: str
+    procs: dict[str, ServiceProcess]
+    urls: dict[str, str]
+    ts_management: str
+
+    def put(self, body: bytes, path: str = "/predictions/mnist", **headers: str) -> httpx.Response:
+        # curl -T file: PUT with the file as the raw body
+        return httpx.put(f"{self.gateway}{path}", content=body, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir: Path) -> Digits:
+    """PNGs of one t10k image per digit 0..9, their labels and the raw uint8 images."""
+    pair = load_split(mnist_dir, "t10k")
+    idx = [next(int(i) for i in np.flatnonzero(pair.labels == d) if int(i) not in KNOWN_AMBIGUOUS)
+           for d in range(10)]
+    pngs = []
+    for i in idx:
+        buf = io.BytesIO()
+        Image.fromarray(pair.images[i]).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs, pair.labels[idx].astype(int), pair.images[idx]
+
+
+def _wait_torchserve_worker(management: str, proc: ServiceProcess, timeout: float = 120.0) -> None:
+    """TorchServe answers /ping before its model worker is up: wait for a READY worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"torchserve exited:\n{proc.log_tail()}")
+        try:
+            workers = httpx.get(f"{management}/models/mnist", timeout=5).json()[0]["workers"]
+            if workers and all(w["status"] == "READY" for w in workers):
+                return
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"mnist worker not READY after {timeout}s:\n{proc.log_tail()}")
+
+
+def _runtime_service(name: str, module: str, prefix: str, log_dir: Path, store: Path) -> ServiceProcess:
+    port = free_port()
+    return ServiceProcess(
+        name,
+        [python_exe(), "-m", module],
+        ready_url=f"http://127.0.0.1:{port}/v2/health/ready",
+        log_dir=log_dir,
+        env={f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), f"{prefix}MODEL_STORE": str(store),
+             f"{prefix}LOG_LEVEL": "warning"},
+        timeout=120.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    procs: dict[str, ServiceProcess] = {}
+    try:
+        ts_ports = {"TS_INFERENCE_PORT": free_port(), "TS_MANAGEMENT_PORT": free_port(),
+                    "TS_METRICS_PORT": free_port(),
+                    # TorchServe properties by env (enable_envvars_config): keep gRPC off 7070/7071
+                    "TS_GRPC_INFERENCE_PORT": free_port(), "TS_GRPC_MANAGEMENT_PORT": free_port()}
+        ts_url = f"http://127.0.0.1:{ts_ports['TS_INFERENCE_PORT']}"
+        ts_management = f"http://127.0.0.1:{ts_ports['TS_MANAGEMENT_PORT']}"
+        procs["torchserve"] = ServiceProcess(
+            "torchserve",
+            ["bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")],
+            ready_url=f"{ts_url}/ping",
+            log_dir=service_logs,
+            env={**{k: str(v) for k, v in ts_ports.items()},
+                 "TS_RUN_DIR": str(tmp_path_factory.mktemp("gw-torchserve")),
+                 "TS_MODEL_STORE": str(model_store / "mnist" / "1")},
+            timeout=120.0,
+        )
+        # start TorchServe first (slowest), the Python services meanwhile
+        procs["torchserve"].proc = None
+        ts_thread = threading.Thread(target=procs["torchserve"].start)
+        ts_thread.start()
+        procs["onnx"] = _runtime_service("onnx", "triserve_onnx", "TRISERVE_ONNX_", service_logs, model_store)
+        procs["paddle"] = _runtime_service(
+            "paddle", "triserve_paddle", "TRISERVE_PADDLE_", service_logs, model_store
+        )
+        procs["onnx"].start()
+        procs["paddle"].start()
+        ts_thread.join()
+        _wait_torchserve_worker(ts_management, procs["torchserve"])
+        urls = {
+            "onnx": procs["onnx"].ready_url.removesuffix("/v2/health/ready"),
+            "paddle": procs["paddle"].ready_url.removesuffix("/v2/health/ready"),
+            "torchserve": ts_url,
+        }
+        port = free_port()
+        gateway = f"http://127.0.0.1:{port}"
+        procs["gateway"] = ServiceProcess(
+            "gateway",
+            [python_exe(), "-m", "triserve_gateway"],
+            ready_url=f"{gateway}/v2/health/ready",
+            log_dir=service_logs,
+            env={
+                "TRISERVE_GATEWAY_PORT": str(port),
+                "TRISERVE_GATEWAY_MODEL_STORE": str(model_store),
+                "TRISERVE_GATEWAY_ONNX_URL": urls["onnx"],
+                "TRISERVE_GATEWAY_PADDLE_URL": urls["paddle"],
+                "TRISERVE_GATEWAY_TORCHSERVE_URL": ts_url,
+                "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": ts_management,
+                "TRISERVE_GATEWAY_STRATEGY": "round-robin",  # automatic routing reaches every backend
+                "TRISERVE_GATEWAY_HEALTH_INTERVAL_S": "0.5",
+                "TRISERVE_GATEWAY_CIRCUIT_OPEN_S": "1",
+                "TRISERVE_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+                "TRISERVE_GATEWAY_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+            },
+            timeout=60.0,
+        )
+        procs["gateway"].start()
+        yield Stack(gateway, procs, urls, ts_management)
+    finally:
+        for proc in reversed(list(procs.values())):
+            proc.stop()
+
+
+def test_every_digit_with_each_backend_forced(stack: Stack, digits: Digits) -> None:
+    pngs, labels, _ = digits
+    for backend in BACKENDS:
+        for png, label in zip(pngs, labels, strict=True):
+            r = stack.put(png, **{"X-Backend": backend})
+            assert r.status_code == 200, r.text
+            assert r.content == str(label).encode()  # byte-compatible with TorchServe's MNIST example
+            assert r.headers["x-backend"] == backend
+            assert r.headers["x-model-version"] == "1"
+            assert "backend;dur=" in r.headers["server-timing"]
+        # the query parameter works the same way
+        r = stack.put(pngs[7], path=f"/predictions/mnist?backend={backend}")
+        assert r.headers["x-backend"] == backend and r.text == str(labels[7])
+
+
+def test_every_digit_with_automatic_routing(stack: Stack, digits: Digits) -> None:
+    pngs, labels, _ = digits
+    seen = set()
+    for _ in range(2):
+        for png, label in zip(pngs, labels, strict=True):
+            r = stack.put(png, **{"X-Request-Id": f"auto-{label}"})
+            assert r.status_code == 200 and r.text == str(label)
+            assert r.headers["x-request-id"] == f"auto-{label}"
+            seen.add(r.headers["x-backend"])
+    assert seen == set(BACKENDS)
+
+
+def test_multipart_topk_and_versioned_path(stack: Stack, digits: Digits) -> None:
+    pngs, labels, _ = digits
+    files = [("data", (f"{i}.png", pngs[i], "image/png")) for i in (2, 9)]
+    r = httpx.post(f"{stack.gateway}/predictions/mnist", files=files, timeout=30)
+    assert r.status_code == 200 and r.json() == [int(labels[2]), int(labels[9])]
+    r = stack.put(pngs[4], path="/predictions/mnist/1?topk=3")
+    top = r.json()
+    assert len(top) == 3 and next(iter(top)) == str(labels[4]) and top[str(labels[4])] > 0.5
+
+
+def _reference(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    x = images.astype(np.float32) * np.float32(spec.scale)
+    return ((x - np.float32(spec.mean[0])) / np.float32(spec.std[0]))[:, None].astype(np.float32)
+
+
+def _v2(stack: Stack, body: bytes, headers: dict[str, str]) -> tuple[httpx.Response, np.ndarray]:
+    r = httpx.post(f"{stack.gateway}/v2/models/mnist/infer", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    length = r.headers.get(codec.HEADER_LENGTH)
+    out = codec.decode_response(r.content, int(length) if length else None)
+    return r, out.outputs["logits"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v2_bytes_and_fp32_agree(
+    stack: Stack, model_store: Path, digits: Digits, backend: str
+) -> None:
+    pngs, labels, images = digits
+    spec = read_manifest(model_store / "mnist" / "1").preprocessing
+    items = np.empty(len(pngs), dtype=object)
+    items[:] = pngs
+    body, headers = codec.encode_request({"image": items}, outputs=["logits"])
+    r, from_bytes = _v2(stack, body, {**headers, "X-Backend": backend})
+    assert r.headers["x-backend"] == backend
+    body, headers = codec.encode_request({"input": _reference(images, spec)}, outputs=["logits"])
+    _, from_fp32 = _v2(stack, body, {**headers, "X-Backend": backend})
+    np.testing.assert_allclose(from_bytes, from_fp32, atol=1e-4)
+    assert list(from_bytes.argmax(axis=1)) == list(labels)
+    # JSON with base64 BYTES
+    payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
+                           "data": [base64.b64encode(p).decode() for p in pngs]}],
+               "outputs": [{"name": "logits"}, {"name": "label"}]}
+    r = httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=payload, headers={"X-Backend": backend},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    outs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outs["label"]["data"] == [str(v) for v in labels]
+    np.testing.assert_allclose(np.asarray(outs["logits"]["data"]).reshape(10, 10), from_fp32, atol=1e-4)
+
+
+def test_error_cases_return_their_codes(stack: Stack, digits: Digits) -> None:
+    pngs = digits[0]
+    cases = [
+        (stack.put(b"definitely not an image"), 415, "not an image"),
+        (stack.put(pngs[0][: len(pngs[0]) // 2]), 422, "could not be decoded"),
+        (stack.put(b"\0" * (MAX_BODY + 1)), 413, "exceeds"),
+        (stack.put(_png(Image.new("L", (2000, 2000)))), 413, "pixels"),
+        (stack.put(pngs[0], path="/predictions/cifar10"), 404, "cifar10"),
+        (stack.put(pngs[0], path="/predictions/mnist/7"), 404, "version"),
+        (stack.put(pngs[0], **{"X-Backend": "triton"}), 400, "triton"),
+        (stack.put(pngs[0], path="/predictions/mnist?topk=0"), 400, "topk"),
+    ]
+    bad_shape = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}]}
+    cases.append((httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=bad_shape), 400, "FP32"))
+    for resp, status, needle in cases:
+        assert resp.status_code == status, (status, resp.text)
+        assert needle in resp.json()["error"]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_describe_models_and_health(stack: Stack) -> None:
+    assert httpx.get(f"{stack.gateway}/ping").json() == {"status": "Healthy"}
+    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
+    by_name = {b["name"]: b for b in desc["backends"]}
+    assert set(by_name) == set(BACKENDS)
+    for name, info in by_name.items():
+        assert info["url"] == stack.urls[name]
+        assert info["health"] == "healthy" and info["version"] == "1" and info["engine"]
+    assert httpx.get(f"{stack.gateway}/v2/models/mnist/ready").json()["ready"] is True
+
+
+def test_failover_when_a_backend_stops_and_rejoin_after_restart(
+    stack: Stack, digits: Digits
+) -> None:
+    pngs, labels, _ = digits
+    results: list[tuple[int, str, int, str]] = []
+    stop_at = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            for j in range(45):
+                d = (worker + j) % 10
+                r = http.put(f"{stack.gateway}/predictions/mnist", content=pngs[d])
+                results.append((r.status_code, r.text, int(labels[d]), r.headers.get("x-backend", "")))
+                if worker == 0 and j == 8:
+                    stop_at.set()
+
+    onnx = stack.procs["onnx"]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client, w) for w in range(4)]
+        assert stop_at.wait(60)
+        onnx.stop()  # mid-traffic
+        for f in futures:
+            f.result()
+    assert len(results) == 180
+    failed = [(s, t, want) for s, t, want, _ in results if s != 200 or t != str(want)]
+    assert not failed, failed[:5]
+    assert {b for *_, b in results} >= {"paddle", "torchserve"}
+
+    # while it is down: forcing it answers 503, automatic routing avoids it
+    r = stack.put(pngs[1], **{"X-Backend": "onnx"})
+    assert r.status_code == 503 and "onnx" in r.json()["error"]
+    assert stack.put(pngs[1]).status_code == 200
+
+    onnx.start()  # same port: the gateway must take it back
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = stack.put(pngs[5], **{"X-Backend": "onnx"})
+        if r.status_code == 200:
+            break
+        time.sleep(0.25)
+    assert r.status_code == 200 and r.text == str(labels[5]), r.text
+    auto = {stack.put(pngs[3]).headers["x-backend"] for _ in range(9)}
+    assert "onnx" in auto
+    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
+    assert {b["name"]: b["health"] for b in desc["backends"]}["onnx"] == "healthy"
+
+
+def test_metrics_show_traffic_by_backend(stack: Stack, digits: Digits) -> None:
+    for backend in BACKENDS:
+        assert stack.put(digits[0][0], **{"X-Backend": backend}).status_code == 200
+    assert stack.put(b"junk").status_code == 415
+    text = httpx.get(f"{stack.gateway}/metrics").text
+    ok: dict[str, float] = {}
+    statuses: set[str] = set()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        for s in family.samples:
+            if s.name == "triserve_gateway_requests_total":
+                statuses.add(s.labels["status"])
+                if s.labels["status"] == "200":
+                    ok[s.labels["backend"]] = s.value
+    assert set(BACKENDS) <= set(ok) and all(ok[b] > 0 for b in BACKENDS)
+    assert {"200", "415"} <= statuses
+    for name in ("triserve_gateway_request_duration_seconds", "triserve_gateway_stage_duration_seconds",
+                 "triserve_gateway_requests_in_flight", "triserve_gateway_batch_size",
+                 "triserve_gateway_backend_up", "triserve_gateway_backend_failures",
+                 "triserve_gateway_failovers"):
+        assert name in names, name
