@@ -79,3 +79,13 @@ def test_binary_size_mismatch_names_expected_and_received() -> None:
 def test_header_length_must_be_integer() -> None:
     with pytest.raises(BadRequestError, match="must be an integer"):
         codec.parse_header_length("abc")
+
+
+def test_out_of_range_and_too_deep_data_are_400() -> None:
+    over = b'{"inputs":[{"name":"a","shape":[1],"datatype":"INT8","data":[1000]}]}'
+    with pytest.raises(BadRequestError, match="not INT8"):
+        codec.decode_request(over, None)
+    head = b'{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":'
+    deep = head + b"[" * 100000 + b"]" * 100000 + b"}]}"
+    with pytest.raises(BadRequestError, match="nested too deeply"):
+        codec.decode_request(deep, None)

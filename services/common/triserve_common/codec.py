@@ -104,13 +104,15 @@ def unpack_bytes(buf: memoryview | bytes, count: int, name: str) -> list[bytes]:
 # ---------------------------------------------------------------- decoding (server side)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, depth: int = 0) -> list[Any]:
+    if depth > 32:
+        raise BadRequestError("tensor data nested deeper than 32 levels")
     if not isinstance(data, list):
         return [data]
     if data and isinstance(data[0], list):
         out: list[Any] = []
         for item in data:
-            out.extend(_flatten(item))
+            out.extend(_flatten(item, depth + 1))
         return out
     return data
 
@@ -135,7 +137,7 @@ def tensor_from_json(inp: RequestInput) -> np.ndarray:
     dtype = numpy_dtype(inp.datatype)
     try:
         return np.asarray(flat, dtype=dtype).reshape(inp.shape)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise BadRequestError(f"input '{inp.name}': data is not {inp.datatype}: {exc}") from None
 
 
@@ -205,6 +207,8 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         raw = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("request body is not valid JSON: nested too deeply") from None
     try:
         request = InferenceRequest.model_validate(raw)
     except ValidationError as exc:
