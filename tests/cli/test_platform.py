@@ -11,10 +11,12 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
 from triserve_cli.platform import (
     Platform,
@@ -26,17 +28,13 @@ from triserve_cli.platform import (
 )
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (zombies count as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
 def config(tmp_path: Path, **overrides: object) -> PlatformConfig:
-    values: dict[str, object] = {"run_dir": tmp_path / "run", "model_store": tmp_path, "stop_timeout_s": 2.0}
+    values: dict[str, object] = {
+        "run_dir": tmp_path / "run",
+        "model_store": tmp_path,
+        "stop_timeout_s": 2.0,
+        "ready_timeout_s": 30.0,
+    }
     values.update(overrides)
     return PlatformConfig.from_env(**values)
 
@@ -52,16 +50,16 @@ def http_server(name: str = "entry") -> ServiceSpec:
     )
 
 
-def bash(name: str, script: str) -> ServiceSpec:
-    return ServiceSpec(
-        name=name, argv=("bash", "-c", script), env={}, ready_url="http://127.0.0.1:9/", port_names={}
-    )
+def bash(name: str, script: str, ready_url: str) -> ServiceSpec:
+    """A stand-in service; ``ready_url``: what tells it is ready (another stand-in's URL will do)."""
+    return ServiceSpec(name=name, argv=("bash", "-c", script), env={}, ready_url=ready_url, port_names={})
 
 
 def test_start_status_stop_kills_stubborn_groups_and_strays(tmp_path: Path) -> None:
     # Ignores SIGTERM (so do its children), and one child leaves the process group via setsid.
-    stubborn = bash("stubborn", "trap '' TERM; sleep 600 & setsid sleep 601 & wait")
-    platform = Platform(config(tmp_path), [stubborn, http_server()])
+    entry = http_server()
+    stubborn = bash("stubborn", "trap '' TERM; sleep 600 & setsid sleep 601 & wait", entry.ready_url)
+    platform = Platform(config(tmp_path), [stubborn, entry])
     platform.start()
     try:
         run_dir = platform.config.run_dir
@@ -84,24 +82,29 @@ def test_start_status_stop_kills_stubborn_groups_and_strays(tmp_path: Path) -> N
 
 
 def test_early_exit_fails_fast_with_the_log_tail_and_cleans_up(tmp_path: Path) -> None:
-    platform = Platform(config(tmp_path), [bash("broken", "echo boom-4711 >&2; exit 3"), http_server()])
+    entry = http_server()
+    broken = bash("broken", "echo boom-4711 >&2; exit 3", entry.ready_url)
+    platform = Platform(config(tmp_path), [broken, entry])
     with pytest.raises(PlatformError) as info:
         platform.start()
     message = str(info.value)
     assert "broken exited before the platform was ready" in message
     assert "exit code 3" in message and "boom-4711" in message
     assert not list(platform.config.run_dir.glob("*.pid"))
-    assert not any("http.server" in line for line in _ps())
+    assert not any(f"http.server {entry.port_names['http']}" in line for line in ps_lines())
 
 
 def test_not_ready_times_out_naming_the_service(tmp_path: Path) -> None:
-    never = bash("never", "echo starting-never; exec sleep 600")
+    token = f"never-{uuid.uuid4().hex}"
+    never = bash(
+        "never", f"echo starting-never; exec -a {token} sleep 600", f"http://127.0.0.1:{free_port()}/"
+    )
     platform = Platform(config(tmp_path, ready_timeout_s=2.0), [never])
     with pytest.raises(PlatformError) as info:
         platform.start()
     assert "never not ready after 2s" in str(info.value)
     assert "starting-never" in str(info.value)
-    assert not any("sleep 600" in line for line in _ps())
+    assert not any(token in line for line in ps_lines())
 
 
 def test_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -180,12 +183,6 @@ def test_readme_configuration_reference_is_current(repo_root: Path) -> None:
     assert readme == readme_with_reference(readme), (
         "README's configuration reference is stale: run `make readme`"
     )
-
-
-def _ps() -> list[str]:
-    return subprocess.run(
-        ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
 
 
 def test_alive_helper_sees_zombies_as_gone() -> None:

@@ -45,12 +45,25 @@ def _decode(png: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("digit", range(10))
-def test_pick_first_of_each_digit(mnist_dir: Path, t10k: tuple[np.ndarray, np.ndarray], digit: int) -> None:
+def test_pick_defaults_to_the_most_typical_image(
+    mnist_dir: Path, t10k: tuple[np.ndarray, np.ndarray], digit: int
+) -> None:
     images, labels = t10k
     sample = pick(mnist_dir, digit=digit)
-    first = int(np.flatnonzero(labels == digit)[0])
-    assert (sample.index, sample.label) == (first, digit)
-    np.testing.assert_array_equal(_decode(sample.png()), images[first])
+    members = np.flatnonzero(labels == digit)
+    flat = images[members].reshape(len(members), -1).astype(np.float64)
+    distances = np.linalg.norm(flat - flat.mean(axis=0), axis=1)
+    assert sample.index == members[np.argmin(distances)]
+    assert labels[sample.index] == sample.label == digit
+    np.testing.assert_array_equal(_decode(sample.png()), images[sample.index])
+
+
+def test_pick_nth_in_file_order(mnist_dir: Path, t10k: tuple[np.ndarray, np.ndarray]) -> None:
+    _, labels = t10k
+    for digit in range(10):
+        assert pick(mnist_dir, digit=digit, nth=0).index == np.flatnonzero(labels == digit)[0]
+    with pytest.raises(ValueError, match="out of range"):
+        pick(mnist_dir, digit=1, nth=int((labels == 1).sum()))
 
 
 def test_cli_digit_to_stdout(mnist_dir: Path, t10k: tuple[np.ndarray, np.ndarray]) -> None:

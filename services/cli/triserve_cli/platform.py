@@ -53,6 +53,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RUN_ID_ENV = "TRISERVE_RUN_ID"
 JAVA_MIN_VERSION = 17
+TORCHSERVE_GRPC_PORTS = (7070, 7071)
+"""TorchServe's built-in gRPC inference / management ports (it cannot switch gRPC off)."""
 JAVA_INSTALL_HINT = (
     "apt-get install -y openjdk-17-jre-headless  (as root; or set JAVA_HOME to a JDK/JRE >= 17)"
 )
@@ -79,7 +81,7 @@ class PlatformSettings(BaseSettings):
     """How long ``down`` waits after SIGTERM before SIGKILL."""
 
 
-def _service_defaults() -> dict[str, int]:
+def _service_defaults() -> dict[str, Any]:
     """Default ports from the services' own settings and the gateway's routing file (env included)."""
     from triserve_gateway.config import gateway_routing
     from triserve_gateway.settings import GatewaySettings
@@ -87,7 +89,8 @@ def _service_defaults() -> dict[str, int]:
     from triserve_paddle.settings import PaddleSettings
 
     gateway = GatewaySettings()
-    torchserve = gateway_routing(gateway).backends["torchserve"]
+    routing = gateway_routing(gateway)
+    torchserve = routing.backends["torchserve"]
     ts_ports = {
         "ts_inference_port": torchserve.url,
         "ts_management_port": torchserve.management_url,
@@ -100,6 +103,7 @@ def _service_defaults() -> dict[str, int]:
         "gateway_port": gateway.port,
         "onnx_port": OnnxSettings().port,
         "paddle_port": PaddleSettings().port,
+        "settle_s": routing.health.interval_s + routing.health.timeout_s,
         **{k: int(urlsplit(url).port or 0) for k, url in ts_ports.items() if url},
     }
 
@@ -119,6 +123,10 @@ class PlatformConfig:
     ts_metrics_port: int
     ready_timeout_s: float
     stop_timeout_s: float
+    ts_grpc_inference_port: int = TORCHSERVE_GRPC_PORTS[0]
+    ts_grpc_management_port: int = TORCHSERVE_GRPC_PORTS[1]
+    settle_s: float = 0.0
+    """Extra wait once all services are ready (``from_env``: the gateway's health-check period)."""
     python: str = field(default=sys.executable)
 
     @classmethod
@@ -168,6 +176,7 @@ class ServiceSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     ready_url: str
+    """Answers 200 once the service is ready."""
     port_names: Mapping[str, int]
 
 
@@ -190,6 +199,8 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "TS_INFERENCE_PORT": str(config.ts_inference_port),
                 "TS_MANAGEMENT_PORT": str(config.ts_management_port),
                 "TS_METRICS_PORT": str(config.ts_metrics_port),
+                "TS_GRPC_INFERENCE_PORT": str(config.ts_grpc_inference_port),
+                "TS_GRPC_MANAGEMENT_PORT": str(config.ts_grpc_management_port),
                 "TS_MODEL_STORE": str(ts_store),
                 "TS_RUN_DIR": str(config.run_dir / "torchserve"),
                 # start.sh runs `torchserve` from PATH: the one of this venv.
@@ -200,6 +211,8 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "inference": config.ts_inference_port,
                 "management": config.ts_management_port,
                 "metrics": config.ts_metrics_port,
+                "gRPC inference": config.ts_grpc_inference_port,
+                "gRPC management": config.ts_grpc_management_port,
             },
         ),
         ServiceSpec(
@@ -460,20 +473,24 @@ class Platform:
         self.pid_path(spec.name).write_text(f"{proc.pid}\n")
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the gateway answers ready; raise with the failing services' log tails."""
-        deadline = time.monotonic() + (self.config.ready_timeout_s if timeout is None else timeout)
-        gateway = self.specs[-1]
+        """Block until every service answers ready (gateway included); raise with the failing ones' log tails.
+
+        Then waits ``config.settle_s`` (one gateway health-check period), so that the gateway has seen
+        every backend healthy and a request forced to any backend succeeds.
+        """
+        timeout = self.config.ready_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        pending = list(self.specs)
         while time.monotonic() < deadline:
             dead = [name for name, proc in self._procs.items() if proc.poll() is not None]
             if dead:
                 raise PlatformError(self._report(dead, "exited before the platform was ready"))
-            if _probe(gateway.ready_url):
+            pending = [spec for spec in pending if not _probe(spec.ready_url)]
+            if not pending:
+                time.sleep(self.config.settle_s)
                 return
             time.sleep(0.5)
-        failing = [spec.name for spec in self.specs if not _probe(spec.ready_url)]
-        raise PlatformError(
-            self._report(failing or [gateway.name], f"not ready after {self.config.ready_timeout_s:.0f}s")
-        )
+        raise PlatformError(self._report([spec.name for spec in pending], f"not ready after {timeout:.0f}s"))
 
     def _report(self, names: list[str], what: str) -> str:
         parts = [f"{', '.join(names)} {what}"]
@@ -572,7 +589,7 @@ def try_it(config: PlatformConfig) -> str:
             f"triserve is up: gateway {gateway}  (logs: {config.log_dir}/, stop: make down)",
             "Try it:",
             "  .venv/bin/triserve sample 0 > 0.png",
-            f"  curl -s -X PUT --data-binary @0.png {gateway}/predictions/mnist",
+            f"  curl -s -T 0.png {gateway}/predictions/mnist   # prints 0",
         ]
     )
 
@@ -588,6 +605,8 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         ts_inference_port=args.ts_inference_port,
         ts_management_port=args.ts_management_port,
         ts_metrics_port=args.ts_metrics_port,
+        ts_grpc_inference_port=args.ts_grpc_inference_port,
+        ts_grpc_management_port=args.ts_grpc_management_port,
         ready_timeout_s=getattr(args, "timeout", None),
     )
 
@@ -671,6 +690,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         ("--ts-inference-port", "TorchServe inference API"),
         ("--ts-management-port", "TorchServe management API"),
         ("--ts-metrics-port", "TorchServe metrics API"),
+        ("--ts-grpc-inference-port", "TorchServe gRPC inference API"),
+        ("--ts-grpc-management-port", "TorchServe gRPC management API"),
     ):
         parser.add_argument(flag, type=int, help=f"port of the {what}")
 

@@ -1,8 +1,8 @@
 """``triserve sample``: cut one MNIST test digit out of the IDX files and write it as a 28x28 PNG.
 
-    triserve sample 7 > 7.png                # the first test image labelled 7
+    triserve sample 7 > 7.png                # the most typical 7 of the test set
+    triserve sample 7 --nth 5 > 7.png        # the 6th test image labelled 7, in file order
     triserve sample --index 42 -o 42.png     # test image #42 (its label goes to stderr)
-    triserve sample 3 --nth 5 --data-dir ~/mnist
 
 The image is MNIST's own (white digit on black, 8-bit grayscale), which is what the gateway expects.
 Data: ``--data-dir``, else ``$TRISERVE_MNIST_DIR``, else ``../shared/data/mnist`` beside the repository.
@@ -51,10 +51,29 @@ class Sample:
         return buf.getvalue()
 
 
+def typical_index(images: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], digit: int) -> int:
+    """Index of the image labelled ``digit`` closest (L2) to the mean of all images so labelled.
+
+    The most typical example of a class: a well-trained model recognises it (the first image of a
+    class in file order may be an odd one, e.g. t10k's first 3).
+    """
+    members = np.flatnonzero(labels == digit)
+    if not len(members):
+        raise ValueError(f"no image labelled {digit}")
+    pixels = images[members].reshape(len(members), -1).astype(np.float32)
+    distances = ((pixels - pixels.mean(axis=0)) ** 2).sum(axis=1)
+    return int(members[int(np.argmin(distances))])
+
+
 def pick(
-    data_dir: Path, digit: int | None = None, index: int | None = None, nth: int = 0, split: str = "t10k"
+    data_dir: Path,
+    digit: int | None = None,
+    index: int | None = None,
+    nth: int | None = None,
+    split: str = "t10k",
 ) -> Sample:
-    """The sample at ``index``, or the ``nth`` (0-based) image labelled ``digit``.
+    """The sample at ``index``; or for ``digit``, the ``nth`` (0-based, file order) image so labelled,
+    or without ``nth`` the most typical one (:func:`typical_index`).
 
     Raises ``ValueError`` (with a message for the user) when nothing matches, ``IdxError`` on bad data.
     """
@@ -66,10 +85,14 @@ def pick(
         if digit is not None and int(pair.labels[index]) != digit:
             raise ValueError(f"image {index} is a {int(pair.labels[index])}, not a {digit}")
         chosen = index
-    elif digit is not None:
+    elif digit is not None and nth is None:
+        chosen = typical_index(pair.images, pair.labels, digit)
+    elif digit is not None and nth is not None:
         matches = np.flatnonzero(pair.labels == digit)
-        if nth >= len(matches):
-            raise ValueError(f"only {len(matches)} images labelled {digit} in {split}, --nth {nth} too large")
+        if not 0 <= nth < len(matches):
+            raise ValueError(
+                f"only {len(matches)} images labelled {digit} in {split}, --nth {nth} out of range"
+            )
         chosen = int(matches[nth])
     else:
         raise ValueError("give a digit (0-9) or --index")
@@ -120,7 +143,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("digit", nargs="?", type=_digit, help="label to pick (0-9)")
     parser.add_argument("--digit", dest="digit_opt", type=_digit, help="same as the positional digit")
     parser.add_argument("--index", type=int, help="image index in the split (instead of a digit)")
-    parser.add_argument("--nth", type=int, default=0, help="with a digit: take the nth match (0-based)")
+    parser.add_argument(
+        "--nth",
+        type=int,
+        help="with a digit: the nth image so labelled (0-based, file order); default: the most typical",
+    )
     parser.add_argument("--split", default="t10k", choices=("t10k", "train"), help="MNIST split (t10k)")
     parser.add_argument(
         "--data-dir", type=Path, help=f"MNIST IDX folder (default ${MNIST_DIR_ENV} or ../shared/data/mnist)"

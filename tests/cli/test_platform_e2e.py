@@ -1,0 +1,121 @@
+"""``triserve up`` / ``down`` end to end: the real four services on free ports in a temp run dir.
+
+What the README promises: the platform comes up, the printed curl line answers the right digit,
+every backend classifies real MNIST digits through the gateway, and ``down`` leaves no process
+behind (TorchServe's java frontend and python workers included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli.helpers import alive, ps_lines
+from tests.support.procs import free_port
+from triserve_cli.platform import marked_processes
+from triserve_cli.sample import pick
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PORT_FLAGS = (
+    "--gateway-port",
+    "--onnx-port",
+    "--paddle-port",
+    "--ts-inference-port",
+    "--ts-management-port",
+    "--ts-metrics-port",
+    "--ts-grpc-inference-port",
+    "--ts-grpc-management-port",
+)
+
+
+def triserve(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triserve_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def port_args() -> tuple[dict[str, int], list[str]]:
+    ports = {flag: free_port() for flag in PORT_FLAGS}
+    return ports, [part for flag, port in ports.items() for part in (flag, str(port))]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    """A temp run dir; whatever happens, ``triserve down`` runs on it at the end."""
+    path = tmp_path / "run"
+    yield path
+    triserve("down", "--run-dir", str(path))
+
+
+def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) -> None:
+    ports, args = port_args()
+    gateway = f"http://127.0.0.1:{ports['--gateway-port']}"
+    up = triserve("up", "--run-dir", str(run_dir), "--timeout", "240", *args, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    curl_line = f"curl -s -T 0.png {gateway}/predictions/mnist"
+    assert curl_line in up.stdout
+
+    run_id = json.loads((run_dir / "platform.json").read_text())["run_id"]
+    pids = {
+        name: int((run_dir / f"{name}.pid").read_text())
+        for name in ("torchserve", "onnx", "paddle", "gateway")
+    }
+    procs = marked_processes(run_id)
+    assert {p.pgid for p in procs} == set(pids.values()), procs
+    cmdlines = " | ".join(p.cmdline for p in procs)
+    for part in ("org.pytorch.serve.ModelServer", "model_service_worker", "triserve_onnx", "triserve_paddle"):
+        assert part in cmdlines, cmdlines
+    assert all(log.stat().st_size > 0 for log in (run_dir / "logs").glob("*.log"))
+
+    status = triserve("status", "--run-dir", str(run_dir), *args)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count(", ready") == 4, status.stdout
+
+    # The README's two lines, as written (sample from ../shared or $TRISERVE_MNIST_DIR).
+    sample = triserve("sample", "0", "--data-dir", str(mnist_dir), "-o", str(tmp_path / "0.png"))
+    assert sample.returncode == 0, sample.stderr
+    if shutil.which("curl"):
+        answer = subprocess.run(
+            curl_line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
+        assert answer.stdout == "0", answer
+    # Every backend, forced, on a typical image of every digit.
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        for digit in range(10):
+            png = pick(mnist_dir, digit=digit).png()
+            for backend in ("onnx", "paddle", "torchserve"):
+                response = client.put("/predictions/mnist", content=png, headers={"X-Backend": backend})
+                assert response.status_code == 200, (backend, response.text)
+                assert (response.text, response.headers["x-backend"]) == (str(digit), backend)
+
+    down = triserve("down", "--run-dir", str(run_dir), *args, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert [p for p in procs if alive(p.pid)] == []
+    assert [line for line in ps_lines() if str(run_dir) in line] == []
+    assert not list(run_dir.glob("*.pid"))
+    assert "stopped" in triserve("status", "--run-dir", str(run_dir), *args).stdout
+
+
+def test_up_reports_the_failing_service_and_leaves_nothing(run_dir: Path) -> None:
+    _, args = port_args()
+    env = {**os.environ, "TRISERVE_ONNX_MODEL_NAME": "no-such-model"}
+    up = triserve("up", "--run-dir", str(run_dir), "--timeout", "120", *args, timeout=200, env=env)
+    assert up.returncode == 1
+    assert "onnx exited before the platform was ready" in up.stderr
+    assert "no-such-model" in up.stderr  # the log tail names the cause
+    assert not list(run_dir.glob("*.pid"))
+    assert [line for line in ps_lines() if str(run_dir) in line] == []
