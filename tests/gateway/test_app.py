@@ -70,6 +70,45 @@ async def test_multipart_several_files_several_answers(client: httpx.AsyncClient
     assert r.text == "3"
 
 
+async def test_multipart_raw_body_in_order_with_text_fields_ignored(client: httpx.AsyncClient) -> None:
+    png0, png9 = digit_png(0), digit_png(9)
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="data"; filename="9.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png9 + b"\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="data"; filename="0.png"\r\n\r\n' + png0 + b"\r\n"
+        b"--XyZ--\r\n"
+    )
+    r = await client.post("/predictions/mnist", content=body,
+                          headers={"Content-Type": 'multipart/form-data; boundary="XyZ"'})
+    assert r.status_code == 200 and r.json() == [9, 0]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "needle"),
+    [
+        ("multipart/form-data", b"--b\r\n\r\nx\r\n--b--\r\n", "boundary"),
+        ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n',
+         "name"),
+        ("multipart/form-data; boundary=b", b"--b\r\nno header end\r\n--b--\r\n", "malformed"),
+        ("multipart/form-data; boundary=b", b"", "without a file part"),
+        ("multipart/form-data; boundary=b",
+         b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n', "without a file part"),
+    ],
+)
+async def test_multipart_errors_are_400(client: httpx.AsyncClient, content_type: str, body: bytes,
+                                        needle: str) -> None:
+    r = await client.post("/predictions/mnist", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 400, r.text
+    assert "multipart" in r.json()["error"] and needle in r.json()["error"]
+
+
+async def test_multipart_body_limit_is_413_before_parsing(client: httpx.AsyncClient) -> None:
+    files = [("data", (f"{i}.png", b"\0" * 60_000, "image/png")) for i in range(4)]
+    r = await client.post("/predictions/mnist", files=files)
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]
+
+
 async def test_topk_option(client: httpx.AsyncClient) -> None:
     r = await client.post("/predictions/mnist?topk=3", content=digit_png(5))
     body = r.json()

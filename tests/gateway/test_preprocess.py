@@ -1,4 +1,4 @@
-"""Image preprocessing per PreprocessSpec, limits and their errors; multipart parsing."""
+"""Image preprocessing per PreprocessSpec, limits and their errors."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from PIL import Image
 
 from tests.gateway.fakes import SPEC, gray_png
 from triserve_common.errors import (
-    BadRequestError,
     PayloadTooLargeError,
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
 from triserve_common.manifest import PreprocessSpec
-from triserve_gateway.multipart import parse_multipart
 from triserve_gateway.preprocess import ImagePreprocessor
 
 
@@ -72,25 +70,3 @@ def test_pixel_limit_is_413_before_decoding() -> None:
 def test_batch_names_the_bad_image() -> None:
     with pytest.raises(UnsupportedMediaTypeError, match="image 1"):
         ImagePreprocessor(SPEC).batch([gray_png(1), b"nope"], "image")
-
-
-def test_multipart_parts_in_order() -> None:
-    body = (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"data\"; filename=\"0.png\"\r\n"
-        b"Content-Type: image/png\r\n\r\nAAA\r\n"
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"data\"; filename=\"1.png\"\r\n\r\nB\r\nB\r\n"
-        b"--XyZ--\r\n"
-    )
-    parts = parse_multipart(body, 'multipart/form-data; boundary="XyZ"')
-    assert [(p.name, p.filename, p.data) for p in parts] == [
-        ("data", "0.png", b"AAA"),
-        ("data", "1.png", b"B\r\nB"),
-    ]
-    assert parts[0].content_type == "image/png"
-
-
-def test_multipart_malformed_is_400() -> None:
-    with pytest.raises(BadRequestError, match="boundary"):
-        parse_multipart(b"x", "multipart/form-data")
-    with pytest.raises(BadRequestError):
-        parse_multipart(b"--b\r\nno separator", "multipart/form-data; boundary=b")

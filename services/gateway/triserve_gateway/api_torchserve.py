@@ -1,7 +1,7 @@
 """TorchServe-compatible API: ``/predictions``, ``/ping``, ``/models`` (management style).
 
 ``POST|PUT /predictions/{model}[/{version}]`` takes the raw image as the body (``curl -T 0.png``)
-or multipart form fields (``curl -F data=@0.png``; every part is one image, in order).
+or multipart form files (``curl -F data=@0.png``; every file part is one image, in order).
 Answers:
 
 - default: the label, exactly as TorchServe's stock MNIST example answers it (body ``0``);
@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import Message
 
 from triserve_common.errors import BadRequestError
 from triserve_common.rest import read_body
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.multipart import parse_multipart
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
 
@@ -103,6 +105,34 @@ def forced_backend(request: Request) -> str | None:
     return value.strip().lower() if value else None
 
 
+async def form_images(request: Request, body: bytes) -> list[bytes]:
+    """The file parts of a ``multipart/form-data`` ``body``, in order (400 when malformed or none).
+
+    ``body`` was already read under the size limit; it is replayed to Starlette's form parser
+    (``python-multipart``), one part at most as big as the body itself.
+    """
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_part_size=len(body) + 1)
+    except HTTPException as exc:  # Starlette's MultiPartException, as a 400 inside an app
+        raise BadRequestError(f"malformed multipart/form-data request: {exc.detail}") from None
+    try:
+        images = [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    finally:
+        await form.close()
+    if not images:
+        raise BadRequestError("multipart/form-data request without a file part (curl -F data=@0.png)")
+    return images
+
+
 def register(app: FastAPI, settings: GatewaySettings, service: InferenceService, gateway: Gateway) -> None:
     """Add the TorchServe-style routes to ``app``."""
     limit = settings.max_body_bytes
@@ -117,9 +147,7 @@ def register(app: FastAPI, settings: GatewaySettings, service: InferenceService,
             body = await read_body(request, limit)
             content_type = request.headers.get("content-type", "")
             if content_type.lower().startswith("multipart/form-data"):
-                images = [part.data for part in parse_multipart(body, content_type)]
-                if not images:
-                    raise BadRequestError("multipart/form-data request without any part")
+                images = await form_images(request, body)
             else:
                 images = [body]
             mv = gateway.catalog.get(model, version)

@@ -16,7 +16,6 @@ import io
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -29,7 +28,6 @@ from triserve_gateway.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
 )
-from triserve_gateway.transport import FastHTTPTransport
 
 Array = np.ndarray[Any, Any]
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -61,14 +59,19 @@ class BackendClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_http_client(
-    config: BackendConfig, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """A pooled keep-alive client for one backend (lean HTTP/1.1 transport by default)."""
+def make_http_client(config: BackendConfig) -> httpx.AsyncClient:
+    """A pooled keep-alive HTTP/1.1 client for one backend, on httpx's own transport.
+
+    No transport-level retries (a failed call fails over in :mod:`triserve_gateway.gateway`),
+    every pooled connection may stay alive, and no proxy / ``.netrc`` from the environment.
+    """
+    limits = httpx.Limits(
+        max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+    )
     return httpx.AsyncClient(
         base_url=config.url,
         timeout=config.timeout_s,
-        transport=transport or FastHTTPTransport(config.max_connections),
+        transport=httpx.AsyncHTTPTransport(retries=0, limits=limits, http1=True, http2=False),
         trust_env=False,
     )
 
@@ -85,21 +88,8 @@ def _error_message(content: bytes) -> str:
     return json.dumps(body)[:200]
 
 
-class _Answer:
-    """A backend's HTTP answer: status, lower-cased headers, body."""
-
-    __slots__ = ("content", "headers", "status")
-
-    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.content = content
-
-
 class _HttpBackend:
-    """Shared plumbing: one pooled ``httpx.AsyncClient`` per backend; the hot path (``_post``)
-    hands pre-serialised requests straight to its :class:`FastHTTPTransport`, skipping httpx's
-    per-request object building; probes and management calls go through the client itself."""
+    """Shared plumbing: one pooled keep-alive ``httpx.AsyncClient`` per backend."""
 
     protocol = "?"
 
@@ -107,16 +97,7 @@ class _HttpBackend:
         self.name = name
         self.config = config
         self.url = config.url
-        self._fast: FastHTTPTransport | None = None
-        if http is None:
-            self._fast = FastHTTPTransport(config.max_connections)
-            http = make_http_client(config, self._fast)
-        self._http = http
-        parts = urlsplit(config.url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
-        self._prefix = parts.path.rstrip("/")
-        self._host_header = f"Host: {parts.netloc}\r\n".encode()
+        self._http = http if http is not None else make_http_client(config)
 
     def _unavailable(self, exc: Exception) -> BackendUnavailableError:
         return BackendUnavailableError(
@@ -128,21 +109,10 @@ class _HttpBackend:
             f"backend '{self.name}' did not answer within {timeout or self.config.timeout_s}s"
         )
 
-    async def _post(self, path: str, headers: Mapping[str, str], body: bytes) -> _Answer:
+    async def _post(self, path: str, headers: Mapping[str, str], body: bytes) -> httpx.Response:
         """POST ``body`` to ``path``; transport failures become retryable backend errors."""
         try:
-            if self._fast is None:
-                resp = await self._http.post(path, content=body, headers=dict(headers))
-                return _Answer(resp.status_code, resp.headers, resp.content)
-            head = [f"POST {self._prefix}{path} HTTP/1.1\r\n".encode(), self._host_header]
-            for key, value in headers.items():
-                head.append(f"{key}: {value}\r\n".encode("latin-1"))
-            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-            status, raw, content = await self._fast.exchange(
-                self._host, self._port, b"".join(head) + body,
-                timeout=self.config.timeout_s, connect_timeout=self.config.timeout_s,
-            )
-            return _Answer(status, {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}, content)
+            return await self._http.post(path, content=body, headers=headers)
         except httpx.TimeoutException:
             raise self._timed_out(None) from None
         except httpx.TransportError as exc:
@@ -196,7 +166,7 @@ class OipV2Client(_HttpBackend):
             headers[REQUEST_ID_HEADER] = request_id
         prefix = f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
         resp = await self._post(prefix + "/infer", headers, body)
-        self._check(resp.status, resp.content)
+        self._check(resp.status_code, resp.content)
         try:
             decoded = codec.decode_response(
                 resp.content, codec.parse_header_length(resp.headers.get(_HEADER_LENGTH_KEY))
@@ -245,7 +215,7 @@ class TorchServeClient(_HttpBackend):
             headers[REQUEST_ID_HEADER] = request_id
         path = f"/predictions/{model}" if version is None else f"/predictions/{model}/{version}"
         resp = await self._post(path, headers, buf.getvalue())
-        self._check(resp.status, resp.content)
+        self._check(resp.status_code, resp.content)
         try:
             out: Array = np.load(io.BytesIO(resp.content), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
