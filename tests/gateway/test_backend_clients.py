@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -114,3 +115,63 @@ async def test_torchserve_client_rejects_non_npy_answer() -> None:
     client = ts(httpx.MockTransport(lambda r: httpx.Response(200, content=json.dumps([0]).encode())))
     with pytest.raises(BackendError, match=r"\.npy"):
         await client.infer("mnist", None, X, None)
+
+
+async def _npy_server(close_after_answer: bool) -> tuple[asyncio.Server, list[int]]:
+    """A tiny HTTP/1.1 server answering every request with ``Y`` as ``.npy``; counts connections.
+
+    With ``close_after_answer`` it drops each connection right after answering, without saying
+    ``Connection: close`` — the stale keep-alive connection a pool must not reuse blindly.
+    """
+    buf = io.BytesIO()
+    np.save(buf, Y)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(buf.getvalue()), buf.getvalue())
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(answer)
+                await writer.drain()
+                if close_after_answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), connections
+
+
+@pytest.mark.parametrize("close_after_answer", [False, True])
+async def test_pooled_client_reuses_keepalive_and_skips_closed_ones(close_after_answer: bool) -> None:
+    server, connections = await _npy_server(close_after_answer)
+    port = server.sockets[0].getsockname()[1]
+    client = TorchServeClient("torchserve", BackendConfig(protocol="torchserve", url=f"http://127.0.0.1:{port}"))
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(await client.infer("mnist", None, X, None), Y)
+            await asyncio.sleep(0.05)  # let a server-side close reach the client
+        assert len(connections) == (3 if close_after_answer else 1)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_unreachable_backend_is_unavailable() -> None:
+    server, _ = await _npy_server(False)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    cfg = BackendConfig(protocol="oip-v2", url=f"http://127.0.0.1:{port}", timeout_s=1.0)
+    client = OipV2Client("onnx", cfg)
+    with pytest.raises(BackendUnavailableError, match="unreachable"):
+        await client.infer("mnist", None, X, None)
+    assert not await client.health()
+    await client.aclose()
