@@ -14,6 +14,8 @@ STAMP := $(VENV)/.triserve-installed
 # Extra arguments: `make up ARGS="--gateway-port 9080"`, `make test PYTEST_ARGS="-k gateway -x"`.
 ARGS ?=
 PYTEST_ARGS ?=
+# Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
+ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
 .PHONY: help venv install java up down run status test lint readme clean
 
@@ -52,10 +54,10 @@ java: ## check for Java >= 17 (TorchServe); install it with apt when root
 	fi
 
 up: install java ## start the platform in the background; waits until the gateway is ready
-	$(BIN)/triserve up $(ARGS)
+	$(ACTIVATE) $(BIN)/triserve up $(ARGS)
 
 run: install java ## start the platform in the foreground; Ctrl-C stops everything
-	$(BIN)/triserve run $(ARGS)
+	$(ACTIVATE) $(BIN)/triserve run $(ARGS)
 
 down: ## stop what `make up` started (pid files under run/)
 	@if [ -x $(BIN)/triserve ]; then $(BIN)/triserve down $(ARGS); else echo "no $(BIN)/triserve: nothing was started"; fi
@@ -64,7 +66,7 @@ status: install ## which services run and are ready
 	$(BIN)/triserve status $(ARGS)
 
 test: install java ## the whole test suite (unit + integration with real services)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(ACTIVATE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff + mypy (strict)
 	$(BIN)/ruff check .

@@ -2,8 +2,9 @@
 
 Four services, each started as its own process session (``start_new_session``) with its log under
 ``<run dir>/logs/``: TorchServe (java frontend + python workers), the ONNX service, the Paddle service
-and the gateway, which is told the three backend URLs. ``up`` returns once the gateway's
-``/v2/health/ready`` answers 200; ``down`` SIGTERMs each process group, waits, then SIGKILLs.
+and the gateway, which is told the three backend URLs. ``up`` returns once every service answers
+ready (the gateway's ``/v2/health/ready`` included); ``down`` SIGTERMs each process group, waits, then
+SIGKILLs what is left.
 
 Python API (the CLI, the tests and the benchmark use it)::
 
@@ -76,7 +77,7 @@ class PlatformSettings(BaseSettings):
     host: str = "127.0.0.1"
     """Address every service binds to."""
     ready_timeout_s: float = 300.0
-    """How long ``up`` waits for the gateway to be ready before failing."""
+    """How long ``up`` waits for every service to be ready before failing."""
     stop_timeout_s: float = 20.0
     """How long ``down`` waits after SIGTERM before SIGKILL."""
 
