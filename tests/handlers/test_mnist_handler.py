@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.support.mnist import npy, png, preprocess
 from tests.support.procs import REPO_ROOT
 from triserve_common.idx import load_split
 from triserve_common.manifest import PreprocessSpec
@@ -62,20 +62,8 @@ def digits(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return pair.images[:64], pair.labels[:64]
 
 
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
 def normalised(images: np.ndarray) -> np.ndarray:
-    return (((images.astype(np.float32) / 255.0) - 0.1307) / 0.3081)[:, None].astype(np.float32)
+    return preprocess(images, PreprocessSpec())
 
 
 def test_exactly_one_class_for_torchserve() -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.mnist import preprocess
 from tests.support.procs import ServiceProcess, free_port, python_exe
 from triserve_common import codec
 from triserve_common.idx import load_split
@@ -51,16 +52,6 @@ class Running:
     url: str
     manifest: Manifest
     store: Path
-
-
-def preprocess(images: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """uint8 [N,28,28] → the model input per the manifest's preprocessing spec (float32 [N,1,28,28])."""
-    spec = manifest.preprocessing
-    x = images.astype(np.float32) * np.float32(spec.scale)
-    if spec.invert:
-        x = np.float32(1.0) - x
-    x = (x - np.float32(spec.mean[0])) / np.float32(spec.std[0])
-    return x[:, None, :, :].astype(np.float32)
 
 
 def infer_binary(url: str, x: np.ndarray, **headers: str) -> tuple[httpx.Response, np.ndarray]:
@@ -215,7 +206,8 @@ class BackendContract:
     @classmethod
     def digits(cls, mnist_dir: Path, service: Running) -> Digits:
         pair = load_split(mnist_dir, "t10k")
-        return Digits(preprocess(pair.images[:64], service.manifest), pair.labels[:64].astype(np.int64))
+        x = preprocess(pair.images[:64], service.manifest.preprocessing)
+        return Digits(x, pair.labels[:64].astype(np.int64))
 
     # ------------------------------------------------------------------ tests
 

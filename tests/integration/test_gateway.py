@@ -22,16 +22,14 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.mnist import one_per_digit, preprocess
 from tests.support.procs import REPO_ROOT, ServiceProcess, free_port, python_exe
 from triserve_common import codec
-from triserve_common.idx import load_split
-from triserve_common.manifest import PreprocessSpec, read_manifest
+from triserve_common.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
 BACKENDS = ("onnx", "paddle", "torchserve")
-KNOWN_AMBIGUOUS = {18}
-"""t10k #18 is an ambiguous 3 (read as a 5 by many models): the next 3 is used instead."""
 MAX_BODY = 1 << 20
 MAX_PIXELS = 1_000_000
 
@@ -53,16 +51,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def digits(mnist_dir: Path) -> Digits:
-    """PNGs of one t10k image per digit 0..9, their labels and the raw uint8 images."""
-    pair = load_split(mnist_dir, "t10k")
-    idx = [next(int(i) for i in np.flatnonzero(pair.labels == d) if int(i) not in KNOWN_AMBIGUOUS)
-           for d in range(10)]
-    pngs = []
-    for i in idx:
-        buf = io.BytesIO()
-        Image.fromarray(pair.images[i]).save(buf, format="PNG")
-        pngs.append(buf.getvalue())
-    return pngs, pair.labels[idx].astype(int), pair.images[idx]
+    """PNGs of the most typical t10k image of each digit 0..9, their labels and the raw uint8 images."""
+    d = one_per_digit(mnist_dir)
+    return d.pngs, d.labels, d.images
 
 
 def _wait_torchserve_worker(management: str, proc: ServiceProcess, timeout: float = 120.0) -> None:
@@ -197,11 +188,6 @@ def test_multipart_topk_and_versioned_path(stack: Stack, digits: Digits) -> None
     assert len(top) == 3 and next(iter(top)) == str(labels[4]) and top[str(labels[4])] > 0.5
 
 
-def _reference(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    x = images.astype(np.float32) * np.float32(spec.scale)
-    return ((x - np.float32(spec.mean[0])) / np.float32(spec.std[0]))[:, None].astype(np.float32)
-
-
 def _v2(stack: Stack, body: bytes, headers: dict[str, str]) -> tuple[httpx.Response, np.ndarray]:
     r = httpx.post(f"{stack.gateway}/v2/models/mnist/infer", content=body, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
@@ -221,7 +207,7 @@ def test_v2_bytes_and_fp32_agree(
     body, headers = codec.encode_request({"image": items}, outputs=["logits"])
     r, from_bytes = _v2(stack, body, {**headers, "X-Backend": backend})
     assert r.headers["x-backend"] == backend
-    body, headers = codec.encode_request({"input": _reference(images, spec)}, outputs=["logits"])
+    body, headers = codec.encode_request({"input": preprocess(images, spec)}, outputs=["logits"])
     _, from_fp32 = _v2(stack, body, {**headers, "X-Backend": backend})
     np.testing.assert_allclose(from_bytes, from_fp32, atol=1e-4)
     assert list(from_bytes.argmax(axis=1)) == list(labels)

@@ -11,15 +11,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.support.mnist import npy, one_per_digit, png, preprocess
 from tests.support.procs import REPO_ROOT, ServiceProcess, free_port
-from triserve_common.idx import load_split
+from triserve_common.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
-#: t10k #18 is a notoriously ambiguous 3 (our model, like many, reads a 5): use the next 3 instead.
-KNOWN_AMBIGUOUS = {18}
+SPEC = read_manifest(REPO_ROOT / "model_store" / "mnist" / "1").preprocessing
 
 
 class TorchServe:
@@ -85,28 +84,13 @@ def _wait_worker_ready(ts: TorchServe, timeout: float = 90.0) -> None:
 
 @pytest.fixture(scope="module")
 def samples(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One t10k image per digit 0..9, cut at test time."""
-    pair = load_split(mnist_dir, "t10k")
-    idx = [
-        next(i for i in np.flatnonzero(pair.labels == d) if int(i) not in KNOWN_AMBIGUOUS) for d in range(10)
-    ]
-    return pair.images[idx], pair.labels[idx]
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+    """The most typical t10k image of each digit 0..9, cut at test time."""
+    digits = one_per_digit(mnist_dir)
+    return digits.images, digits.labels
 
 
 def normalised(images: np.ndarray) -> np.ndarray:
-    return (((images.astype(np.float32) / 255.0) - 0.1307) / 0.3081)[:, None].astype(np.float32)
+    return preprocess(images, SPEC)
 
 
 def test_model_registered_with_archive_config(torchserve: TorchServe) -> None:
