@@ -57,6 +57,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         timeout_s=args.timeout,
         mnist_dir=args.mnist_dir,
+        max_foreign_cpu=args.max_foreign_cpu,
+        retries=args.retries,
         progress=not args.no_progress,
         command=shlex.join(["triserve", *sys.argv[1:]]),
     )
@@ -65,12 +67,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except (runner.BenchError, RuntimeError, OSError) as exc:
         print(f"triserve bench failed: {exc}", file=sys.stderr)
         return 1
-    print(report.table(document["results"]))
-    print()
-    print(report.generator_table(document["generator"]))
-    print()
-    print(report.targets_table(document["targets"]))
-    print(f"\nJSON: {out / 'bench.json'}\nplot: {out / 'bench.png'}")
+    print(report.markdown(document))
+    print(f"\nJSON: {out / 'bench.json'}\nplot: {out / 'bench.png'}\ntable: {out / 'bench.md'}")
     errors = sum(r["errors"] for r in document["results"])
     return 0 if errors == 0 else 1
 
@@ -94,6 +92,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, help="output folder (default bench-results/<timestamp>)")
     parser.add_argument("--model-store", type=Path, help="model store (default <repo>/model_store)")
     parser.add_argument("--mnist-dir", type=Path, help="MNIST t10k IDX files (default ../shared/data/mnist)")
+    parser.add_argument(
+        "--max-foreign-cpu", type=float, default=0.25,
+        help="cores used by other processes above which a measurement is repeated (default 0.25)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=2, help="re-measurements of a disturbed run (default 2)"
+    )
     parser.add_argument("--smoke", action="store_true", help="short run: levels 1,4, 1 s each, 1 s warm-up")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_bench)

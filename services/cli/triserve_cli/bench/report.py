@@ -104,15 +104,17 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def table(results: Sequence[Result]) -> str:
-    """A Markdown table, one row per (path, concurrency)."""
+    """A Markdown table, one row per (path, concurrency); CPU columns in cores (services under test, wrk,
+    every other process on the machine)."""
     lines = [
-        "| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors | wrk CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors | services CPU | wrk CPU | other CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['errors']} | {r['generator_cpu']:.0%} |"
+            f"{r['p99_ms']:.2f} | {r['errors']} | {r['services_cpu']:.2f} | {r['generator_cpu']:.2f} | "
+            f"{r['foreign_cpu']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -180,3 +182,14 @@ def write_json(document: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """Results, generator check and targets of a run, as pasted into BENCHMARKS.md."""
+    return "\n\n".join(
+        [
+            table(document["results"]),
+            generator_table(document["generator"]),
+            targets_table(document["targets"]),
+        ]
+    )
