@@ -60,6 +60,16 @@ def versions(wrk_version: str) -> dict[str, str]:
     return found
 
 
+def git_state(repo: Path) -> dict[str, Any]:
+    """Commit of the checkout measured and whether it had uncommitted changes under ``services/``."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return proc.stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "services"))
+    return {"commit": git("rev-parse", "HEAD"), "dirty_services": dirty}
+
+
 def lookup(results: Sequence[Result], path: str, concurrency: int) -> Result | None:
     """The measurement of ``path`` at ``concurrency``, if taken."""
     return next((r for r in results if r["path"] == path and r["concurrency"] == concurrency), None)

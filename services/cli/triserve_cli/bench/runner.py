@@ -16,7 +16,7 @@ from tqdm import tqdm
 from triserve_cli.bench import cpu, report, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
-from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
+from triserve_cli.bench.payloads import LOAD_INDEX, REPO_ROOT, SWEEP_INDICES, Digit, load_digits
 from triserve_cli.bench.stack import Instance, Stack, free_port
 from triserve_cli.platform import ServiceSpec
 
@@ -122,6 +122,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "command": config.command,
         "machine": {**report.machine(), "loadavg_at_start": list(os.getloadavg())},
         "versions": report.versions(wrk.wrk_version()),
+        "git": report.git_state(REPO_ROOT),
+        "python_path": os.environ.get("PYTHONPATH", ""),
         "settings": {
             "concurrency": config.concurrency, "duration_s": config.duration_s, "warmup_s": config.warmup_s,
             "wrk_threads": config.threads, "wrk_timeout_s": config.timeout_s,
