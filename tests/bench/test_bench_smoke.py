@@ -44,6 +44,7 @@ def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
         assert f"| {path.name} | 1 |" in proc.stdout
         assert f"| {path.name} | 4 |" in proc.stdout
     assert "load generator check" in proc.stdout
+    assert (out / "bench.md").read_text().startswith("| path | clients | req/s |")
     with Image.open(out / "bench.png") as png:
         assert png.format == "PNG"
         assert png.size[0] > 800
@@ -52,8 +53,8 @@ def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
 def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
     _, out, _ = smoke
     doc = json.loads((out / "bench.json").read_text())
-    for key in ("machine", "versions", "settings", "paths", "precheck", "generator", "calibration", "results",
-                "targets"):
+    for key in ("machine", "versions", "git", "settings", "paths", "precheck", "generator", "calibration",
+                "results", "targets"):
         assert key in doc
     assert doc["settings"]["concurrency"] == LEVELS
     assert doc["versions"]["wrk"].startswith("wrk")
@@ -65,6 +66,7 @@ def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
         assert row["bad_body"] == row["bad_status"] == 0
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
         assert row["rps"] > 0
+        assert row["services_cpu"] > 0 and row["generator_cpu"] > 0 and row["foreign_cpu"] >= 0, row
     assert {t["name"] for t in doc["targets"]} >= {"errors in every run"}
 
 

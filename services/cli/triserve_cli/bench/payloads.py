@@ -30,7 +30,7 @@ SWEEP_INDICES: tuple[int, ...] = (3, 2, 1, 30, 4, 15, 11, 0, 61, 7)
 """One t10k image per class 0..9 (``SWEEP_INDICES[d]`` has label ``d``), used by the correctness pre-check."""
 
 LOAD_INDEX = 0
-"""The t10k image sent under load (a 7)."""
+"""The t10k image sent under load (a 7; one of :data:`SWEEP_INDICES`)."""
 
 
 def mnist_dir(path: Path | str | None = None) -> Path:

@@ -99,11 +99,8 @@ class _Meter:
         return best
 
 
-def _say(message: str, bar: tqdm[Any] | None = None) -> None:
-    if bar is not None:
-        bar.write(message)
-    else:
-        print(message, file=sys.stderr, flush=True)
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run(config: BenchConfig) -> dict[str, Any]:
@@ -113,7 +110,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     work = out / "run"  # wrk scripts and bodies, service logs, the stock model store (git-ignored name)
     scripts = work / "wrk"
     digits = load_digits(SWEEP_INDICES, config.mnist_dir, config.model_store)
-    load_digit = load_digits((LOAD_INDEX,), config.mnist_dir, config.model_store)[0]
+    load_digit = next(d for d in digits if d.index == LOAD_INDEX)
     services = sorted({p.service for p in config.paths})
     stack = Stack(services, work, config.model_store)
     trivial = _trivial_instance(work, load_digit)
@@ -136,7 +133,10 @@ def run(config: BenchConfig) -> dict[str, Any]:
     try:
         trivial.start(work, stack.run_id, {})
         stack.start(on_ready=lambda name, s: _say(f"  {name} ready after {s:.1f}s"))
+        deadline = time.monotonic() + 30
         while not trivial.ready():
+            if time.monotonic() > deadline:
+                raise BenchError(f"trivial endpoint not ready:\n{trivial.log_tail()}")
             time.sleep(0.1)
         checks = [precheck(p, stack.url(p.service), digits) for p in config.paths]
         document["precheck"] = [c.to_dict() for c in checks]
