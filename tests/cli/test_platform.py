@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,12 +20,16 @@ import pytest
 from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
 from triserve_cli.platform import (
+    README_BEGIN,
+    README_END,
     Platform,
     PlatformConfig,
     PlatformError,
     ServiceSpec,
+    config_reference,
     marked_processes,
     readme_with_reference,
+    settings_classes,
 )
 
 
@@ -67,8 +72,15 @@ def test_start_status_stop_kills_stubborn_groups_and_strays(tmp_path: Path) -> N
         status = platform.status()
         assert status["entry"] == f"running (pid {pids['entry']}), ready"
         assert status["stubborn"].startswith(f"running (pid {pids['stubborn']})")
-        running = platform.running()
-        assert any("sleep 601" in p.cmdline for p in running["(outside its group)"])
+        deadline = time.monotonic() + 15  # the background sleeps may not have exec'd yet
+        while time.monotonic() < deadline:
+            running = platform.running()
+            cmdlines = [p.cmdline for members in running.values() for p in members]
+            if "sleep 600" in cmdlines and "sleep 601" in cmdlines:
+                break
+            time.sleep(0.1)
+        assert "sleep 600" in [p.cmdline for p in running["stubborn"]]
+        assert [p.cmdline for p in running["(outside its group)"]] == ["sleep 601"]
         assert (platform.log_path("entry")).exists()
         run_id = platform._state()["run_id"]  # type: ignore[index]
         started = marked_processes(run_id)
@@ -180,9 +192,12 @@ def test_down_with_nothing_running(tmp_path: Path) -> None:
 
 def test_readme_configuration_reference_is_current(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text()
-    assert readme == readme_with_reference(readme), (
-        "README's configuration reference is stale: run `make readme`"
-    )
+    block = readme[readme.index(README_BEGIN) + len(README_BEGIN) : readme.index(README_END)]
+    assert block == "\n" + config_reference(), "README's configuration reference is stale: run `make readme`"
+    assert readme_with_reference(readme) == readme
+    for _, cls in settings_classes():
+        for name in cls.model_fields:
+            assert f"`{cls.model_config['env_prefix']}{name.upper()}`" in block
 
 
 def test_alive_helper_sees_zombies_as_gone() -> None:
