@@ -21,6 +21,8 @@ from triserve_cli.bench.stack import Instance, Stack, free_port
 from triserve_cli.platform import ServiceSpec
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
+SETTLE_MIN_S, SETTLE_MAX_S = 0.2, 5.0
+"""Pause after each wrk run: twice its slowest response, within these bounds."""
 
 
 @dataclass
@@ -88,6 +90,9 @@ class _Meter:
             generator_s = (reaped.ru_utime - usage.ru_utime) + (reaped.ru_stime - usage.ru_stime)
             row: dict[str, Any] = {**result.to_dict(), "attempts": attempt,
                                    **cpu.split(before, after, generator_s, result.duration_s or seconds)}
+            # wrk stops with requests in flight; let the service drain them before the next run (a queue
+            # still full of abandoned requests would reject the next run's, e.g. TorchServe's 503).
+            time.sleep(min(SETTLE_MAX_S, max(SETTLE_MIN_S, 2 * result.max_ms / 1000)))
             if best is None or row["foreign_cpu"] < best["foreign_cpu"]:
                 best = row
             if row["foreign_cpu"] <= self.config.max_foreign_cpu or attempt > retries:
