@@ -23,7 +23,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.mnist import one_per_digit, preprocess
-from tests.support.procs import REPO_ROOT, ServiceProcess, free_port, python_exe
+from tests.support.procs import ServiceProcess
+from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common import codec
 from triserve_common.manifest import read_manifest
 
@@ -56,96 +57,38 @@ def digits(mnist_dir: Path) -> Digits:
     return d.pngs, d.labels, d.images
 
 
-def _wait_torchserve_worker(management: str, proc: ServiceProcess, timeout: float = 120.0) -> None:
-    """TorchServe answers /ping before its model worker is up: wait for a READY worker."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc is not None and proc.proc.poll() is not None:
-            raise RuntimeError(f"torchserve exited:\n{proc.log_tail()}")
-        try:
-            workers = httpx.get(f"{management}/models/mnist", timeout=5).json()[0]["workers"]
-            if workers and all(w["status"] == "READY" for w in workers):
-                return
-        except (httpx.HTTPError, KeyError, IndexError, ValueError):
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"mnist worker not READY after {timeout}s:\n{proc.log_tail()}")
-
-
-def _runtime_service(name: str, module: str, prefix: str, log_dir: Path, store: Path) -> ServiceProcess:
-    port = free_port()
-    return ServiceProcess(
-        name,
-        [python_exe(), "-m", module],
-        ready_url=f"http://127.0.0.1:{port}/v2/health/ready",
-        log_dir=log_dir,
-        env={f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), f"{prefix}MODEL_STORE": str(store),
-             f"{prefix}LOG_LEVEL": "warning"},
-        timeout=120.0,
-    )
-
-
 @pytest.fixture(scope="module")
 def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    procs: dict[str, ServiceProcess] = {}
-    try:
-        ts_ports = {"TS_INFERENCE_PORT": free_port(), "TS_MANAGEMENT_PORT": free_port(),
-                    "TS_METRICS_PORT": free_port(),
-                    # TorchServe properties by env (enable_envvars_config): keep gRPC off 7070/7071
-                    "TS_GRPC_INFERENCE_PORT": free_port(), "TS_GRPC_MANAGEMENT_PORT": free_port()}
-        ts_url = f"http://127.0.0.1:{ts_ports['TS_INFERENCE_PORT']}"
-        ts_management = f"http://127.0.0.1:{ts_ports['TS_MANAGEMENT_PORT']}"
-        procs["torchserve"] = ServiceProcess(
-            "torchserve",
-            ["bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")],
-            ready_url=f"{ts_url}/ping",
-            log_dir=service_logs,
-            env={**{k: str(v) for k, v in ts_ports.items()},
-                 "TS_RUN_DIR": str(tmp_path_factory.mktemp("gw-torchserve")),
-                 "TS_MODEL_STORE": str(model_store / "mnist" / "1")},
-            timeout=120.0,
-        )
-        # start TorchServe first (slowest), the Python services meanwhile
-        procs["torchserve"].proc = None
-        ts_thread = threading.Thread(target=procs["torchserve"].start)
-        ts_thread.start()
-        procs["onnx"] = _runtime_service("onnx", "triserve_onnx", "TRISERVE_ONNX_", service_logs, model_store)
-        procs["paddle"] = _runtime_service(
-            "paddle", "triserve_paddle", "TRISERVE_PADDLE_", service_logs, model_store
-        )
-        procs["onnx"].start()
-        procs["paddle"].start()
-        ts_thread.join()
-        _wait_torchserve_worker(ts_management, procs["torchserve"])
-        urls = {
-            "onnx": procs["onnx"].ready_url.removesuffix("/v2/health/ready"),
-            "paddle": procs["paddle"].ready_url.removesuffix("/v2/health/ready"),
-            "torchserve": ts_url,
-        }
-        port = free_port()
-        gateway = f"http://127.0.0.1:{port}"
-        procs["gateway"] = ServiceProcess(
-            "gateway",
-            [python_exe(), "-m", "triserve_gateway"],
-            ready_url=f"{gateway}/v2/health/ready",
-            log_dir=service_logs,
-            env={
-                "TRISERVE_GATEWAY_PORT": str(port),
-                "TRISERVE_GATEWAY_MODEL_STORE": str(model_store),
-                "TRISERVE_GATEWAY_ONNX_URL": urls["onnx"],
-                "TRISERVE_GATEWAY_PADDLE_URL": urls["paddle"],
-                "TRISERVE_GATEWAY_TORCHSERVE_URL": ts_url,
-                "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": ts_management,
+    config = free_port_config(tmp_path_factory.mktemp("gw-run"), model_store)
+    procs = service_processes(
+        config,
+        service_logs,
+        extra_env={
+            "gateway": {
                 "TRISERVE_GATEWAY_STRATEGY": "round-robin",  # automatic routing reaches every backend
                 "TRISERVE_GATEWAY_HEALTH_INTERVAL_S": "0.5",
                 "TRISERVE_GATEWAY_CIRCUIT_OPEN_S": "1",
                 "TRISERVE_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
                 "TRISERVE_GATEWAY_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
-            },
-            timeout=60.0,
-        )
+            }
+        },
+    )
+    ts_management = config.url(config.ts_management_port)
+    try:
+        # TorchServe first (slowest), the Python backends meanwhile, the gateway last
+        ts_thread = threading.Thread(target=procs["torchserve"].start)
+        ts_thread.start()
+        procs["onnx"].start()
+        procs["paddle"].start()
+        ts_thread.join()
+        wait_torchserve_worker(ts_management, procs["torchserve"])
         procs["gateway"].start()
-        yield Stack(gateway, procs, urls, ts_management)
+        urls = {
+            "onnx": config.url(config.onnx_port),
+            "paddle": config.url(config.paddle_port),
+            "torchserve": config.url(config.ts_inference_port),
+        }
+        yield Stack(config.url(config.gateway_port), procs, urls, ts_management)
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.support.mnist import npy, one_per_digit, png, preprocess
-from tests.support.procs import REPO_ROOT, ServiceProcess, free_port
+from tests.support.procs import REPO_ROOT, ServiceProcess
+from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
@@ -32,54 +32,24 @@ class TorchServe:
 
 @pytest.fixture(scope="module")
 def torchserve(service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    ports = {
-        "TS_INFERENCE_PORT": free_port(),
-        "TS_MANAGEMENT_PORT": free_port(),
-        "TS_METRICS_PORT": free_port(),
-    }
     run_dir = tmp_path_factory.mktemp("torchserve-run")
-    env = {k: str(v) for k, v in ports.items()}
-    env |= {"TS_RUN_DIR": str(run_dir), "TS_MODEL_STORE": str(REPO_ROOT / "model_store" / "mnist" / "1")}
-    inference = f"http://127.0.0.1:{ports['TS_INFERENCE_PORT']}"
-    proc = ServiceProcess(
-        "torchserve",
-        ["bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")],
-        ready_url=f"{inference}/ping",
-        log_dir=service_logs,
-        env=env,
-        timeout=120.0,
-    )
+    config = free_port_config(run_dir, REPO_ROOT / "model_store")
+    proc = service_processes(config, service_logs)["torchserve"]
     proc.start()
     try:
         ts = TorchServe(
             proc,
-            inference,
-            f"http://127.0.0.1:{ports['TS_MANAGEMENT_PORT']}",
-            f"http://127.0.0.1:{ports['TS_METRICS_PORT']}",
+            config.url(config.ts_inference_port),
+            config.url(config.ts_management_port),
+            config.url(config.ts_metrics_port),
         )
-        _wait_worker_ready(ts)
+        wait_torchserve_worker(ts.management, proc)
         yield ts
     finally:
         proc.stop()
     # nothing of TorchServe's written into the checkout
-    assert (run_dir / "logs" / "ts_log.log").is_file()
+    assert (run_dir / "torchserve" / "logs" / "ts_log.log").is_file()
     assert not (REPO_ROOT / "logs").exists() or not any((REPO_ROOT / "logs").glob("ts_log*"))
-
-
-def _wait_worker_ready(ts: TorchServe, timeout: float = 90.0) -> None:
-    """/ping answers before the model's worker has loaded: wait for a READY worker."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ts.proc.proc is not None and ts.proc.proc.poll() is not None:
-            raise RuntimeError(f"torchserve exited:\n{ts.proc.log_tail()}")
-        try:
-            workers = httpx.get(f"{ts.management}/models/mnist", timeout=5).json()[0]["workers"]
-            if workers and all(w["status"] == "READY" for w in workers):
-                return
-        except (httpx.HTTPError, KeyError, IndexError, ValueError):
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"mnist worker not READY after {timeout}s:\n{ts.proc.log_tail()}")
 
 
 @pytest.fixture(scope="module")

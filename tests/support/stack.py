@@ -1,0 +1,72 @@
+"""The platform's own service definitions (``triserve_cli.platform``), started on free ports for tests.
+
+Tests start exactly the commands and environments ``triserve up`` uses, each as a
+:class:`ServiceProcess` so a test can stop and restart one service on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from tests.support.procs import ServiceProcess, free_port
+from triserve_cli.platform import PlatformConfig, service_specs
+
+PORT_FIELDS = (
+    "gateway_port",
+    "onnx_port",
+    "paddle_port",
+    "ts_inference_port",
+    "ts_management_port",
+    "ts_metrics_port",
+    "ts_grpc_inference_port",
+    "ts_grpc_management_port",
+)
+
+
+def free_port_config(run_dir: Path, model_store: Path) -> PlatformConfig:
+    """The platform's configuration with every port free on 127.0.0.1."""
+    ports = {name: free_port() for name in PORT_FIELDS}
+    return PlatformConfig.from_env(run_dir=run_dir, model_store=model_store, host="127.0.0.1", **ports)
+
+
+def service_processes(
+    config: PlatformConfig,
+    log_dir: Path,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
+    timeout: float = 120.0,
+) -> dict[str, ServiceProcess]:
+    """One (not yet started) process per platform service, in start order; ``extra_env`` per service."""
+    extra_env = extra_env or {}
+    return {
+        spec.name: ServiceProcess(
+            spec.name,
+            spec.argv,
+            ready_url=spec.ready_url,
+            log_dir=log_dir,
+            env={**spec.env, **extra_env.get(spec.name, {})},
+            timeout=timeout,
+        )
+        for spec in service_specs(config)
+    }
+
+
+def wait_torchserve_worker(
+    management: str, proc: ServiceProcess, model: str = "mnist", timeout: float = 120.0
+) -> None:
+    """TorchServe answers /ping before its model's worker has loaded: wait for a READY worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"torchserve exited:\n{proc.log_tail()}")
+        try:
+            workers = httpx.get(f"{management}/models/{model}", timeout=5).json()[0]["workers"]
+            if workers and all(w["status"] == "READY" for w in workers):
+                return
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{model} worker not READY after {timeout}s:\n{proc.log_tail()}")
