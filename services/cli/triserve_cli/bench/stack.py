@@ -25,7 +25,14 @@ from pathlib import Path
 
 import httpx
 
-from triserve_cli.platform import RUN_ID_ENV, PlatformConfig, ServiceSpec, service_specs, torchserve_store
+from triserve_cli.platform import (
+    RUN_ID_ENV,
+    PlatformConfig,
+    ServiceSpec,
+    log_tail,
+    service_specs,
+    torchserve_store,
+)
 from triserve_common.manifest import MANIFEST_FILE, file_entry
 
 STOCK_MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n"
@@ -122,10 +129,7 @@ class Instance:
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of its log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL after ``timeout``."""
