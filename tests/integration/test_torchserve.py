@@ -65,7 +65,7 @@ def normalised(images: np.ndarray) -> np.ndarray:
 
 def test_model_registered_with_archive_config(torchserve: TorchServe) -> None:
     info = httpx.get(f"{torchserve.management}/models/mnist", timeout=10).json()[0]
-    assert info["batchSize"] == 8 and info["maxBatchDelay"] == 10 and info["responseTimeout"] == 30
+    assert info["batchSize"] == 8 and info["maxBatchDelay"] == 2 and info["responseTimeout"] == 30
     assert info["workers"] and info["workers"][0]["status"] == "READY"
 
 

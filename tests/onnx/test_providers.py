@@ -48,3 +48,11 @@ def test_providers_from_env_comma_separated(monkeypatch: pytest.MonkeyPatch) -> 
 def test_trt_engine_cache() -> None:
     trt = select_providers(settings(trt_engine_cache_dir=Path("/c")), GPU_BUILD, INPUTS)[0][1]
     assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == "/c"
+
+
+def test_thread_spinning_off_by_default_and_switchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    so = session_options(OnnxSettings())
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("TRISERVE_ONNX_ALLOW_SPINNING", "true")
+    so = session_options(OnnxSettings())
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"

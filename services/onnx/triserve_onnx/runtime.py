@@ -75,6 +75,9 @@ def session_options(settings: OnnxSettings) -> ort.SessionOptions:
     if settings.inter_op_threads > 1:
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization_level]
+    spinning = "1" if settings.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     so.log_severity_level = 3
     return so
 

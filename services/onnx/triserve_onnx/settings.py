@@ -28,6 +28,9 @@ class OnnxSettings(ServiceSettings):
     """Threads inside one operator (0 = onnxruntime's default: one per physical core)."""
     inter_op_threads: int = 0
     """Threads across operators in parallel execution mode (0 = default)."""
+    allow_spinning: bool = False
+    """Let idle onnxruntime threads busy-wait for work (lower latency on dedicated cores; on shared
+    cores the spinning starves the other processes, so off by default)."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisations."""
     workers: int = 2

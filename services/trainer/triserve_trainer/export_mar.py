@@ -26,7 +26,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "minWorkers": 1,
     "maxWorkers": 1,
     "batchSize": 8,
-    "maxBatchDelay": 10,
+    "maxBatchDelay": 2,
     "responseTimeout": 30,
 }
 
