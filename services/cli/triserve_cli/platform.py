@@ -181,6 +181,22 @@ class ServiceSpec:
     port_names: Mapping[str, int]
 
 
+def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> ServiceSpec:
+    """An OIP v2 runtime service (``triserve_<name>``, env prefix ``TRISERVE_<NAME>_``)."""
+    prefix = f"TRISERVE_{name.upper()}_"
+    return ServiceSpec(
+        name=name,
+        argv=(config.python, "-m", f"triserve_{name}"),
+        env={
+            f"{prefix}HOST": config.host,
+            f"{prefix}PORT": str(port),
+            f"{prefix}MODEL_STORE": str(config.model_store),
+        },
+        ready_url=f"{config.url(port)}/v2/health/ready",
+        port_names={"http": port},
+    )
+
+
 def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
     """The four services in start order (backends first, gateway last)."""
     store = str(config.model_store)
@@ -216,28 +232,8 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "gRPC management": config.ts_grpc_management_port,
             },
         ),
-        ServiceSpec(
-            name="onnx",
-            argv=(config.python, "-m", "triserve_onnx"),
-            env={
-                "TRISERVE_ONNX_HOST": config.host,
-                "TRISERVE_ONNX_PORT": str(config.onnx_port),
-                "TRISERVE_ONNX_MODEL_STORE": store,
-            },
-            ready_url=f"{onnx_url}/v2/health/ready",
-            port_names={"http": config.onnx_port},
-        ),
-        ServiceSpec(
-            name="paddle",
-            argv=(config.python, "-m", "triserve_paddle"),
-            env={
-                "TRISERVE_PADDLE_HOST": config.host,
-                "TRISERVE_PADDLE_PORT": str(config.paddle_port),
-                "TRISERVE_PADDLE_MODEL_STORE": store,
-            },
-            ready_url=f"{paddle_url}/v2/health/ready",
-            port_names={"http": config.paddle_port},
-        ),
+        _runtime_service_spec(config, "onnx", config.onnx_port),
+        _runtime_service_spec(config, "paddle", config.paddle_port),
         ServiceSpec(
             name="gateway",
             argv=(config.python, "-m", "triserve_gateway"),

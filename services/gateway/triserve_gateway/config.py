@@ -169,23 +169,31 @@ def apply_overrides(config: RoutingConfig, settings: GatewaySettings) -> Routing
         for ref in route.backends:
             if ref.name in settings.weights:
                 ref.weight = settings.weights[ref.name]
-        if settings.strategy is not None:
-            route.strategy = settings.strategy
-        if settings.batching is not None:
-            route.batching.enabled = settings.batching
-        if settings.max_batch_size is not None:
-            route.batching.max_batch_size = settings.max_batch_size
-        if settings.max_queue_delay_ms is not None:
-            route.batching.max_queue_delay_ms = settings.max_queue_delay_ms
-        if settings.max_concurrent_batches is not None:
-            route.batching.max_concurrent_batches = settings.max_concurrent_batches
-    if settings.health_interval_s is not None:
-        cfg.health.interval_s = settings.health_interval_s
-    if settings.circuit_failure_threshold is not None:
-        cfg.circuit.failure_threshold = settings.circuit_failure_threshold
-    if settings.circuit_open_s is not None:
-        cfg.circuit.open_s = settings.circuit_open_s
+        _override(route, settings, {"strategy": "strategy"})
+        _override(route.batching, settings, _BATCHING_OVERRIDES)
+    _override(cfg.health, settings, {"health_interval_s": "interval_s"})
+    _override(cfg.circuit, settings, _CIRCUIT_OVERRIDES)
     return cfg
+
+
+_BATCHING_OVERRIDES = {
+    "batching": "enabled",
+    "max_batch_size": "max_batch_size",
+    "max_queue_delay_ms": "max_queue_delay_ms",
+    "max_concurrent_batches": "max_concurrent_batches",
+}
+"""Gateway setting → field of a route's batching config."""
+
+_CIRCUIT_OVERRIDES = {"circuit_failure_threshold": "failure_threshold", "circuit_open_s": "open_s"}
+"""Gateway setting → field of the circuit-breaker config."""
+
+
+def _override(target: object, settings: GatewaySettings, fields: dict[str, str]) -> None:
+    """Set ``target.<field>`` from each ``settings.<setting>`` that is not None."""
+    for setting, field in fields.items():
+        value = getattr(settings, setting)
+        if value is not None:
+            setattr(target, field, value)
 
 
 def gateway_routing(settings: GatewaySettings) -> RoutingConfig:
