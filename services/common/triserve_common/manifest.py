@@ -144,7 +144,12 @@ def list_versions(store: Path, name: str) -> list[str]:
     if not model_dir.is_dir():
         return []
     versions = [p.name for p in model_dir.iterdir() if (p / MANIFEST_FILE).is_file()]
-    return sorted(versions, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+    return sorted(versions, key=version_sort_key)
+
+
+def version_sort_key(version: str) -> tuple[bool, int, str]:
+    """Order of model versions: numeric ones numerically, then the others by name."""
+    return (not version.isdigit(), int(version) if version.isdigit() else 0, version)
 
 
 def resolve_version(store: Path, name: str, version: str | None) -> str:

@@ -12,6 +12,7 @@ from triserve_common.manifest import (
     TensorSpec,
     list_versions,
     read_manifest,
+    version_sort_key,
 )
 from triserve_gateway.preprocess import ImagePreprocessor
 
@@ -57,7 +58,7 @@ class ModelCatalog:
         for mv in versions:
             self._models.setdefault(mv.name, {})[mv.version] = mv
         self._latest = {
-            name: by_version[sorted(by_version, key=_version_key)[-1]]
+            name: by_version[sorted(by_version, key=version_sort_key)[-1]]
             for name, by_version in self._models.items()
         }
 
@@ -77,7 +78,7 @@ class ModelCatalog:
         return sorted(self._models)
 
     def versions(self, name: str) -> list[str]:
-        return sorted(self._models.get(name, {}), key=_version_key)
+        return sorted(self._models.get(name, {}), key=version_sort_key)
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The requested version (newest when ``version`` is None, "" or "latest"); 404 otherwise."""
@@ -94,7 +95,3 @@ class ModelCatalog:
             known = ", ".join(self.versions(name))
             raise ModelNotFoundError(f"version '{version}' of model '{name}' not found (versions: {known})")
         return mv
-
-
-def _version_key(v: str) -> tuple[bool, int, str]:
-    return (not v.isdigit(), int(v) if v.isdigit() else 0, v)
