@@ -8,7 +8,8 @@ import importlib.util
 import os
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import ModuleType
 
 import pytest
 
@@ -31,6 +32,7 @@ from tests.deploy.project import (
 )
 
 HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
+TORCHSERVE_ENTRYPOINT = REPO / "deploy" / "docker" / "torchserve-entrypoint.py"
 
 
 def image_env(df: Dockerfile) -> dict[str, str]:
@@ -129,7 +131,7 @@ def test_versions_are_pinned(image: str) -> None:
                 constrained = "-c" in words and words[words.index("-c") + 1] == "constraints.txt"
                 it = iter(words[words.index("install") + 1 :])
                 for word in it:
-                    if word in ("-c", "--index-url", "--extra-index-url", "-e"):
+                    if word in ("-c", "--index-url", "--extra-index-url", "-e", "--find-links"):
                         next(it)  # the option's value: a file, an index, a local folder
                         continue
                     if word.startswith(("-", "./", "{", "$")):
@@ -196,8 +198,16 @@ def test_model_store_is_baked_in(image: str) -> None:
             source = df.repo_path_of(value)
             assert source is not None and source.is_dir(), f"{key}={value} is not in the image"
     if image == "torchserve":
-        store = df.repo_path_of(image_env(df)["TS_MODEL_STORE"])
-        assert store is not None and (store / "mnist.mar").is_file()
+        # The image's entry point picks the folder TorchServe loads mnist.mar from: the highest version.
+        entrypoint = load_torchserve_entrypoint()
+        env = image_env(df)
+        store = df.repo_path_of(env["TRISERVE_TORCHSERVE_MODEL_STORE"])
+        assert store is not None
+        folder = entrypoint.model_folder({**env, "TRISERVE_TORCHSERVE_MODEL_STORE": str(store)})
+        assert (folder / "mnist.mar").is_file() and (folder / "manifest.json").is_file()
+        from triserve_common.manifest import resolve_version
+
+        assert folder.name == resolve_version(store, "mnist", None), "not what the other services serve"
 
 
 @pytest.mark.parametrize("service", PYTHON_SERVICES)
@@ -255,19 +265,68 @@ def test_trainer_has_no_healthcheck_port() -> None:
     assert not df.runtime.all("EXPOSE")
 
 
+@pytest.mark.parametrize("image", IMAGES)
+def test_offline_build_inputs_are_build_arguments_and_stay_out_of_the_runtime(image: str) -> None:
+    """The base image is a build argument (the offline path swaps it); torch's source too. The extra CAs and
+    local wheels are copied into build stages only, never into the image that runs."""
+    df = dockerfile(image)
+    args = df.declared_args()
+    assert "BASE_IMAGE" in args and df.stages[0].base == "${BASE_IMAGE}"
+    build_only = ("deploy/docker/ca", "deploy/docker/wheels")
+    for stage in df.stages:
+        copied = [s.rstrip("/") for srcs, _d, flags in stage.copies() if "from" not in flags for s in srcs]
+        if stage is df.runtime:
+            assert not set(copied) & set(build_only), f"{image}: the runtime image copies {copied}"
+        elif any(ins.keyword == "RUN" and "pip install" in ins.args for ins in stage.instructions):
+            assert "deploy/docker/ca" in copied, f"{image}: pip does not get the extra CAs"
+            assert "PIP_CERT" in stage.env()
+    runs = " ".join(ins.args for stage in df.stages for ins in stage.all("RUN"))
+    if re.search(r"\btorch==", runs):
+        assert "TORCH_INDEX_URL" in args and "cpu" in args["TORCH_INDEX_URL"], "CPU torch by default"
+        sources = {src for stage in df.stages for srcs, _d, _f in stage.copies() for src in srcs}
+        assert "deploy/docker/wheels/" in sources, "no local wheel folder for the offline path"
+
+
+def load_torchserve_entrypoint() -> ModuleType:
+    """deploy/docker/torchserve-entrypoint.py as a module."""
+    spec = importlib.util.spec_from_file_location("torchserve_entrypoint", TORCHSERVE_ENTRYPOINT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torchserve_entrypoint_runs_the_start_script_it_is_shipped_with() -> None:
+    df = dockerfile("torchserve")
+    (entry,) = df.runtime.all("ENTRYPOINT")
+    argv = entry.exec_form()
+    assert argv and df.repo_path_of(argv[0]) == TORCHSERVE_ENTRYPOINT
+    start = load_torchserve_entrypoint().START_SH.relative_to(TORCHSERVE_ENTRYPOINT.parent)
+    in_image = (PurePosixPath(argv[0]).parent / start.as_posix()).as_posix()
+    assert df.repo_path_of(in_image) == TORCHSERVE_START
+
+
 @pytest.mark.parametrize(
-    "image,arg",
-    [
-        ("onnx", "ORT_PACKAGE"),
-        ("paddle", "PADDLE_PACKAGE"),
-        ("torchserve", "TORCH_INDEX_URL"),
-        ("onnx", "BASE_IMAGE"),
-        ("paddle", "BASE_IMAGE"),
-        ("torchserve", "BASE_IMAGE"),
-    ],
+    "versions",
+    [["1"], ["1", "2"], ["2", "10", "9"], ["1", "b", "a", "3"], ["x"]],
 )
-def test_gpu_variant_is_a_build_argument(image: str, arg: str) -> None:
-    assert arg in dockerfile(image).declared_args()
+def test_torchserve_entrypoint_orders_versions_like_the_model_store(
+    versions: list[str], tmp_path: Path
+) -> None:
+    from triserve_common.manifest import resolve_version
+
+    entrypoint = load_torchserve_entrypoint()
+    for version in versions:
+        (tmp_path / "mnist" / version).mkdir(parents=True)
+        (tmp_path / "mnist" / version / "manifest.json").write_text("{}")
+    (tmp_path / "mnist" / "99").mkdir()  # no manifest: not a version
+    env = {"TRISERVE_TORCHSERVE_MODEL_STORE": str(tmp_path)}
+    assert entrypoint.model_folder(env).name == resolve_version(tmp_path, "mnist", None)
+    pinned = {**env, "TRISERVE_TORCHSERVE_MODEL_VERSION": versions[0]}
+    assert entrypoint.model_folder(pinned).name == versions[0]
+    assert entrypoint.model_folder({**env, "TS_MODEL_STORE": "/elsewhere"}) == Path("/elsewhere")
+    with pytest.raises(SystemExit, match="not in"):
+        entrypoint.model_folder({**env, "TRISERVE_TORCHSERVE_MODEL_VERSION": "99"})
 
 
 def test_routes_have_health_and_metrics(routes: dict[str, dict[str, str]]) -> None:
