@@ -46,9 +46,11 @@ def test_images_carry_no_build_tools_or_caches(stack: Stack, report: dict[str, A
     for service in (*SERVICES, "trainer"):
         image = f"triserve/{service}:cpu"
         sizes[image] = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", image], 60).stdout) // 10**6
-        found = run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
-                     "ls -d /root/.cache /tmp/* /opt/venv/bin/pip* /wheels 2>/dev/null;"
-                     " command -v gcc cc make pip pip3 || true"], 120).stdout.split()
+        # As root, to see everywhere: caches, leftovers of the build stage, apt lists, compilers.
+        found = run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c",
+                     "ls -d /root/.cache /tmp/* /var/lib/apt/lists/*_Packages /var/cache/apt/archives/*.deb"
+                     " /opt/venv/bin/pip* /etc/pip-ca.pem 2>/dev/null; command -v gcc cc c++ make || true"],
+                    120).stdout.split()
         assert not found, f"{image} carries {found}"
     report["image_size_mb"] = sizes
 
