@@ -58,5 +58,7 @@ if [[ $(id -u) -ne 0 ]] || ! has apt-get; then
 fi
 echo "installing with apt-get: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Slim images (python:*-slim, debian:*-slim) drop /usr/share/man; OpenJDK's postinst needs man1 there.
+mkdir -p /usr/share/man/man1
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
