@@ -96,7 +96,8 @@ def test_no_provider_at_all_is_a_clear_error(gpu_build: None) -> None:
 
 async def test_metadata_and_metric_name_the_engine_that_runs(gpu_build: None) -> None:
     s = settings()
-    rt = OnnxRuntime(s, session_factory=Factory(s, broken={"TensorrtExecutionProvider", "CUDAExecutionProvider"}))
+    broken = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+    rt = OnnxRuntime(s, session_factory=Factory(s, broken=broken))
     rt.load()
     app = build_app(s, rt, server_name="triserve-onnx", server_version="test")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
@@ -114,4 +115,4 @@ def test_default_factory_disables_onnxruntimes_creation_fallback_only() -> None:
         REPO_ROOT / "model_store/mnist/1/model.onnx", [("CPUExecutionProvider", {})]
     )
     assert session.get_providers() == ["CPUExecutionProvider"]
-    assert session._enable_fallback is True  # noqa: SLF001 - onnxruntime keeps the flag privately
+    assert session._enable_fallback is True  # onnxruntime keeps the flag privately
