@@ -33,6 +33,8 @@ class PaddleSettings(ServiceSettings):
 
     # GPU
     gpu_device_id: int = 0
+    """GPU for Paddle on the GPU (the TensorRT conversion builds on the first visible GPU: choose it
+    with ``CUDA_VISIBLE_DEVICES``)."""
     gpu_memory_mb: int = 256
     """Initial GPU memory pool (MB) for ``enable_use_gpu``."""
     tensorrt: Literal["auto", "on", "off"] = "auto"
