@@ -116,3 +116,19 @@ def test_default_factory_disables_onnxruntimes_creation_fallback_only() -> None:
     )
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert session._enable_fallback is True  # onnxruntime keeps the flag privately
+
+
+def test_engine_cache_folder_is_made_per_model_and_optional(gpu_build: None, tmp_path: Path) -> None:
+    s = settings(trt_engine_cache_dir=tmp_path / "cache")
+    factory = Factory(s, broken={"TensorrtExecutionProvider"})
+    OnnxRuntime(s, session_factory=factory).load()
+    trt = factory.attempts[0][0][1]
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert trt["trt_engine_cache_path"] == str(folder) and folder.name.endswith("-fp32-b1-32-256")
+    # a cache path that cannot be a folder: no engine reuse, but the service still starts
+    (tmp_path / "file").write_text("")
+    s = settings(trt_engine_cache_dir=tmp_path / "file")
+    factory = Factory(s, broken={"TensorrtExecutionProvider"})
+    rt = OnnxRuntime(s, session_factory=factory)
+    rt.load()
+    assert "trt_engine_cache_path" not in factory.attempts[0][0][1] and rt.ready

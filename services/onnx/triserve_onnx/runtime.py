@@ -100,14 +100,9 @@ class OnnxRuntime(Runtime):
         if len(onnx_files) != 1:
             raise TriserveError(f"onnx artifact must have exactly one .onnx file, has {len(onnx_files)}")
         model = onnx_files[0]
-        cache = None
-        if self.settings.trt_engine_cache_dir is not None:
-            entries = loaded.manifest.artifacts[self.artifact_kind].files
-            digest = next(f.sha256 for f in entries if f.path.endswith(".onnx"))
-            cache = trt_cache_dir(self.settings.trt_engine_cache_dir, digest, ort.__version__, self.settings)
-        attempts = plan_attempts(self.settings, ort.get_available_providers(), loaded.manifest.inputs, cache)
-        if cache is not None and any(name == "TensorrtExecutionProvider" for name, _ in attempts[0]):
-            cache.mkdir(parents=True, exist_ok=True)
+        available = ort.get_available_providers()
+        cache = self._engine_cache(loaded) if "TensorrtExecutionProvider" in available else None
+        attempts = plan_attempts(self.settings, available, loaded.manifest.inputs, cache)
         chosen = first_working(
             attempts, lambda attempt: self._create(model, attempt), attempt_name, "execution provider"
         )
@@ -139,6 +134,21 @@ class OnnxRuntime(Runtime):
             runs,
             self._requested,
         )
+
+    def _engine_cache(self, loaded: LoadedVersion) -> Path | None:
+        """This model's TensorRT engine cache folder (created), or None (not configured / not writable)."""
+        root = self.settings.trt_engine_cache_dir
+        if root is None:
+            return None
+        entries = loaded.manifest.artifacts[self.artifact_kind].files
+        digest = next(f.sha256 for f in entries if f.path.endswith(".onnx"))
+        cache = trt_cache_dir(root, digest, ort.__version__, self.settings)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("TensorRT engine cache %s not usable (%s): no engine reuse", cache, exc)
+            return None
+        return cache
 
     def unload(self) -> None:
         super().unload()

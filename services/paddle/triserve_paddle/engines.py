@@ -51,6 +51,13 @@ class Capabilities:
                 name = str(paddle.device.cuda.get_device_name(device_id))
             except Exception:  # the name only keys the engine cache
                 name = "unknown-gpu"
+            log.info(
+                "paddle GPU %r; TensorRT compiled %s, runtime %s, python package %s",
+                name,
+                _version(paddle_infer.get_trt_compile_version),
+                _version(paddle_infer.get_trt_runtime_version),
+                "present" if importlib.util.find_spec("tensorrt") else "absent",
+            )
         return cls(cuda=cuda, tensorrt=trt, gpu_name=name)
 
 
