@@ -148,6 +148,10 @@ def test_tensorrt_with_its_onnx_parser_and_unversioned_library(image: str) -> No
     wheel, cuda_major = TENSORRT_WHEEL[image]
     names = [n for words in pip_installs(df) for n in requirement_names(words)]
     assert wheel in names, f"{image}: TensorRT libraries ({wheel}) not installed"
+    # tensorrt-cu1x-libs on PyPI is a placeholder sdist that downloads the wheel from NVIDIA's index
+    (words,) = [w for w in pip_installs(df) if wheel in requirement_names(w)]
+    indexes = [words[i + 1] for i, w in enumerate(words) if w == "--extra-index-url"]
+    assert "{NVIDIA_INDEX_URL}" in indexes and df.declared_args()["NVIDIA_INDEX_URL"].startswith("https://")
     assert constraints()[wheel].split(".")[0] == "10", "the engines link TensorRT 10 (libnvinfer.so.10)"
     runtime_runs = " ".join(ins.args for ins in df.runtime.all("RUN"))
     assert "gpu_libs.py setup /opt/venv" in runtime_runs, "libraries on the loader path + unversioned names"
