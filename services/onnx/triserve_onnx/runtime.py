@@ -15,9 +15,11 @@ from triserve_common.fallback import Fallback, first_working
 from triserve_common.manifest import LoadedVersion
 from triserve_common.runtime import Runtime, map_tensor_names
 from triserve_onnx.engines import (
+    TENSORRT,
     ProviderList,
     attempt_name,
     plan_attempts,
+    provider_chain,
     select_providers,
     trt_cache_dir,
 )
@@ -101,7 +103,8 @@ class OnnxRuntime(Runtime):
             raise TriserveError(f"onnx artifact must have exactly one .onnx file, has {len(onnx_files)}")
         model = onnx_files[0]
         available = ort.get_available_providers()
-        cache = self._engine_cache(loaded) if "TensorrtExecutionProvider" in available else None
+        tensorrt = TENSORRT in provider_chain(self.settings.providers, available)
+        cache = self._engine_cache(loaded) if tensorrt else None
         attempts = plan_attempts(self.settings, available, loaded.manifest.inputs, cache)
         chosen = first_working(
             attempts, lambda attempt: self._create(model, attempt), attempt_name, "execution provider"
