@@ -20,7 +20,7 @@ import pytest
 
 from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
-from triserve_cli.platform import marked_processes
+from triserve_cli.launcher import marked_processes
 from triserve_cli.sample import pick
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
