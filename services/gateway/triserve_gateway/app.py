@@ -24,8 +24,10 @@ from triserve_gateway.config import RoutingConfig, gateway_routing
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
+from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.shadow import ShadowTraffic
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ def create_app(
     metrics = GatewayMetrics(registry)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
     gateway = Gateway(routing, catalog, clients(routing), metrics)
-    service = InferenceService(gateway, metrics, settings)
+    shadows = ShadowTraffic(gateway, metrics.shadow)
+    service = InferenceService(gateway, metrics, settings, shadows)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +81,7 @@ def create_app(
         try:
             yield
         finally:
+            await shadows.close()
             await gateway.close()
 
     app = FastAPI(
@@ -95,6 +99,7 @@ def create_app(
 
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ResponseHooks, metrics=metrics.torchserve, shadows=shadows)  # outermost
     api_torchserve.register(app)
     api_v2.register(app)
     add_metrics_route(app, registry)

@@ -11,6 +11,10 @@ Schema (see the default file for a commented example)::
         strategy: weighted          # weighted | round-robin | least-outstanding | fastest
         backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+        shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
+          candidates: [{backend: paddle, fraction: 0.1}, {version: "2", fraction: 0.05}]
+          max_concurrent: 2
+          max_queue: 16
     health: {interval_s: 2, timeout_s: 1}
     circuit: {failure_threshold: 3, open_s: 5}
 
@@ -78,6 +82,35 @@ class BatchingConfig(_Strict):
     """Batches in flight per backend before requests start waiting to be batched."""
 
 
+class ShadowCandidate(_Strict):
+    """Where mirrored requests go: another backend, another version of the model, or both."""
+
+    backend: str | None = None
+    """Backend to mirror to (None = the backend that answered the request)."""
+    version: str | None = None
+    """Model version to ask it for (None = the version that answered the request)."""
+    fraction: float = Field(gt=0, le=1)
+    """Share of the route's successful requests mirrored to this candidate."""
+
+    @model_validator(mode="after")
+    def _names_something(self) -> ShadowCandidate:
+        if self.backend is None and self.version is None:
+            raise ValueError("a shadow candidate names a backend, a version, or both")
+        return self
+
+
+class ShadowConfig(_Strict):
+    """Shadow traffic of one model: mirrored after the answer is sent, dropped first under load."""
+
+    candidates: list[ShadowCandidate] = Field(min_length=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    """Shadow calls in flight at once for this model."""
+    max_queue: int = Field(default=16, ge=0)
+    """Shadows waiting for a free slot; beyond that a new shadow is dropped (and counted)."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one shadow call may take (a slower one counts as failed)."""
+
+
 class ModelRoute(_Strict):
     """Routing of one model."""
 
@@ -86,6 +119,8 @@ class ModelRoute(_Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""
+    shadow: ShadowConfig | None = None
+    """Shadow traffic to candidates (:mod:`triserve_gateway.shadow`); None = none."""
 
 
 class HealthConfig(_Strict):
@@ -122,6 +157,13 @@ class RoutingConfig(_Strict):
                 )
             if len(set(names)) != len(names):
                 raise ValueError(f"model '{model}' lists a backend twice")
+            shadows = [c.backend for c in route.shadow.candidates if c.backend] if route.shadow else []
+            unknown = sorted(set(shadows) - set(self.backends))
+            if unknown:
+                raise ValueError(
+                    f"model '{model}' shadows to undefined backend(s) {', '.join(unknown)} "
+                    f"(defined: {', '.join(sorted(self.backends))})"
+                )
         return self
 
 
@@ -200,6 +242,8 @@ __all__ = [
     "RoutingConfig",
     "RoutingConfigError",
     "RoutingOverrides",
+    "ShadowCandidate",
+    "ShadowConfig",
     "apply_overrides",
     "gateway_routing",
     "load_routing",
