@@ -232,11 +232,27 @@ async def test_under_load_shadows_are_dropped_not_queued_without_bound() -> None
     assert [int(a.argmax()) for a in answers] == [d % 10 for d in range(20)]
     await eventually(lambda: slow.waiting == 2, "two shadows at the candidate")
     assert shadows.pending("mnist") == 5
-    assert value(metrics, "triserve_gateway_shadows_pending", model="mnist") == 5
+    assert value(metrics, "triserve_gateway_shadows_pending", model="mnist", candidate="paddle",
+                 candidate_version="1") == 5
     assert outcomes(metrics, **pair()) == {"compared": 0, "failed": 0, "dropped": 15}
     slow.gate.set()
     await eventually(lambda: outcomes(metrics, **pair())["compared"] == 5, "queued shadows compared")
     assert shadows.pending("mnist") == 0 and len(slow.calls) == 5
+    await shadows.close()
+    await gw.close()
+
+
+async def test_a_slow_candidate_only_costs_its_own_shadows() -> None:
+    fb: dict[str, FakeBackend] = fakes()
+    slow = fb["torchserve"] = GatedBackend("torchserve")
+    cfg = shadow_routing([{"backend": "paddle", "fraction": 1}, {"backend": "torchserve", "fraction": 1}],
+                         max_concurrent=1, max_queue=1, timeout_s=60)
+    gw, shadows, metrics = make(fb, cfg)
+    for i in range(6):
+        await request(gw, shadows, batch(i), f"s{i}")
+        await eventually(lambda i=i: outcomes(metrics, **pair())["compared"] == i + 1, "paddle keeps up")
+    assert outcomes(metrics, **pair("torchserve")) == {"compared": 0, "failed": 0, "dropped": 4}
+    assert slow.waiting == 1 and shadows.pending("mnist") == 2
     await shadows.close()
     await gw.close()
 

@@ -65,8 +65,8 @@ class ShadowMetrics:
         ))  # fmt: skip
         self.pending = LabelCache(Gauge(
             "triserve_gateway_shadows_pending",
-            "Shadows running or waiting for a slot, per model (bounded by max_concurrent + max_queue).",
-            ["model"], registry=r,
+            "Shadows running or waiting for a slot, per candidate (at most max_concurrent + max_queue).",
+            ["model", "candidate", "candidate_version"], registry=r,
         ))  # fmt: skip
 
 

@@ -5,8 +5,9 @@ candidates — another backend, another version of the model, or both — each w
 successful requests mirrored to it. The inference service offers every routed result
 (:meth:`ShadowTraffic.offer`); a sampled one becomes a :class:`ShadowJob` holding the model input
 and the primary's output rows. Inside :func:`holding` (the HTTP layer wraps each request in it) jobs
-wait until the client's answer is sent, then :meth:`ShadowTraffic.release` hands them to the model's
-lane: at most ``max_concurrent`` run, ``max_queue`` wait, any further one is dropped and counted —
+wait until the client's answer is sent, then :meth:`ShadowTraffic.release` hands them to their
+candidate's lane (one per model, candidate backend and version, so a slow candidate only costs its own
+shadows): at most ``max_concurrent`` run, ``max_queue`` wait, any further one is dropped and counted —
 shadows are dropped first under load, never queued without bound, never delay or change an answer.
 
 A shadow calls the candidate's backend client directly (no batching, routing or circuit breaker:
@@ -103,10 +104,15 @@ class ShadowJob:
     limits: ShadowConfig
 
 
+LaneKey = tuple[str, str, str]
+"""(model, candidate backend, candidate version)."""
+
+
 @dataclass
 class _Lane:
-    """A model's shadows: those running and those waiting for a slot."""
+    """One candidate's shadows: those running and those waiting for a slot."""
 
+    key: LaneKey
     running: int = 0
     waiting: deque[ShadowJob] = field(default_factory=deque)
 
@@ -133,7 +139,7 @@ class ShadowTraffic:
         self.gateway = gateway
         self.metrics = metrics
         self._rng = rng or random.Random()
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[LaneKey, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_diff: dict[Pair, float] = {}
         self._closed = False
@@ -185,7 +191,10 @@ class ShadowTraffic:
     def release(self, jobs: list[ShadowJob]) -> None:
         """Start, queue or drop (when the lane is full or the candidate unhealthy) each job."""
         for job in jobs:
-            lane = self._lanes.setdefault(job.pair.model, _Lane())
+            key = (job.pair.model, job.pair.candidate, job.pair.candidate_version)
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane(key)
             if self._closed or not job.backend.healthy:
                 self._count(job.pair, "dropped")
             elif lane.running < job.limits.max_concurrent:
@@ -194,7 +203,7 @@ class ShadowTraffic:
                 lane.waiting.append(job)
             else:
                 self._count(job.pair, "dropped")
-            self._publish(job.pair.model, lane)
+            self._publish(lane)
         jobs.clear()
 
     # ------------------------------------------------------------------ running
@@ -203,14 +212,14 @@ class ShadowTraffic:
         lane.running += 1
         task = asyncio.get_running_loop().create_task(self._run(job))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, lane, job.pair.model))
+        task.add_done_callback(lambda t: self._finished(t, lane))
 
-    def _finished(self, task: asyncio.Task[None], lane: _Lane, model: str) -> None:
+    def _finished(self, task: asyncio.Task[None], lane: _Lane) -> None:
         self._tasks.discard(task)
         lane.running -= 1
         if lane.waiting and not self._closed:
             self._start(lane, lane.waiting.popleft())
-        self._publish(model, lane)
+        self._publish(lane)
 
     async def _run(self, job: ShadowJob) -> None:
         mv = job.candidate_mv
@@ -257,22 +266,21 @@ class ShadowTraffic:
     def _count(self, pair: Pair, outcome: str) -> None:
         self.metrics.shadows.labels(*pair.labels(), outcome).inc()
 
-    def _publish(self, model: str, lane: _Lane) -> None:
-        self.metrics.pending.labels(model).set(lane.running + len(lane.waiting))
+    def _publish(self, lane: _Lane) -> None:
+        self.metrics.pending.labels(*lane.key).set(lane.running + len(lane.waiting))
 
     def pending(self, model: str) -> int:
-        """Shadows of ``model`` running or waiting."""
-        lane = self._lanes.get(model)
-        return 0 if lane is None else lane.running + len(lane.waiting)
+        """Shadows of ``model`` running or waiting, every candidate's."""
+        return sum(lane.running + len(lane.waiting) for key, lane in self._lanes.items() if key[0] == model)
 
     async def close(self) -> None:
         """Drop waiting shadows and cancel running ones (shutdown)."""
         self._closed = True
-        for model, lane in self._lanes.items():
+        for lane in self._lanes.values():
             for job in lane.waiting:
                 self._count(job.pair, "dropped")
             lane.waiting.clear()
-            self._publish(model, lane)
+            self._publish(lane)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
