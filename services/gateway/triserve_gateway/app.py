@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.metrics import add_metrics_route, new_registry
 from triserve_common.rest import RequestIdMiddleware
-from triserve_gateway import __version__, api_torchserve, api_v2
+from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, demo
 from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import RoutingConfig, gateway_routing
 from triserve_gateway.gateway import Gateway
@@ -94,5 +94,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app, settings, service, gateway)
     api_v2.register(app, settings, service, gateway)
+    api_explain.register(app, settings, service, gateway)  # /explanations, /v2/.../explain
+    demo.register(app, settings, service, gateway)  # the web demo: GET / → /demo/
     add_metrics_route(app, registry)
     return app
