@@ -8,7 +8,7 @@ const BRUSH = 22; // px on the 280 px pad: ~2.2 px at 28x28, like MNIST strokes
 
 const state = {
   model: null, version: null, labels: [], backends: [], explainers: [], topk: 5,
-  blob: null, seq: 0,
+  blob: null, source: "", seq: 0,
 };
 
 // ------------------------------------------------------------------ gateway calls
@@ -42,7 +42,7 @@ function serverTiming(header) {
 }
 
 const ms = (v) => (v === undefined ? "?" : `${v < 10 ? v.toFixed(2) : v.toFixed(1)} ms`);
-const pct = (p) => `${(100 * p).toFixed(p >= 0.999 || p < 0.001 ? 2 : 1)}%`;
+const pct = (p) => (p < 1e-4 ? "<0.01%" : `${(100 * p).toFixed(p < 0.1 ? 2 : 1)}%`);
 
 function showError(message) {
   const el = $("#error");
@@ -177,7 +177,7 @@ async function showInput(blob) {
   canvas.getContext("2d").drawImage(bitmap, 0, 0);
   canvas.setAttribute("aria-label", `The preprocessed input, ${bitmap.width}x${bitmap.height} pixels`);
   canvas.dataset.drawn = "true";
-  $("#input-info").textContent = `${resp.headers.get("X-Input-Shape")} tensor, shown as pixels`;
+  $("#input-info").textContent = `${state.source}: ${resp.headers.get("X-Input-Shape")} tensor, shown as pixels`;
 }
 
 function clearHeat() {
@@ -201,7 +201,7 @@ function drawHeat(explanation) {
   sum.forEach((v, i) => {
     const strength = Math.min(1, Math.abs(v) / max);
     const [r, g, b] = v >= 0 ? [255, 48, 0] : [0, 140, 255];
-    img.data.set([r, g, b, Math.round(255 * Math.sqrt(strength) * 0.85)], i * 4);
+    img.data.set([r, g, b, Math.round(255 * Math.sqrt(strength) * 0.8)], i * 4);
   });
   ctx.putImageData(img, 0, 0);
   heat.dataset.drawn = "true";
@@ -238,11 +238,13 @@ async function explain() {
 
 // ------------------------------------------------------------------ classify
 
-async function classify(blob) {
+async function classify(blob, source) {
   const seq = ++state.seq;
   state.blob = blob;
+  if (source) state.source = source;
   showError("");
   clearHeat();
+  $("#explain-info").textContent = "";
   $("#results").setAttribute("aria-busy", "true");
   const names = [...state.backends.map((b) => b.name), null];
   const input = showInput(blob).catch((e) => showError(e.message));
@@ -272,9 +274,9 @@ function clearPad() {
   pen.dirty = false;
 }
 
-function classifyPad() {
+function classifyPad(source = "drawing") {
   clearTimeout(pen.timer);
-  pad.toBlob((blob) => blob && classify(blob), "image/png");
+  pad.toBlob((blob) => blob && classify(blob, source), "image/png");
 }
 
 const scheduleClassify = () => { clearTimeout(pen.timer); pen.timer = setTimeout(classifyPad, 250); };
@@ -340,7 +342,7 @@ pad.addEventListener("keydown", (ev) => {
 // ------------------------------------------------------------------ upload, drop, samples
 
 function useFile(file) {
-  if (file) classify(file);
+  if (file) classify(file, `upload ${file.name}`);
 }
 $("#file").addEventListener("change", (ev) => useFile(ev.target.files[0]));
 for (const zone of [$("#drop"), $("#drop-pad")]) {
@@ -362,12 +364,12 @@ $("#sample-buttons").replaceChildren(...Object.keys(DIGIT_STROKES).map((d) => {
   b.addEventListener("click", () => {
     clearPad();
     drawStrokes(ink, DIGIT_STROKES[d], pad.width);
-    classifyPad();
+    classifyPad(`sample ${d}`);
   });
   return b;
 }));
 
-$("#classify").addEventListener("click", classifyPad);
+$("#classify").addEventListener("click", () => classifyPad());
 $("#clear").addEventListener("click", clearPad);
 $("#explain").addEventListener("click", explain);
 $("#show-heat").addEventListener("change", (ev) => $("#heat").classList.toggle("hidden", !ev.target.checked));
