@@ -180,6 +180,14 @@ async function showInput(blob) {
   $("#input-info").textContent = `${state.source}: ${resp.headers.get("X-Input-Shape")} tensor, shown as pixels`;
 }
 
+function clearInput() {
+  const canvas = $("#input28");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  canvas.dataset.drawn = "";
+  canvas.setAttribute("aria-label", "The preprocessed input: none");
+  $("#input-info").textContent = "";
+}
+
 function clearHeat() {
   const heat = $("#heat");
   heat.getContext("2d").clearRect(0, 0, heat.width, heat.height);
@@ -247,13 +255,13 @@ async function classify(blob, source) {
   $("#explain-info").textContent = "";
   $("#results").setAttribute("aria-busy", "true");
   const names = [...state.backends.map((b) => b.name), null];
-  const input = showInput(blob).catch((e) => showError(e.message));
+  const input = showInput(blob).then(() => true, (e) => { clearInput(); showError(e.message); return false; });
   const results = await Promise.all(names.map((n) => predict(blob, n)));
-  await input;
+  const inputOk = await input;
   if (seq !== state.seq) return; // a newer image replaced this one meanwhile
   results.forEach((r, i) => renderColumn(document.querySelector(`.col[data-backend="${names[i] ?? "auto"}"]`), r));
   showAgreement();
-  $("#explain").disabled = state.explainers.length === 0;
+  $("#explain").disabled = state.explainers.length === 0 || !inputOk;
   $("#results").setAttribute("aria-busy", "false");
   document.body.dataset.classified = String(seq);
 }
@@ -341,8 +349,21 @@ pad.addEventListener("keydown", (ev) => {
 
 // ------------------------------------------------------------------ upload, drop, samples
 
+/** Shows an uploaded image on the pad (fitted, on black), so drawing can go on over it. */
+async function previewOnPad(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
+    const [w, h] = [bitmap.width * scale, bitmap.height * scale];
+    clearPad();
+    ink.drawImage(bitmap, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  } catch { /* not an image the browser decodes: the gateway's answer says why */ }
+}
+
 function useFile(file) {
-  if (file) classify(file, `upload ${file.name}`);
+  if (!file) return;
+  previewOnPad(file);
+  classify(file, `upload ${file.name}`);
 }
 $("#file").addEventListener("change", (ev) => useFile(ev.target.files[0]));
 for (const zone of [$("#drop"), $("#drop-pad")]) {
