@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.support.mnist import png
+from tests.support.mnist import one_per_digit
 from tests.support.procs import REPO_ROOT, ServiceProcess
 from tests.support.stack import free_port_config, service_processes, start_platform
-from triserve_cli.sample import typical_index
-from triserve_common.idx import load_split
 from triserve_common.manifest import read_manifest
-from triserve_trainer.data import stratified_split
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +53,8 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def held_out(mnist_dir: Path, model_store: Path) -> dict[int, Digit]:
     """The most typical image of some digits among the test images the model never trained on."""
-    data = read_manifest(model_store / "mnist" / "1").data
-    pair = load_split(mnist_dir, "t10k")
-    assert data.split == "t10k-stratified", data.split
-    _, test = stratified_split(pair.labels, data.test_size, data.seed)
-    images, labels = pair.images[test], pair.labels[test]
-    out = {}
-    for d in UPLOADED_DIGITS:
-        i = typical_index(images, labels, d)
-        out[d] = Digit(d, images[i], png(images[i]))
-    return out
+    digits = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
+    return {d: Digit(d, digits.images[d], digits.pngs[d]) for d in UPLOADED_DIGITS}
 
 
 @pytest.fixture(scope="module")

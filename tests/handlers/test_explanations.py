@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.mnist import npy, one_per_digit, png, preprocess
+from tests.support.encode import npy, png
+from tests.support.mnist import one_per_digit, preprocess
 from tests.support.procs import REPO_ROOT
-from triserve_common.manifest import PreprocessSpec
+from triserve_common.manifest import PreprocessSpec, read_manifest
 
 SPEC = PreprocessSpec()
 
@@ -67,8 +68,8 @@ def handler(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> tupl
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    d = one_per_digit(mnist_dir)
+def digits(mnist_dir: Path, model_store: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
     return d.images, d.labels
 
 

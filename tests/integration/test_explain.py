@@ -14,9 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.mnist import Digits, one_per_digit, png
+from tests.support.encode import png
+from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
 from tests.support.stack import free_port_config, service_processes, start_platform
+from triserve_common.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +31,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> Digits:
-    return one_per_digit(mnist_dir)
+def digits(mnist_dir: Path, model_store: Path) -> Digits:
+    return one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
 
 
 @pytest.fixture(scope="module")

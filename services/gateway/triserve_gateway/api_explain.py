@@ -23,7 +23,8 @@ Bounds (see :mod:`triserve_gateway.explain`): ``TRISERVE_GATEWAY_EXPLAIN_MAX_IMA
 from __future__ import annotations
 
 import time
-from typing import Any
+from enum import Enum
+from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -31,16 +32,17 @@ from fastapi.responses import JSONResponse, Response
 
 from triserve_common import codec
 from triserve_common.errors import BadRequestError
-from triserve_common.rest import read_body
-from triserve_gateway.api_torchserve import forced_backend, form_images
+from triserve_common.server import model_target, read_body
+from triserve_gateway.api_common import forced_backend, request_id_of, service_of
+from triserve_gateway.api_torchserve import request_images
 from triserve_gateway.api_v2 import images_of
 from triserve_gateway.explain import METHOD, Explainer, ExplainLimits, Explanation
-from triserve_gateway.gateway import Gateway
-from triserve_gateway.service import InferenceService
-from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.models import ModelVersion
+from triserve_gateway.service import InferenceService, Payload
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]
+TAGS: list[str | Enum] = ["TorchServe inference API"]
 
 _EXPLAIN_BODY: dict[str, Any] = {
     "requestBody": {
@@ -95,96 +97,100 @@ def explanation_json(e: Explanation) -> dict[str, Any]:
     }
 
 
-def register(app: FastAPI, settings: GatewaySettings, service: InferenceService, gateway: Gateway) -> None:
-    """Add ``/explanations/...`` and ``/v2/models/.../explain`` to ``app``."""
-    limit = settings.max_body_bytes
-    explainer = Explainer(
-        gateway,
-        ExplainLimits(settings.explain_steps, settings.explain_max_steps, settings.explain_max_images),
+def explainer_of(request: Request) -> Explainer:
+    """The app's explainer (set by :func:`register`)."""
+    return cast(Explainer, request.app.state.explainer)
+
+
+async def _input(service: InferenceService, mv: ModelVersion, payload: Payload) -> tuple[Array, float]:
+    """The model input of ``payload`` and how long preprocessing took."""
+    start = time.perf_counter()
+    x = await service.model_input(mv, payload)
+    return x, time.perf_counter() - start
+
+
+async def explanations(request: Request) -> Response:
+    """Explain the image(s) of one request, TorchServe style (see module doc)."""
+    start = time.perf_counter()
+    service, explainer = service_of(request), explainer_of(request)
+    model, version = model_target(request)
+    mv = service.gateway.resolve(model, version).mv
+    steps = explainer.steps(_param(request, "steps", "x-explain-steps"))
+    target = explainer.target(mv, _param(request, "target", "x-explain-target"))
+    images = await request_images(request, service.settings.max_body_bytes)
+    explainer.check_count(len(images))
+    what = "request body" if len(images) == 1 else "form part"
+    x, preprocess_s = await _input(service, mv, Payload(images=images, what=what))
+    e = await explainer.explain(
+        mv, version, x, steps=steps, target=target, backend=forced_backend(request),
+        request_id=request_id_of(request),
+    )
+    return JSONResponse(explanation_json(e), headers=_headers(e, preprocess_s, time.perf_counter() - start))
+
+
+def _v2_payload(mv: ModelVersion, decoded: codec.DecodedRequest, explainer: Explainer) -> Payload:
+    """The one input of an OIP v2 explain request: BYTES images or a tensor like the model input."""
+    req = decoded.request
+    if len(req.inputs) != 1:
+        raise BadRequestError(f"expected exactly one input (BYTES images or FP32 {mv.input.shape})")
+    inp = req.inputs[0]
+    arr = decoded.tensors[inp.name]
+    if inp.datatype == "BYTES":
+        binary = bool(inp.parameters and "binary_data_size" in inp.parameters)
+        images = images_of(inp.name, arr, binary)
+        explainer.check_count(len(images))
+        return Payload(images=images, what=f"input '{inp.name}' image")
+    if inp.datatype == mv.input.datatype:
+        return Payload(tensor=np.ascontiguousarray(arr, dtype=np.float32))
+    raise BadRequestError(
+        f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} or BYTES images"
     )
 
-    async def explanations(request: Request) -> Response:
-        start = time.perf_counter()
-        model: str = request.path_params["model_name"]
-        version: str | None = request.path_params.get("model_version")
-        gateway.route(model)
-        mv = gateway.catalog.get(model, version)
-        steps = explainer.steps(_param(request, "steps", "x-explain-steps"))
-        target = explainer.target(mv, _param(request, "target", "x-explain-target"))
-        body = await read_body(request, limit)
-        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            images = await form_images(request, body)
-        else:
-            images = [body]
-        explainer.check_count(len(images))
-        what = "request body" if len(images) == 1 else "form part"
-        t_pre = time.perf_counter()
-        x = await service.preprocess(mv, images, what)
-        preprocess_s = time.perf_counter() - t_pre
-        e = await explainer.explain(
-            mv, version, x, steps=steps, target=target, backend=forced_backend(request),
-            request_id=getattr(request.state, "request_id", None),
-        )
-        headers = _headers(e, preprocess_s, time.perf_counter() - start)
-        return JSONResponse(explanation_json(e), headers=headers)
 
+async def explain_v2(request: Request) -> Response:
+    """Explain, KServe v2 style (see module doc)."""
+    start = time.perf_counter()
+    service, explainer = service_of(request), explainer_of(request)
+    model, version = model_target(request)
+    body = await read_body(request, service.settings.max_body_bytes)
+    header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
+    decoded = codec.decode_request(body, header_length)
+    mv = service.gateway.resolve(model, version).mv
+    params = decoded.request.parameters or {}
+    steps = explainer.steps(None if params.get("steps") is None else str(params["steps"]))
+    target = explainer.target(mv, None if params.get("target") is None else str(params["target"]))
+    x, preprocess_s = await _input(service, mv, _v2_payload(mv, decoded, explainer))
+    e = await explainer.explain(
+        mv, version, x, steps=steps, target=target, backend=forced_backend(request),
+        request_id=request_id_of(request),
+    )
+    labels = np.empty(len(e.targets), dtype=object)
+    labels[:] = [e.label(t).encode() for t in e.targets]
+    outputs = {"attributions": e.attributions, "label": labels, "convergence_delta": e.deltas}
+    binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
+    content, headers = codec.encode_response(
+        mv.name, mv.version, decoded.request.id, outputs, binary=binary,
+        parameters={"method": METHOD, "steps": e.steps, "backend": e.backend},
+    )
+    headers.update(_headers(e, preprocess_s, time.perf_counter() - start))
+    return Response(content, headers=headers)
+
+
+def register(app: FastAPI) -> None:
+    """Add ``/explanations/...`` and ``/v2/models/.../explain`` to ``app`` (after ``app.state`` is set)."""
+    settings = app.state.settings
+    limits = ExplainLimits(settings.explain_steps, settings.explain_max_steps, settings.explain_max_images)
+    app.state.explainer = Explainer(app.state.gateway, limits)
     for path, suffix in (
         ("/explanations/{model_name}", ""),
         ("/explanations/{model_name}/{model_version}", "_version"),
     ):
         for method in ("POST", "PUT"):
             app.add_api_route(
-                path, explanations, methods=[method], tags=["TorchServe inference API"],
+                path, explanations, methods=[method], tags=TAGS,
                 summary="Explain a classification: Integrated Gradients attributions per pixel",
                 openapi_extra=_EXPLAIN_BODY, operation_id=f"explanations{suffix}_{method.lower()}",
             )
-
-    async def explain_v2(request: Request) -> Response:
-        start = time.perf_counter()
-        model: str = request.path_params["model_name"]
-        version: str | None = request.path_params.get("model_version")
-        body = await read_body(request, limit)
-        header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-        decoded = codec.decode_request(body, header_length)
-        gateway.route(model)
-        mv = gateway.catalog.get(model, version)
-        req = decoded.request
-        if len(req.inputs) != 1:
-            raise BadRequestError(f"expected exactly one input (BYTES images or FP32 {mv.input.shape})")
-        inp = req.inputs[0]
-        params = req.parameters or {}
-        steps = explainer.steps(None if params.get("steps") is None else str(params["steps"]))
-        target = explainer.target(mv, None if params.get("target") is None else str(params["target"]))
-        arr = decoded.tensors[inp.name]
-        t_pre = time.perf_counter()
-        if inp.datatype == "BYTES":
-            binary = bool(inp.parameters and "binary_data_size" in inp.parameters)
-            images = images_of(inp.name, arr, binary)
-            explainer.check_count(len(images))
-            x = await service.preprocess(mv, images, f"input '{inp.name}' image")
-        elif inp.datatype == mv.input.datatype:
-            x = np.ascontiguousarray(arr, dtype=np.float32)
-        else:
-            raise BadRequestError(
-                f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} "
-                "or BYTES images"
-            )
-        preprocess_s = time.perf_counter() - t_pre
-        e = await explainer.explain(
-            mv, version, x, steps=steps, target=target, backend=forced_backend(request),
-            request_id=getattr(request.state, "request_id", None),
-        )
-        labels = np.empty(len(e.targets), dtype=object)
-        labels[:] = [e.label(t).encode() for t in e.targets]
-        outputs = {"attributions": e.attributions, "label": labels, "convergence_delta": e.deltas}
-        binary_out: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
-        content, headers = codec.encode_response(
-            mv.name, mv.version, req.id, outputs, binary=binary_out,
-            parameters={"method": METHOD, "steps": e.steps, "backend": e.backend},
-        )
-        headers.update(_headers(e, preprocess_s, time.perf_counter() - start))
-        return Response(content, headers=headers)
-
     for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
         app.add_api_route(
             prefix + "/explain", explain_v2, methods=["POST"], tags=["OIP v2"],

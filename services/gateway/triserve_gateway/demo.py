@@ -23,11 +23,10 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from triserve_common.rest import read_body
-from triserve_gateway.gateway import Gateway
+from triserve_common.server import model_target, read_body
+from triserve_gateway.api_common import service_of
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.service import InferenceService
-from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.service import Payload
 
 Array = np.ndarray[Any, Any]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -51,39 +50,42 @@ def input_png(mv: ModelVersion, x: Array) -> bytes:
     return buf.getvalue()
 
 
-def register(app: FastAPI, settings: GatewaySettings, service: InferenceService, gateway: Gateway) -> None:
+async def root() -> RedirectResponse:
+    """``GET /`` and ``GET /demo``: to the page."""
+    return RedirectResponse("/demo/", status_code=307)
+
+
+async def page() -> FileResponse:
+    """The demo page, with a Content-Security-Policy that allows this origin only."""
+    return FileResponse(
+        STATIC_DIR / "index.html",
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+async def model_input(request: Request) -> Response:
+    """The preprocessed input of the image in the body, as a PNG (see module doc)."""
+    start = time.perf_counter()
+    service = service_of(request)
+    model, version = model_target(request)
+    mv = service.gateway.resolve(model, version).mv
+    body = await read_body(request, service.settings.max_body_bytes)
+    x = await service.model_input(mv, Payload(images=[body], what="request body"))
+    elapsed = time.perf_counter() - start
+    return Response(
+        input_png(mv, x),
+        media_type="image/png",
+        headers={
+            "X-Model-Version": mv.version,
+            "X-Input-Shape": ",".join(str(d) for d in x.shape),
+            "Server-Timing": f"preprocess;dur={elapsed * 1e3:.3f}",
+        },
+    )
+
+
+def register(app: FastAPI) -> None:
     """Add the demo page, its static files and ``/demo/input/...`` to ``app``."""
-    limit = settings.max_body_bytes
-
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/demo/", status_code=307)
-
-    async def page() -> FileResponse:
-        return FileResponse(
-            STATIC_DIR / "index.html",
-            media_type="text/html; charset=utf-8",
-            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
-        )
-
-    async def model_input(request: Request) -> Response:
-        start = time.perf_counter()
-        model: str = request.path_params["model_name"]
-        version: str | None = request.path_params.get("model_version")
-        gateway.route(model)
-        mv = gateway.catalog.get(model, version)
-        body = await read_body(request, limit)
-        x = await service.preprocess(mv, [body], "request body")
-        elapsed = time.perf_counter() - start
-        return Response(
-            input_png(mv, x),
-            media_type="image/png",
-            headers={
-                "X-Model-Version": mv.version,
-                "X-Input-Shape": ",".join(str(d) for d in x.shape),
-                "Server-Timing": f"preprocess;dur={elapsed * 1e3:.3f}",
-            },
-        )
-
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo", root, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo/", page, methods=["GET"], tags=["Demo"], summary="The web demo page")
