@@ -226,13 +226,14 @@ def test_dashboard_panels_query_metrics_that_exist() -> None:
     dashboard = json.loads((GRAFANA / "dashboards/triserve.json").read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     titles = " | ".join(p["title"] for p in panels).lower()
-    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up"):
+    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up", "shadow top-1 agreement",
+                   "max |logit diff|", "torchserve's metric names"):
         assert needed in titles, f"no panel about {needed}"
     exported = exported_metric_names()
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     for panel in panels:
         for target in panel["targets"]:
-            for metric in re.findall(r"\b(triserve_[a-z_]+)", target["expr"]):
+            for metric in re.findall(r"\b(triserve_[a-z_]+|Requests[245]XX|ts_[a-z_]+)", target["expr"]):
                 assert metric in exported, f"panel {panel['title']!r}: {metric} is exported by no service"
             for job_regex in re.findall(r'job=~"([^"]+)"', target["expr"]):
                 assert set(job_regex.split("|")) <= jobs, job_regex
