@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import yaml
 from fastapi import FastAPI
 from pydantic import ValidationError
 
 from tests.gateway.fakes import SPEC, FakeBackend, catalog, digit_png, fakes, routing, write_store
 from tests.support.wait import eventually
 from triserve_common.metrics import new_registry
+from triserve_common.paths import REPO_ROOT
 from triserve_gateway.app import create_app
 from triserve_gateway.config import RoutingConfig, ShadowConfig
 from triserve_gateway.errors import BackendUnavailableError
@@ -134,6 +137,16 @@ def test_shadow_config_is_validated() -> None:
         shadow_routing([{"backend": "tensorflow", "fraction": 1}])
     with pytest.raises(ValidationError):
         shadow_routing([{"backend": "paddle", "fraction": 1}], max_queue=-1)
+
+
+def test_the_documented_routing_example_is_valid() -> None:
+    text = (REPO_ROOT / "docs" / "shadow.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert block is not None, "docs/shadow.md has no yaml example"
+    models = yaml.safe_load(block.group(1))["models"]
+    cfg = RoutingConfig.model_validate({"backends": routing().model_dump()["backends"], "models": models})
+    shadow = cfg.models["mnist"].shadow
+    assert shadow is not None and [c.fraction for c in shadow.candidates] == [0.1, 0.05, 1]
 
 
 # ------------------------------------------------------------------ parity
