@@ -20,11 +20,15 @@ import yaml
 from fastapi import FastAPI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.gateway.fakes import FakeBackend, digit_png, fakes, routing, write_store
+from triserve_common.metrics import new_registry
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
+from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.torchserve_metrics import TorchServeMetrics
 
 FRONTEND = ("Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
             "ts_inference_latency_microseconds", "ts_queue_latency_microseconds")
@@ -61,7 +65,10 @@ def backends() -> dict[str, FakeBackend]:
 
 @pytest.fixture
 async def app(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[FastAPI]:
-    settings = GatewaySettings(model_store=write_store(tmp_path))
+    # (a gateway with a management listener keeps its generated key in tmp_path, never in the checkout)
+    settings = GatewaySettings.model_validate(
+        {"model_store": write_store(tmp_path), "management_key_file": tmp_path / "management.key"}
+    )
     app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         yield app
@@ -132,3 +139,36 @@ async def test_counts_follow_what_the_gateway_served(
         if s.name == "triserve_gateway_requests_total" and s.labels["status"] == "200"
     )
     assert gateway_ok == sum(requests.values())  # the same successful inferences our own series count
+
+
+async def test_response_hooks_count_any_app_s_responses_and_escaped_errors() -> None:
+    """Around another listener's app (no shadows): every response by class; an exception = a 500."""
+    registry = new_registry()
+    metrics = TorchServeMetrics(registry, hostname="h")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status = int(scope["path"].strip("/"))
+        if status == 500:
+            raise RuntimeError("a bug")
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    hooked = ResponseHooks(app, metrics)
+    for status in (200, 201, 204, 302, 400, 404, 499, 503, 500):
+        try:
+            await hooked({"type": "http", "path": f"/{status}"}, receive, send)
+        except RuntimeError:
+            assert status == 500
+    await hooked({"type": "lifespan", "path": "/200"}, receive, send)  # not HTTP: not counted
+    expected = {"2XX": 4, "4XX": 3, "5XX": 2}
+    registry_text = generate_latest(registry).decode()
+    for cls, count in expected.items():
+        assert f'Requests{cls}{{Hostname="h",Level="Host"}} {float(count)}' in registry_text
+

@@ -316,7 +316,10 @@ async def test_close_drops_waiting_shadows_and_cancels_running_ones() -> None:
 async def shadow_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, dict[str, FakeBackend]]]:
     backends: dict[str, FakeBackend] = fakes()
     backends["paddle"] = GatedBackend("paddle")
-    settings = GatewaySettings(model_store=write_store(tmp_path))
+    # (a gateway with a management listener keeps its generated key in tmp_path, never in the checkout)
+    settings = GatewaySettings.model_validate(
+        {"model_store": write_store(tmp_path), "management_key_file": tmp_path / "management.key"}
+    )
     cfg = shadow_routing([{"backend": "paddle", "fraction": 1}])
     app = create_app(settings, routing=cfg, clients=lambda _: backends)  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):

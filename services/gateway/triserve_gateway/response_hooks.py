@@ -1,7 +1,8 @@
 """What happens once a response is sent: TorchServe's ``RequestsNXX`` counts, held shadows released.
 
 One pure ASGI middleware around the gateway's inference app (outermost, so it sees every answer,
-the other middlewares' included). It watches the messages the app sends:
+the other middlewares' included); without ``shadows`` it only counts (e.g. around another listener's
+app, as TorchServe counts its management API's responses too). It watches the messages the app sends:
 
 - ``http.response.start`` gives the status; when the last ``http.response.body`` has been handed
   to the server, the response counts in ``Requests2XX`` / ``Requests4XX`` / ``Requests5XX``
@@ -24,7 +25,9 @@ from triserve_gateway.torchserve_metrics import TorchServeMetrics
 class ResponseHooks:
     """ASGI middleware: count the response by status class, then release its held shadows."""
 
-    def __init__(self, app: ASGIApp, metrics: TorchServeMetrics, shadows: ShadowTraffic) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: TorchServeMetrics, shadows: ShadowTraffic | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.shadows = shadows
@@ -45,7 +48,8 @@ class ResponseHooks:
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
                     done = True
                     self.metrics.count_response(status)
-                    self.shadows.release(held)
+                    if self.shadows is not None:
+                        self.shadows.release(held)
 
             try:
                 await self.app(scope, receive, hooked)
