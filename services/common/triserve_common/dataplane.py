@@ -4,8 +4,9 @@
 (each a :class:`~triserve_common.runtime.Runtime`): it answers health and metadata, routes
 ``name``/``version`` (404 when not loaded; no version = the highest loaded), validates request
 tensors against the model's input spec (400 naming expected vs received), runs the batch in the
-version's worker thread pool and encodes the response (JSON or binary tensors), counting every inference request in Prometheus.
-The REST layer (:mod:`triserve_common.rest`) only maps HTTP onto these calls.
+version's worker thread pool and encodes the response (JSON or binary tensors), counting every
+inference request in Prometheus. The REST layer (:func:`triserve_common.rest.build_app`) only maps
+HTTP onto these calls.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class DataPlaneMetrics:
 
 
 @dataclass
-class InferResult:
+class EncodedResponse:
     """Encoded inference response: body bytes and the headers the codec asks for."""
 
     body: bytes
@@ -244,7 +245,7 @@ class DataPlane:
         version: str | None,
         read_body: BodyReader,
         header_length: str | None,
-    ) -> InferResult:
+    ) -> EncodedResponse:
         """Handle one inference request end to end, counting it in the metrics whatever the outcome.
 
         ``header_length``: the raw ``Inference-Header-Content-Length`` value (None for JSON).
@@ -270,7 +271,7 @@ class DataPlane:
 
     async def _infer(
         self, served: ServedModel, read_body: BodyReader, header_length: str | None, label: str
-    ) -> InferResult:
+    ) -> EncodedResponse:
         length = codec.parse_header_length(header_length)
         body = await read_body()
         decoded = codec.decode_request(body, length)
@@ -289,7 +290,7 @@ class DataPlane:
         body_out, headers = codec.encode_response(
             served.name, served.version, decoded.request.id, selected, binary=binary
         )
-        return InferResult(body_out, headers)
+        return EncodedResponse(body_out, headers)
 
     def _run(self, served: ServedModel, tensors: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
         started = time.perf_counter()
