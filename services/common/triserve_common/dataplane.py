@@ -102,7 +102,7 @@ def _shape_matches(expected: list[int], received: tuple[int, ...]) -> bool:
 
 
 class DataPlane:
-    """OIP v2 semantics over a :class:`ModelRepository`. Call :meth:`start` before serving, :meth:`stop` after."""
+    """OIP v2 semantics over a :class:`ModelRepository`; :meth:`start` before serving, :meth:`stop` after."""
 
     def __init__(
         self,

@@ -19,19 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from triserve_common.errors import BadRequestError, ModelNotFoundError, TriserveError
 from triserve_common.manifest import TensorSpec, list_versions, read_manifest, version_sort_key
 from triserve_common.runtime import Runtime
+from triserve_common.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=RuntimeSettings)
 
 RuntimeFactory = Callable[[str, str, "int | None"], Runtime]
 """``(name, version, instances)`` → a new, not yet loaded runtime (instances None = the service default)."""
@@ -59,6 +64,7 @@ class ServedModel:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     input_specs: dict[str, TensorSpec] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
 
     @classmethod
     def start(cls, runtime: Runtime) -> ServedModel:
@@ -231,8 +237,8 @@ class ModelRepository:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for name in self.store_models():
             for version in self.store_versions(name):
-                rows[(name, version)] = {"name": name, "version": version, "state": ModelState.UNAVAILABLE.value,
-                                         "reason": "unloaded"}
+                unloaded = {"state": ModelState.UNAVAILABLE.value, "reason": "unloaded"}
+                rows[(name, version)] = {"name": name, "version": version, **unloaded}
         for (name, version), (state, reason) in self._states.items():
             rows[(name, version)] = {"name": name, "version": version, "state": state.value, "reason": reason}
         for served in self.loaded():
@@ -242,6 +248,8 @@ class ModelRepository:
                 "state": ModelState.READY.value,
                 "reason": "",
                 "instances": served.instances,
+                "loaded_at": served.loaded_at,
+                "pid": os.getpid(),
             }
         ordered = sorted(rows.values(), key=lambda r: (r["name"], version_sort_key(r["version"])))
         return [r for r in ordered if r["state"] == ModelState.READY.value] if ready_only else ordered
@@ -294,10 +302,11 @@ class ModelRepository:
         return served
 
     async def unload(self, name: str, version: str | None = None) -> list[str]:
-        """Unload one version (None: every loaded version) after its in-flight requests; the versions unloaded."""
+        """Unload one version (None: all) once its requests in flight end; returns the versions unloaded."""
         async with self._lock(name):
             by_version = self._served.get(name, {})
-            targets = list(by_version) if version in (None, "", ALL) else [v for v in by_version if v == version]
+            every = version in (None, "", ALL)
+            targets = [v for v in by_version if every or v == version]
             removed = [by_version.pop(v) for v in targets]
             if not by_version:
                 self._served.pop(name, None)
@@ -340,3 +349,30 @@ class ModelRepository:
             log.warning("%s version %s: %d requests still in flight after %.0fs; unloading anyway",
                         served.name, served.version, served.inflight, self.drain_timeout_s)
         await asyncio.to_thread(served.close)
+
+
+def runtime_repository(
+    settings: S,
+    artifact_kind: str,
+    make_runtime: Callable[[S], Runtime],
+    instances_setting: str,
+) -> ModelRepository:
+    """A service's repository with its start set loaded (``settings.load_models``).
+
+    Each version's runtime is ``make_runtime`` of a copy of ``settings`` naming that model version,
+    with ``instances_setting`` (e.g. ONNX's ``workers``) set to the requested instance count.
+    """
+
+    def factory(name: str, version: str, instances: int | None) -> Runtime:
+        update: dict[str, Any] = {"model_name": name, "model_version": version}
+        if instances is not None:
+            update[instances_setting] = instances
+        return make_runtime(settings.model_copy(update=update))
+
+    repository = ModelRepository(settings.model_store, artifact_kind, factory, settings.graceful_shutdown_s)
+    try:
+        models = settings.startup_models()
+    except ValueError as exc:
+        raise BadRequestError(f"load_models: {exc}") from None
+    repository.load_startup(models)
+    return repository

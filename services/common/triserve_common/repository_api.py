@@ -2,9 +2,12 @@
 
 ::
 
-    POST /v2/repository/index                  {"ready": false}            → [{"name", "version", "state", "reason"}]
-    POST /v2/repository/models/{m}/load        {"parameters": {"version": "2", "instance_count": 2}} → 200, empty
-    POST /v2/repository/models/{m}/unload      {"parameters": {"version": "2"}}                      → 200, empty
+    POST /v2/repository/index             {"ready": false}
+                                          → [{"name", "version", "state", "reason"}]
+    POST /v2/repository/models/{m}/load   {"parameters": {"version": "2", "instance_count": 2}}
+                                          → 200, empty body
+    POST /v2/repository/models/{m}/unload {"parameters": {"version": "2"}}
+                                          → 200, empty body
 
 Bodies are optional (an empty body means the defaults). Failures are ``{"error": ...}`` with the
 status of the :class:`~triserve_common.errors.TriserveError` (unknown model or version: 404;
@@ -15,6 +18,7 @@ gateway serves its own implementation (load/unload on every backend) on its mana
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
@@ -23,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from triserve_common.errors import BadRequestError
 from triserve_common.repository import ModelRepository
+from triserve_common.server import read_body
 from triserve_common.v2 import (
     LoadParameters,
     RepositoryIndexRequest,
@@ -69,8 +74,6 @@ class LocalRepository:
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """The optional JSON body as ``model`` (empty body → defaults); 400 naming what is wrong."""
-    from triserve_common.rest import read_body
-
     raw = await read_body(request, MAX_BODY_BYTES)
     if not raw.strip():
         return model()
@@ -81,9 +84,9 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise BadRequestError(f"invalid repository request: {detail}") from None
 
 
-def add_repository_routes(app: FastAPI, backend: RepositoryBackend, tags: list[str] | None = None) -> None:
+def add_repository_routes(app: FastAPI, backend: RepositoryBackend) -> None:
     """Add the three repository routes of the module doc to ``app``."""
-    tags = tags or ["Model repository (KServe v2 / Triton extension)"]
+    tags: list[str | Enum] = ["Model repository (KServe v2 / Triton extension)"]
 
     async def index(request: Request) -> JSONResponse:
         body = await parse_body(request, RepositoryIndexRequest)

@@ -105,7 +105,7 @@ class RepositoryIndexEntry(_V2Model):
 
 class LoadParameters(_Strict):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-    """``parameters`` of a load request (triserve's: Triton's ``config`` / ``file:`` overrides are not taken)."""
+    """``parameters`` of a load request (Triton's ``config`` / ``file:`` overrides are not taken)."""
 
     version: str | None = None
     """The version to load (default: the highest in the store)."""

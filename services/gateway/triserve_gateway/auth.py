@@ -129,7 +129,9 @@ ErrorRenderer = Callable[[Scope, UnauthorizedError], Awaitable[tuple[int, bytes,
 class KeyMiddleware:
     """Pure-ASGI check of ``Authorization`` on every HTTP request of one listener (health probes exempt)."""
 
-    def __init__(self, app: ASGIApp, key: ApiKey, render: ErrorRenderer, exempt: frozenset[str] = _EXEMPT_PATHS):
+    def __init__(
+        self, app: ASGIApp, key: ApiKey, render: ErrorRenderer, exempt: frozenset[str] = _EXEMPT_PATHS
+    ) -> None:
         self.app = app
         self.key = key
         self.render = render
