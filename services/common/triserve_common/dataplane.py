@@ -164,7 +164,8 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None) -> bool:
         """Whether the model version is ready (404 if not served)."""
-        return self._started and self.check_model(name, version).runtime.ready
+        served = self.check_model(name, version)
+        return self._started and served.runtime.ready
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """``GET /v2/models/{name}[/versions/{v}]`` body; ``parameters.engine`` names the engine."""
