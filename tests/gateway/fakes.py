@@ -162,11 +162,10 @@ class FakeAdmin:
         self.delay = 0.0
 
     async def held(self) -> dict[tuple[str, str], HeldVersion]:
-        return {
-            key: HeldVersion(key[0], key[1], n > 0, [{"id": f"{self.name}-{i}", "status": "READY", "gpu": False}
-                                                      for i in range(n)])
-            for key, n in self.holding.items()
-        }
+        def workers(n: int) -> list[dict[str, Any]]:
+            return [{"id": f"{self.name}-{i}", "status": "READY", "gpu": False} for i in range(n)]
+
+        return {key: HeldVersion(key[0], key[1], n > 0, workers(n)) for key, n in self.holding.items()}
 
     async def load(self, model: str, version: str, workers: int, options: LoadOptions) -> None:
         self.calls.append(("load", model, version, workers))
