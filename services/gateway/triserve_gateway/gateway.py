@@ -229,7 +229,7 @@ class Gateway:
 
     def ready(self) -> bool:
         """Every registered model has a routable backend (true with none registered, as TorchServe)."""
-        return all(self.model_ready(m) for m in self._routes)
+        return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
     # ------------------------------------------------------------------ inference
 

@@ -69,8 +69,11 @@ def create_metrics_app(registry: CollectorRegistry) -> FastAPI:
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
     """A listening socket as uvicorn binds its own (IPv4/IPv6, SO_REUSEADDR)."""
-    sock = uvicorn.Config(app=None, host=host, port=port, backlog=backlog).bind_socket()  # type: ignore[arg-type]
-    return sock
+    config = uvicorn.Config(  # only to bind: leaves the logging the server's config set up alone
+        app="unused:app", host=host, port=port, backlog=backlog, log_config=None, access_log=False,
+        log_level=None,
+    )
+    return config.bind_socket()
 
 
 def serve_listeners(listeners: list[Listener], lifespan_app: ASGIApp, settings: ServiceSettings) -> None:
