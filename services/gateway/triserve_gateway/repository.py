@@ -64,7 +64,9 @@ class GatewayRepository:
         reg = self.manager.registered.get(name, {}).get(version)
         if reg is None:
             await self.manager.register(f"{name}/{version}", initial_workers=params.instance_count)
-            return
+            reg = self.manager.registered[name][version]
+            if params.instance_count is None or params.instance_count == reg.min_workers:
+                return
         workers = params.instance_count or max(1, reg.min_workers)
         await self.manager.scale(name, version, workers, max(workers, reg.max_workers), synchronous=True)
 
