@@ -32,7 +32,7 @@ BACKENDS = ("onnx", "paddle", "torchserve")
 
 
 @dataclass(frozen=True)
-class TestStore:
+class CompatStore:
     """The store copy and the model versions made for the tests."""
 
     root: Path
@@ -86,14 +86,14 @@ def derive_version(store: Path, source: Path, name: str, version: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> TestStore:
+def test_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> CompatStore:
     root = tmp_path_factory.mktemp("compat-store") / "model_store"
     shutil.copytree(model_store, root, ignore=shutil.ignore_patterns("training"))
     versions = [v for v in list_versions(root, "mnist") if v.isdigit()]
     extra = str(max(int(v) for v in versions) + 1)
     derive_version(root, model_store / "mnist" / "1", "mnist", extra)
     derive_version(root, model_store / "mnist" / "1", "digits", "1")
-    return TestStore(root, extra)
+    return CompatStore(root, extra)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Backends:
 
 @pytest.fixture(scope="session")
 def backends(
-    test_store: TestStore, service_logs: Path, tmp_path_factory: pytest.TempPathFactory
+    test_store: CompatStore, service_logs: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backends]:
     config = free_port_config(tmp_path_factory.mktemp("compat-run"), test_store.root, models="none")
     procs = service_processes(config, service_logs)

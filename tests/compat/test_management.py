@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compat.conftest import BACKENDS, Backends, Gateway, TestStore, start_gateway
+from tests.compat.conftest import BACKENDS, Backends, Gateway, CompatStore, start_gateway
 from tests.support.mnist import Digits, one_per_digit
 from triserve_common.manifest import read_manifest
 
@@ -74,7 +74,7 @@ def gateway(backends: Backends) -> Iterator[Gateway]:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path, test_store: TestStore) -> Digits:
+def digits(mnist_dir: Path, test_store: CompatStore) -> Digits:
     return one_per_digit(mnist_dir, read_manifest(test_store.root / "mnist" / "1"))
 
 
@@ -221,7 +221,7 @@ def infer_all(gw: Gateway, name: str, version: str, digits: Digits, labels: list
 
 
 def test_register_infer_scale_default_unregister_every_store_version(
-    gateway: Gateway, backends: Backends, test_store: TestStore, digits: Digits
+    gateway: Gateway, backends: Backends, test_store: CompatStore, digits: Digits
 ) -> None:
     for name, version in test_store.versions():
         manifest = read_manifest(test_store.root / name / version)
@@ -279,7 +279,7 @@ def test_register_infer_scale_default_unregister_every_store_version(
         assert r.status_code == 404
 
 
-def test_versions_default_and_their_errors(gateway: Gateway, test_store: TestStore, digits: Digits) -> None:
+def test_versions_default_and_their_errors(gateway: Gateway, test_store: CompatStore, digits: Digits) -> None:
     v2 = test_store.extra_version
     ts_status(register(gateway, "mnist/1"), 200, 'Model "mnist" Version: 1 registered with 1 initial workers')
     ts_status(
@@ -350,7 +350,7 @@ def test_versions_default_and_their_errors(gateway: Gateway, test_store: TestSto
     ts_error(gateway.mgmt("DELETE", "/models/mnist"), 404, "ModelNotFoundException", "Model not found: mnist")
 
 
-def test_list_is_paginated_as_torchserve(gateway: Gateway, test_store: TestStore) -> None:
+def test_list_is_paginated_as_torchserve(gateway: Gateway, test_store: CompatStore) -> None:
     assert gateway.mgmt("GET", "/models").json() == {"models": []}
     for url in ("digits.mar", "mnist.mar"):
         assert register(gateway, url, initial_workers=1).status_code == 200
@@ -399,7 +399,7 @@ def test_register_refuses_an_alias_and_a_model_no_backend_can_run(gateway: Gatew
 
 
 def test_v2_repository_on_the_management_port(
-    gateway: Gateway, backends: Backends, test_store: TestStore
+    gateway: Gateway, backends: Backends, test_store: CompatStore
 ) -> None:
     index = gateway.mgmt("POST", "/v2/repository/index").json()
     assert {(r["name"], r["version"]) for r in index} == set(test_store.versions())
