@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.compat.conftest import BACKENDS, Backends, Gateway, CompatStore, start_gateway
+from tests.compat.conftest import BACKENDS, Backends, CompatStore, Gateway, start_gateway
 from tests.support.mnist import Digits, one_per_digit
 from triserve_common.manifest import read_manifest
 

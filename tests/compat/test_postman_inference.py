@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compat.conftest import Backends, Gateway, CompatStore, start_gateway
+from tests.compat.conftest import Backends, CompatStore, Gateway, start_gateway
 from tests.support.mnist import one_per_digit
 from triserve_common.manifest import read_manifest
 

@@ -64,6 +64,7 @@ class FakeBackend:
         self.request_ids: list[str | None] = []
         self.versions: list[str | None] = []
         self.closed = False
+        self.gate: asyncio.Event | None = None  # calls wait for it when set
 
     async def infer(
         self, model: str, version: str | None, x: np.ndarray, request_id: str | None,
@@ -74,6 +75,8 @@ class FakeBackend:
         self.versions.append(version)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_with is not None and (self.fail_times is None or self.fail_times > 0):
             if self.fail_times is not None:
                 self.fail_times -= 1

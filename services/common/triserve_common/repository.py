@@ -266,16 +266,18 @@ class ModelRepository:
         return served
 
     def load_startup(self, models: list[tuple[str, str | None]] | str) -> None:
-        """Load the start set: :data:`ALL` (every version in the store), or ``[(name, version)]``."""
-        if models == ALL:
-            wanted: list[tuple[str, str | None]] = [
-                (name, v) for name in self.store_models() for v in self.store_versions(name)
-            ]
-        else:
-            assert not isinstance(models, str)
+        """Load the start set: :data:`ALL` (every version in the store), or ``[(name, version)]`` where
+        a version of None means every version of that model in the store (``latest``: the highest)."""
+        names = self.store_models() if models == ALL else []
+        wanted: list[tuple[str, str | None]] = [(name, None) for name in names]
+        if not isinstance(models, str):
             wanted = models
         for name, version in wanted:
-            self.load_sync(name, version)
+            versions = self.store_versions(name) if version is None else [version]
+            if not versions:
+                self.resolve(name, None)  # 404 naming the models there are
+            for v in versions:
+                self.load_sync(name, v)
 
     async def load(self, name: str, version: str | None = None, instances: int | None = None) -> ServedModel:
         """Load (or reload) a version from the store; raises the error that made it fail."""

@@ -51,13 +51,13 @@ class RuntimeSettings(ServiceSettings):
     """Version to serve; None = the highest in the store."""
     load_models: str | None = None
     """Models loaded at start: ``all`` (every version in the store with this service's artifact),
-    ``none``, or ``mnist,fashion:1`` (a model's highest version, or one); unset = ``model_name``
-    / ``model_version``. More are loaded and unloaded at run time via ``/v2/repository``."""
+    ``none``, or ``mnist,fashion:1`` (every version of a model, or one); unset = ``model_name`` /
+    ``model_version``. More are loaded and unloaded at run time via ``/v2/repository``."""
 
     def startup_models(self) -> list[tuple[str, str | None]] | str:
         """``load_models`` parsed (see :func:`triserve_common.repository.parse_model_list`)."""
         from triserve_common.repository import parse_model_list
 
         if self.load_models is None:
-            return [(self.model_name, self.model_version)]
+            return [(self.model_name, self.model_version or "latest")]
         return parse_model_list(self.load_models)
