@@ -10,6 +10,8 @@
 #
 # Environment (all optional):
 #   TS_HOST             bind address for all three endpoints            [127.0.0.1]
+#   TS_MANAGEMENT_HOST  bind address of the management API alone (e.g. an address only the gateway
+#                       reaches)                                        [TS_HOST]
 #   TS_INFERENCE_PORT   inference API port                              [8085]
 #   TS_MANAGEMENT_PORT  management API port                             [8086]
 #   TS_METRICS_PORT     Prometheus metrics port (/metrics)              [8087]
@@ -54,7 +56,7 @@ grep -v -E '^(inference_address|management_address|metrics_address|model_store|l
   "$here/config.properties" > "$config"
 cat >> "$config" <<PROPS
 inference_address=http://${host}:${TS_INFERENCE_PORT:-8085}
-management_address=http://${host}:${TS_MANAGEMENT_PORT:-8086}
+management_address=http://${TS_MANAGEMENT_HOST:-$host}:${TS_MANAGEMENT_PORT:-8086}
 metrics_address=http://${host}:${TS_METRICS_PORT:-8087}
 model_store=${archives}
 vmargs=-Xmx${TS_JAVA_HEAP:-512m} -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=${run_dir}/tmp
@@ -65,7 +67,7 @@ export METRICS_LOCATION="$run_dir/logs"
 # TorchServe keeps its pid file in $TMPDIR; a per-run TMPDIR lets several instances coexist.
 export TMPDIR="$run_dir/tmp"
 # The TS_* names above are ours, not TorchServe properties: keep them out of its env-var overrides.
-unset TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT TS_MODEL_STORE TS_MODELS TS_RUN_DIR TS_JAVA_HEAP
+unset TS_HOST TS_MANAGEMENT_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT TS_MODEL_STORE TS_MODELS TS_RUN_DIR TS_JAVA_HEAP
 load=()
 if [ -n "$models" ] && [ "$models" != "none" ]; then
   load=(--models "$models")
