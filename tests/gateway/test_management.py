@@ -198,6 +198,8 @@ async def test_register_json_body_as_torchserve_accepts(launch: Launch) -> None:
             "POST", "/models", content=b"[1]", headers={"Content-Type": "application/json"}
         )
         assert r.status_code == 400 and r.json()["type"] == "BadRequestException"
+        r = await gw.mgmt("POST", "/models", params={"url": "mnist/2", "handler": "x:handle"})
+        assert r.status_code == 400 and r.json()["message"].startswith("parameter handler is not supported")
 
 
 # ------------------------------------------------------------------ keys

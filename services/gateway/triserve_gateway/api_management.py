@@ -45,6 +45,8 @@ from triserve_gateway.torchserve_errors import (
 
 TAGS: list[Any] = ["TorchServe management API"]
 MAX_REGISTER_BODY = 64 * 1024
+UNSUPPORTED_REGISTER_PARAMS = frozenset({"handler", "runtime", "s3_sse_kms"})
+"""TorchServe register parameters the gateway refuses (400) rather than silently ignores."""
 
 
 def _manager(request: Request) -> ModelManager:
@@ -89,6 +91,12 @@ async def _register_params(request: Request) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise BadRequestException("request body must be a JSON object")
         params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.items()}
+    unsupported = sorted(set(params) & UNSUPPORTED_REGISTER_PARAMS)
+    if unsupported:
+        raise BadRequestException(
+            f"parameter {', '.join(unsupported)} is not supported: the gateway registers the model store's "
+            "archives as they are (handler and runtime included)"
+        )
     return {
         "url": params.get("url"),
         "model_name": params.get("model_name"),
