@@ -62,7 +62,8 @@ def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> Servi
             f"{prefix}HOST": config.host,
             f"{prefix}PORT": str(port),
             f"{prefix}MODEL_STORE": str(config.model_store),
-            f"{prefix}LOAD_MODELS": config.models,
+            # the platform's start set, unless this service's own setting is in the environment
+            f"{prefix}LOAD_MODELS": os.environ.get(f"{prefix}LOAD_MODELS", config.models),
         },
         ready_url=f"{config.url(port)}/v2/health/ready",
         port_names={"http": port},
