@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class DataPlane:
         self.server_version = server_version
         self.metrics = DataPlaneMetrics(registry)
         self._started = False
+        self._info_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._info_lock = threading.Lock()
         repository.on_change = self._publish
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,13 +135,34 @@ class DataPlane:
         self._publish()
 
     def _publish(self) -> None:
-        """Info and readiness gauges of the loaded model versions."""
-        self.metrics.model_info.clear()
-        self.metrics.model_ready.clear()
+        """Info and readiness gauges of the loaded model versions (after a load or an unload)."""
+        with self._info_lock:
+            self.metrics.model_info.clear()
+            self.metrics.model_ready.clear()
+            self._info_labels.clear()
         for served in self.repository.loaded():
+            self.publish_model_info(served)
             rt = served.runtime
-            self.metrics.model_info.labels(rt.name, rt.version, rt.platform, rt.engine).set(1)
             self.metrics.model_ready.labels(rt.name).set(1 if rt.ready and self._started else 0)
+
+    def publish_model_info(self, served: ServedModel) -> None:
+        """``triserve_model_info`` for the engine the version's runtime reports *now*: an engine that
+        fell back (e.g. onnxruntime leaving TensorRT at run time) replaces the old label set instead of
+        both staying at 1. Cheap when nothing changed; called after every batch."""
+        rt = served.runtime
+        key = (served.name, served.version)
+        labels = (rt.name, rt.version, rt.platform, rt.engine)
+        if self._info_labels.get(key) == labels:
+            return
+        with self._info_lock:
+            old = self._info_labels.get(key)
+            if old == labels:
+                return
+            if old is not None:
+                log.warning("engine changed: %s -> %s", old[3], labels[3])
+                self.metrics.model_info.remove(*old)
+            self.metrics.model_info.labels(*labels).set(1)
+            self._info_labels[key] = labels
 
     # ------------------------------------------------------------------ health, metadata
 
@@ -302,6 +326,8 @@ class DataPlane:
         except Exception as exc:
             log.exception("inference failed")
             raise TriserveError(f"inference failed: {type(exc).__name__}: {exc}", 500) from exc
+        finally:
+            self.publish_model_info(served)
         self.metrics.compute_latency.labels(label).observe(time.perf_counter() - started)
         missing = [out for out in served.output_names if out not in outputs]
         if missing:

@@ -24,7 +24,7 @@ from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.metrics import new_registry
 from triserve_common.server import RequestIdMiddleware
 from triserve_common.settings import ServiceSettings
-from triserve_gateway import __version__, api_torchserve, api_v2, auth
+from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, auth, demo
 from triserve_gateway.admin import BackendAdmin, default_admins
 from triserve_gateway.api_management import create_management_app, render_unauthorized
 from triserve_gateway.auth import KeyMiddleware
@@ -127,6 +127,8 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app)
     api_v2.register(app)
+    api_explain.register(app)  # /explanations, /v2/.../explain
+    demo.register(app)  # the web demo: GET / → /demo/
     app.state.management_app = create_management_app(manager, management_key)
     app.state.metrics_app = create_metrics_app(registry)
     return app
@@ -151,7 +153,7 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-_TORCHSERVE_PATHS = ("/predictions", "/ping")
+_TORCHSERVE_PATHS = ("/predictions", "/explanations", "/ping")
 
 
 async def _render_unauthorized(scope: Scope, exc: auth.UnauthorizedError) -> tuple[int, bytes, str]:
