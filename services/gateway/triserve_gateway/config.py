@@ -3,9 +3,9 @@
 Schema (see the default file for a commented example)::
 
     backends:            # name -> how to reach it
-      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", timeout_s: 5}
-      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085",
-                   management_url: "http://127.0.0.1:8081", metrics_url: "http://127.0.0.1:8082"}
+      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", artifact: onnx, timeout_s: 5}
+      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085", artifact: torchserve,
+                   management_url: "http://127.0.0.1:8086", metrics_url: "http://127.0.0.1:8087"}
     models:
       mnist:
         strategy: weighted          # weighted | round-robin | least-outstanding | fastest
@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from triserve_common.errors import TriserveError
+from triserve_common.manifest import ArtifactKind
 from triserve_gateway.routing import StrategyName
 from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
@@ -48,7 +49,10 @@ class BackendConfig(_Strict):
     url: str
     """Inference base URL (OIP v2 root, or TorchServe's inference API)."""
     management_url: str | None = None
-    """TorchServe management API (model describe: version, runtime)."""
+    """TorchServe management API (register, scale, unregister, describe)."""
+    artifact: ArtifactKind | None = None
+    """Manifest artifact this backend runs (``onnx``, ``paddle``, ``torchserve``); a model version
+    without it is not loaded there. None = any."""
     metrics_url: str | None = None
     """TorchServe metrics API (informational)."""
     timeout_s: float = Field(default=5.0, gt=0)

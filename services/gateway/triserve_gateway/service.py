@@ -92,7 +92,7 @@ class InferenceService:
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
-        return model if model in self.gateway.routing.models else UNKNOWN_MODEL
+        return model if self.gateway.is_routed(model) else UNKNOWN_MODEL
 
     def track(self, model: str, start: float) -> RequestTrack:
         """Context manager accounting for one request (in-flight, count by status, total latency)."""
@@ -101,13 +101,14 @@ class InferenceService:
     async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
         """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
         target = self.gateway.resolve(request.model, request.version)
-        payload = request.prepare(target.mv)
-        t_pre = time.perf_counter()
-        x = await self.model_input(target.mv, payload)
-        preprocess_s = time.perf_counter() - t_pre
-        result = await self.gateway.infer(target, x, request.request_id, request.backend)
-        if self.shadows is not None:
-            self.shadows.offer(target, x, result, request.request_id)
+        with self.gateway.catalog.using(target.mv):  # unregistering the version waits for this request
+            payload = request.prepare(target.mv)
+            t_pre = time.perf_counter()
+            x = await self.model_input(target.mv, payload)
+            preprocess_s = time.perf_counter() - t_pre
+            result = await self.gateway.infer(target, x, request.request_id, request.backend)
+            if self.shadows is not None:
+                self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
