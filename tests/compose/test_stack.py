@@ -144,12 +144,30 @@ def test_backend_killed_and_restarted_under_load(
     assert load.backends_since(restarted)[victim] > 0, f"{victim} got no traffic after its restart"
 
 
+def v2_infer(client: httpx.Client, stack: Stack, body: dict[str, Any], backend: str,
+             version: str | None = None) -> dict[str, Any]:
+    """POST an OIP v2 JSON request to the gateway, the backend forced."""
+    path = "/v2/models/mnist" + (f"/versions/{version}" if version else "") + "/infer"
+    resp = client.post(f"{stack.gateway_url}{path}", json=body, headers={"X-Backend": backend})
+    assert resp.status_code == 200, f"{backend} {path}: {resp.status_code} {resp.text}"
+    assert resp.headers["x-backend"] == backend
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
 def test_trainer_publishes_a_version_the_services_serve_after_restart(
     stack: Stack, mnist_dir: Path, report: dict[str, Any]
 ) -> None:
+    """The trainer profile writes the next version into the model-store volume; after a restart every
+    backend serves it, as the default version, with the new weights (its logits differ from the old)."""
     images = [pick(mnist_dir, index=i) for i in range(20)]
+    # The README's preprocessed FP32 request: answered with the logits.
+    x = (images[0].pixels.astype(np.float32) / 255 - 0.1307) / 0.3081
+    tensor_body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                               "data": x.ravel().tolist()}]}
     with httpx.Client(timeout=30) as client:
         before = client.get(f"{stack.gateway_url}/v2/models/mnist").json()["versions"]
+        old_logits = {b: v2_infer(client, stack, tensor_body, b, before[-1]) for b in BACKENDS}
         started = time.monotonic()
         trained = stack.run(
             "--profile", "train", "run", "--rm", "trainer", "--store", "/opt/triserve/model_store",
@@ -160,13 +178,13 @@ def test_trainer_publishes_a_version_the_services_serve_after_restart(
         restarted = time.monotonic()
         stack.run("restart", *SERVICES, timeout=600)
         report["restart_health_s"] = stack.wait_healthy(SERVICES, since=restarted, deadline_s=600)
-        after = client.get(f"{stack.gateway_url}/v2/models/mnist").json()
-        new = [v for v in after["versions"] if v not in before]
-        assert len(new) == 1, f"versions before {before}, after {after['versions']}\n{trained.stdout[-2000:]}"
-        assert after["versions"][-1] == new[0]
-        described = client.get(f"{stack.gateway_url}/models/mnist").json()[0]
-        served = {b["name"]: str(b["version"]) for b in described["backends"]}
-        assert served == dict.fromkeys(BACKENDS, new[0]), described
+        after = client.get(f"{stack.gateway_url}/v2/models/mnist").json()["versions"]
+        new = [v for v in after if v not in before]
+        assert len(new) == 1, f"versions before {before}, after {after}\n{trained.stdout[-2000:]}"
+        for backend in BACKENDS:
+            default = v2_infer(client, stack, tensor_body, backend)
+            assert default["model_version"] == new[0], f"{backend}: default {default['model_version']}"
+            assert default["outputs"] != old_logits[backend]["outputs"], f"{backend}: the old weights"
         answers = {b: [predict(client, stack, s.png(), b)[0] for s in images] for b in BACKENDS}
         assert answers["onnx"] == answers["paddle"] == answers["torchserve"]
         accuracy = np.mean([a == s.label for a, s in zip(answers["onnx"], images, strict=True)])

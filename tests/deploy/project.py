@@ -25,9 +25,10 @@ from unittest import mock
 import pytest
 import yaml
 
+from triserve_common.paths import REPO_ROOT
 from triserve_common.settings import ServiceSettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SERVICES = ("gateway", "onnx", "paddle", "torchserve")
 """The long-running services (each has a Deployment, a Service, a compose service)."""
 BACKENDS = ("onnx", "paddle", "torchserve")
@@ -41,7 +42,6 @@ TORCHSERVE_METRICS_PATH = "/metrics"
 TORCHSERVE_PORT_KEYS = ("inference", "management", "metrics")
 TORCHSERVE_CONFIG = REPO / "services" / "torchserve" / "config.properties"
 TORCHSERVE_START = REPO / "services" / "torchserve" / "start.sh"
-TORCHSERVE_ENTRYPOINT = REPO / "deploy" / "docker" / "torchserve-entrypoint.py"
 COMPOSE = REPO / "docker-compose.yml"
 
 
@@ -110,12 +110,19 @@ def torchserve_ports(env: Mapping[str, str]) -> dict[str, int]:
 def served_ports(service: str, env: Mapping[str, str]) -> dict[str, int]:
     """Port name → number the service listens on in a container with ``env``.
 
-    Python services serve everything (API, health, metrics) on one port, named ``http`` in the manifests;
-    TorchServe has ``inference``, ``management`` and ``metrics``.
+    The runtime services serve everything (API, health, metrics) on one port, named ``http`` in the
+    manifests; the gateway and TorchServe have three: ``http``/``inference``, ``management``, ``metrics``.
     """
     if service == "torchserve":
         return torchserve_ports(env)
-    return {"http": settings_under(service, env).port}
+    settings = settings_under(service, env)
+    if service == "gateway":  # TorchServe's layout: inference, management, metrics
+        from triserve_gateway.settings import GatewaySettings
+
+        assert isinstance(settings, GatewaySettings)
+        return {"http": settings.port, "management": settings.management_port,
+                "metrics": settings.metrics_port}
+    return {"http": settings.port}
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ def endpoints(service: str, routes: Mapping[str, Mapping[str, str]]) -> Endpoint
         health = ("inference", TORCHSERVE_HEALTH_PATH)
         return Endpoints(health, health, ("metrics", TORCHSERVE_METRICS_PATH))
     table = routes[service]
-    return Endpoints(("http", table["live"]), ("http", table["ready"]), ("http", table["metrics"]))
+    metrics_port = "metrics" if service == "gateway" else "http"  # the gateway: metrics on their own port
+    return Endpoints(("http", table["live"]), ("http", table["ready"]), (metrics_port, table["metrics"]))
 
 
 def get_routes(app: Any) -> dict[str, str]:
@@ -414,7 +422,7 @@ def env_names_read_by(image: str) -> set[str]:
     """Every environment variable the image's process reads as configuration.
 
     Python services: their settings class's fields under its prefix. TorchServe: start.sh's own ``TS_*``
-    names (those it unsets before starting TorchServe) and the image entry point's ``TRISERVE_TORCHSERVE_*``.
+    names (those it unsets before starting TorchServe).
     The trainer: the ``TRISERVE_*`` names its code reads.
     """
     if image in PYTHON_SERVICES:
@@ -424,9 +432,7 @@ def env_names_read_by(image: str) -> set[str]:
     if image == "torchserve":
         unset = re.search(r"^unset (TS_.+)$", TORCHSERVE_START.read_text(), re.M)
         assert unset, "start.sh no longer unsets its own TS_* names"
-        ours = set(re.findall(r"TRISERVE_TORCHSERVE_MODEL_[A-Z]+", TORCHSERVE_ENTRYPOINT.read_text()))
-        ours |= {f"TRISERVE_TORCHSERVE_MODEL_{k}" for k in ("STORE", "NAME", "VERSION")}
-        return set(unset.group(1).split()) | ours
+        return set(unset.group(1).split())
     if image == "trainer":  # the variables its code (and the shared package's) names
         sources = [f for d in ("trainer", "common") for f in (REPO / "services" / d).rglob("*.py")]
         return {name for f in sources for name in re.findall(r"[\"'](TRISERVE_[A-Z_]+)[\"']", f.read_text())}

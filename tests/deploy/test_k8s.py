@@ -82,7 +82,7 @@ def main_container(obj: Obj) -> Obj:
 def container_env(service: str, container: Obj) -> dict[str, str]:
     """Environment of the service's process: its image's ENV, then the manifest's env."""
     env = dockerfile(service).runtime.env()
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})  # not Secrets
     return env
 
 
@@ -362,6 +362,26 @@ def test_overlay_images_and_gpus(rendered: tuple[str, list[Obj]]) -> None:
             assert "nvidia.com/gpu" not in limits and "tolerations" not in pod
 
 
+def test_gateway_keys_come_from_a_secret_and_management_is_fenced(rendered: tuple[str, list[Obj]]) -> None:
+    _overlay, objs = rendered
+    container = main_container(one(objs, "Deployment", "gateway"))
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["TRISERVE_GATEWAY_MANAGEMENT_KEY"] == {"name": "gateway-keys", "key": "management-key"}
+    assert refs["TRISERVE_GATEWAY_INFERENCE_KEY"]["optional"] is True
+    management = one(objs, "Service", "gateway-management")
+    assert [p["targetPort"] for p in management["spec"]["ports"]] == ["management"]
+    assert "management" not in {p["name"] for p in one(objs, "Service", "gateway")["spec"]["ports"]}
+    (policy,) = [p for p in find(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("gateway-ingress")]
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if "management" in ports:
+            (peer,) = rule["from"]
+            assert ports == {"management"} and set(peer) == {"podSelector"}
+            assert peer["podSelector"]["matchLabels"]["triserve.io/management-client"] == "true"
+        else:
+            assert "management" not in ports
+
+
 # --------------------------------------------------------------------------- in step with compose
 
 
@@ -411,11 +431,13 @@ def test_k8s_and_compose_configure_each_service_alike(service: str, compose: dic
     compose_env.update((compose["services"][service].get("environment") or {}).items())
     assert served_ports(service, k8s_env) == served_ports(service, compose_env)
     if service == "torchserve":
-        for key in ("TS_HOST", "TRISERVE_TORCHSERVE_MODEL_STORE", "TS_MODEL_STORE"):
+        for key in ("TS_HOST", "TS_MODEL_STORE"):
             assert k8s_env.get(key) == compose_env.get(key), key
         return
     in_k8s, in_compose = settings_under(service, k8s_env), settings_under(service, compose_env)
-    for field in ("host", "port", "model_store", "model_name", "model_version"):
+    fields = {"host", "port", "model_store", "model_name", "model_version"} & set(type(in_k8s).model_fields)
+    assert {"host", "port", "model_store"} <= fields
+    for field in sorted(fields):
         assert getattr(in_k8s, field) == getattr(in_compose, field), f"{service}: {field}"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from tests.gateway.fakes import FakeBackend, digit_png, fakes, gray_png, routing, write_store
+from tests.gateway.fakes import FakeBackend, digit_png, fake_admins, fakes, gray_png, routing, write_store
+from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
 from triserve_common import codec
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
@@ -27,8 +27,10 @@ def backends() -> dict[str, FakeBackend]:
 @pytest.fixture
 async def app(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[FastAPI]:
     settings = GatewaySettings(model_store=write_store(tmp_path), max_body_bytes=200_000,
-                               max_image_pixels=1_000_000)
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+                               max_image_pixels=1_000_000, management_key_file=tmp_path / "mgmt.key")
+    admins = fake_admins()
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: admins)  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         yield app
 
@@ -170,18 +172,12 @@ async def test_no_healthy_backend_is_503(client: httpx.AsyncClient, app: FastAPI
     assert (await client.get("/v2/health/ready")).status_code == 503
 
 
-async def test_ping_models_and_describe(client: httpx.AsyncClient) -> None:
+async def test_ping_and_no_management_routes_on_the_inference_port(client: httpx.AsyncClient) -> None:
     r = await client.get("/ping")
     assert r.status_code == 200 and r.json() == {"status": "Healthy"}
-    assert (await client.get("/models")).json() == {"models": [{"modelName": "mnist", "modelUrl": "mnist"}]}
-    desc = (await client.get("/models/mnist")).json()[0]
-    assert desc["modelName"] == "mnist" and desc["modelVersion"] == "1"
-    by_name = {b["name"]: b for b in desc["backends"]}
-    assert set(by_name) == {"onnx", "paddle", "torchserve"}
-    assert by_name["onnx"]["url"] == "http://127.0.0.1:1"
-    assert by_name["onnx"]["health"] == "healthy" and by_name["onnx"]["engine"] == "fake-onnx"
-    assert by_name["onnx"]["version"] == "1"
-    assert (await client.get("/models/cifar")).status_code == 404
+    # TorchServe's inference port has no /models: backend URLs and errors live on the management port
+    for path in ("/models", "/models/mnist", "/metrics"):
+        assert (await client.get(path)).status_code == 404
 
 
 async def test_v2_health_and_metadata(client: httpx.AsyncClient) -> None:
@@ -198,12 +194,7 @@ async def test_v2_health_and_metadata(client: httpx.AsyncClient) -> None:
 
 async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient) -> None:
     pngs = [digit_png(d) for d in (3, 8, 1)]
-    req = {
-        "id": "q1",
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
-                    "data": [base64.b64encode(p).decode() for p in pngs]}],
-        "outputs": [{"name": "logits"}, {"name": "label"}, {"name": "probabilities"}],
-    }
+    req = v2_request(v2_images("image", pngs), outputs=["logits", "label", "probabilities"], id="q1")
     r = await client.post("/v2/models/mnist/infer", json=req)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -213,9 +204,7 @@ async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient
     logits_json = np.asarray(outs["logits"]["data"], np.float32).reshape(outs["logits"]["shape"])
 
     # binary BYTES (raw PNGs), binary output
-    items = np.empty(3, dtype=object)
-    items[:] = pngs
-    data, headers = codec.encode_request({"image": items}, outputs=["logits"])
+    data, headers = codec.encode_request({"image": bytes_items(pngs)}, outputs=["logits"])
     r = await client.post("/v2/models/mnist/infer", content=data, headers=headers)
     assert r.status_code == 200, r.text
     dec = codec.decode_response(r.content, int(r.headers[codec.HEADER_LENGTH]))
@@ -236,16 +225,12 @@ async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient
 @pytest.mark.parametrize(
     ("req", "status", "needle"),
     [
-        ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]},
-         400, "FP32"),
-        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["!!notbase64"]}]},
-         400, "base64"),
-        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                      "data": [base64.b64encode(b"text").decode()]}]}, 415, "not an image"),
-        ({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}]}, 400, "INT32"),
-        ({"inputs": []}, 400, "exactly one input"),
-        ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}],
-          "outputs": [{"name": "nope"}]}, 400, "unknown output"),
+        (v2_request(v2_input("input", [1, 28, 28], fill=0.0)), 400, "FP32"),
+        (v2_request(v2_input("image", [1], "BYTES", ["!!notbase64"])), 400, "base64"),
+        (v2_request(v2_images("image", [b"text"])), 415, "not an image"),
+        (v2_request(v2_input("x", [1], "INT32", [1])), 400, "INT32"),
+        (v2_request(), 400, "exactly one input"),
+        (v2_request(v2_input("input", [1, 1, 28, 28], fill=0.0), outputs=["nope"]), 400, "unknown output"),
         ({"bogus": 1}, 400, "invalid"),
     ],
 )
@@ -257,11 +242,13 @@ async def test_v2_client_errors(
     assert needle in r.json()["error"]
 
 
-async def test_metrics_show_traffic_by_backend(client: httpx.AsyncClient) -> None:
+async def test_metrics_show_traffic_by_backend(app: FastAPI, client: httpx.AsyncClient) -> None:
     for name in ("onnx", "paddle"):
         await client.post("/predictions/mnist", content=digit_png(1), headers={"X-Backend": name})
     await client.post("/predictions/mnist", content=b"junk")
-    text = (await client.get("/metrics")).text
+    metrics = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.metrics_app), base_url="http://m")
+    async with metrics:
+        text = (await metrics.get("/metrics")).text
     assert 'triserve_gateway_requests_total{backend="onnx",model="mnist",status="200"} 1.0' in text
     assert 'triserve_gateway_requests_total{backend="paddle",model="mnist",status="200"} 1.0' in text
     assert 'triserve_gateway_requests_total{backend="none",model="mnist",status="415"} 1.0' in text

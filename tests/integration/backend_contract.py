@@ -26,22 +26,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import preprocess
+from tests.support.encode import v2_input, v2_request, v2_tensor
+from tests.support.mnist import Digits, held_out
 from tests.support.procs import ServiceProcess, free_port, python_exe
 from triserve_common import codec
-from triserve_common.idx import load_split
 from triserve_common.manifest import Manifest, read_manifest
 
 MAX_BODY = 1 << 20
 """Body limit the services are started with (a 256-image binary batch is ~800 KB)."""
-
-
-@dataclass
-class Digits:
-    """Preprocessed MNIST digits and their labels."""
-
-    x: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass
@@ -64,10 +56,7 @@ def infer_binary(url: str, x: np.ndarray, **headers: str) -> tuple[httpx.Respons
 
 
 def infer_json(url: str, x: np.ndarray) -> np.ndarray:
-    payload = {
-        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
-    }
-    resp = httpx.post(f"{url}/v2/models/mnist/infer", json=payload, timeout=30)
+    resp = httpx.post(f"{url}/v2/models/mnist/infer", json=v2_request(v2_tensor("input", x)), timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     out = resp.json()["outputs"][0]
@@ -86,10 +75,7 @@ def request_count(url: str, model: str, status: str) -> float:
 
 
 def json_input(shape: list[int], datatype: str = "FP32", name: str = "input") -> bytes:
-    count = int(np.prod(shape))
-    return json.dumps(
-        {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [0] * count}]}
-    ).encode()
+    return json.dumps(v2_request(v2_input(name, shape, datatype))).encode()
 
 
 def _binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -205,9 +191,8 @@ class BackendContract:
     @pytest.fixture(scope="class")
     @classmethod
     def digits(cls, mnist_dir: Path, service: Running) -> Digits:
-        pair = load_split(mnist_dir, "t10k")
-        x = preprocess(pair.images[:64], service.manifest.preprocessing)
-        return Digits(x, pair.labels[:64].astype(np.int64))
+        """64 held-out t10k digits (never seen in training)."""
+        return held_out(mnist_dir, service.manifest)[:64]
 
     # ------------------------------------------------------------------ tests
 
@@ -215,7 +200,7 @@ class BackendContract:
         url = service.url
         assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
         assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
-        assert httpx.get(f"{url}/v2").json()["extensions"] == ["binary_tensor_data"]
+        assert httpx.get(f"{url}/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
         for path in ("/v2/models/mnist", "/v2/models/mnist/versions/1"):
             meta = httpx.get(url + path).json()
             assert meta["name"] == "mnist" and meta["versions"] == ["1"] and meta["platform"] == self.platform
@@ -305,6 +290,75 @@ class BackendContract:
             f"{service.url}/v2/models/mnist/infer", content=b"{", headers={"X-Request-Id": "bad-1"}
         )
         assert bad.status_code == 400 and bad.headers["x-request-id"] == "bad-1"
+
+    def test_model_repository_loads_and_unloads_at_run_time(
+        self, model_store: Path, service_logs: Path, digits: Digits
+    ) -> None:
+        """v2 repository extension: nothing loaded at start, load with 2 instances, serve, unload."""
+        running = self.start(model_store, service_logs, f"{self.module}-repository", load_models="none")
+        url, repo = running.url, f"{running.url}/v2/repository"
+        one_zero = json_input([1, 1, 28, 28])
+        try:
+            index = httpx.post(f"{repo}/index").json()
+            assert {"name": "mnist", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index
+            assert httpx.post(f"{repo}/index", json={"ready": True}).json() == []
+            assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # serving, with nothing loaded
+            assert httpx.post(f"{url}/v2/models/mnist/infer", content=one_zero).status_code == 404
+
+            two = {"parameters": {"version": 1, "instance_count": 2}}
+            load = httpx.post(f"{repo}/models/mnist/load", json=two, timeout=120)
+            assert load.status_code == 200 and load.content == b"", load.text
+            (row,) = [r for r in httpx.post(f"{repo}/index").json() if r["version"] == "1"]
+            assert row["state"] == "READY" and row["instances"] == 2
+            _, logits = infer_binary(url, digits.x[:8])
+            expected = self.direct(model_store / "mnist" / "1", digits.x[:8])
+            np.testing.assert_allclose(logits, expected, rtol=self.rtol, atol=self.atol)
+
+            for path, body, status, fragment in (
+                ("/models/resnet/load", {}, 404, "resnet"),
+                ("/models/mnist/load", {"parameters": {"version": "99"}}, 404, "version '99'"),
+                ("/models/mnist/load", {"parameters": {"config": "{}"}}, 400, "parameters.config"),
+                ("/models/mnist/load", {"parameters": {"instance_count": 0}}, 400, "instance_count"),
+                ("/models/resnet/unload", {}, 404, "resnet"),
+                ("/index", {"ready": "maybe"}, 400, "ready"),
+            ):
+                resp = httpx.post(repo + path, json=body, timeout=30)
+                assert resp.status_code == status and fragment in resp.json()["error"], (path, resp.text)
+
+            # unloading waits for the request in flight (its body still arriving), which completes
+            body, head = codec.encode_request({"input": digits.x[:4]}, outputs=["logits"])
+            first_sent, resume = threading.Event(), threading.Event()
+            results: dict[str, httpx.Response] = {}
+
+            def slow_body() -> Iterator[bytes]:
+                yield body[: len(body) // 2]
+                first_sent.set()
+                resume.wait(20)
+                yield body[len(body) // 2 :]
+
+            def infer() -> None:
+                results["infer"] = httpx.post(f"{url}/v2/models/mnist/infer", content=slow_body(),
+                                              headers=head, timeout=30)
+
+            def unload() -> None:
+                results["unload"] = httpx.post(f"{repo}/models/mnist/unload", timeout=30)
+
+            request = threading.Thread(target=infer)
+            request.start()
+            assert first_sent.wait(10)
+            time.sleep(0.3)  # the request has reached the service
+            unloading = threading.Thread(target=unload)
+            unloading.start()
+            time.sleep(0.5)
+            assert unloading.is_alive(), "unload returned while a request was in flight"
+            resume.set()
+            request.join(30)
+            unloading.join(30)
+            assert results["infer"].status_code == 200 and results["unload"].status_code == 200
+            assert httpx.post(f"{url}/v2/models/mnist/infer", content=one_zero).status_code == 404
+            assert httpx.post(f"{repo}/index", json={"ready": True}).json() == []
+        finally:
+            running.proc.stop()
 
     def test_graceful_shutdown_finishes_in_flight_request(
         self, model_store: Path, service_logs: Path, digits: Digits

@@ -7,14 +7,13 @@ One stack per module (TorchServe's JVM start is the slow part).
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -22,7 +21,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import one_per_digit, preprocess
+from tests.support import encode
+from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
+from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
 from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common import codec
@@ -31,11 +32,10 @@ from triserve_common.manifest import read_manifest
 pytestmark = pytest.mark.integration
 
 BACKENDS = ("onnx", "paddle", "torchserve")
+MANAGEMENT_KEY = "integration-test-key"
+MANAGEMENT_AUTH = {"Authorization": f"Bearer {MANAGEMENT_KEY}"}
 MAX_BODY = 1 << 20
 MAX_PIXELS = 1_000_000
-
-
-Digits = tuple[list[bytes], np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -44,6 +44,14 @@ class Stack:
     procs: dict[str, ServiceProcess]
     urls: dict[str, str]
     ts_management: str
+    management: str
+    metrics: str
+
+    def describe(self) -> dict[str, Any]:
+        """The gateway's management-API description of mnist (backend URLs, health, workers)."""
+        r = httpx.get(f"{self.management}/models/mnist", headers=MANAGEMENT_AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        return cast(dict[str, Any], r.json()[0])
 
     def put(self, body: bytes, path: str = "/predictions/mnist", **headers: str) -> httpx.Response:
         # curl -T file: PUT with the file as the raw body
@@ -51,15 +59,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> Digits:
-    """PNGs of the most typical t10k image of each digit 0..9, their labels and the raw uint8 images."""
-    d = one_per_digit(mnist_dir)
-    return d.pngs, d.labels, d.images
+def digits(mnist_dir: Path, model_store: Path) -> Digits:
+    """The most typical held-out t10k image of each digit 0..9 (PNGs, labels, raw uint8 images)."""
+    return one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
 
 
 @pytest.fixture(scope="module")
 def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = free_port_config(tmp_path_factory.mktemp("gw-run"), model_store)
+    config = free_port_config(tmp_path_factory.mktemp("gw-run"), model_store, models="mnist:1")
     procs = service_processes(
         config,
         service_logs,
@@ -70,6 +77,7 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
                 "TRISERVE_GATEWAY_CIRCUIT_OPEN_S": "1",
                 "TRISERVE_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
                 "TRISERVE_GATEWAY_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+                "TRISERVE_GATEWAY_MANAGEMENT_KEY": MANAGEMENT_KEY,
             }
         },
     )
@@ -88,14 +96,15 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
             "paddle": config.url(config.paddle_port),
             "torchserve": config.url(config.ts_inference_port),
         }
-        yield Stack(config.url(config.gateway_port), procs, urls, ts_management)
+        yield Stack(config.url(config.gateway_port), procs, urls, ts_management,
+                    config.url(config.management_port), config.url(config.metrics_port))
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()
 
 
 def test_every_digit_with_each_backend_forced(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     for backend in BACKENDS:
         for png, label in zip(pngs, labels, strict=True):
             r = stack.put(png, **{"X-Backend": backend})
@@ -110,7 +119,7 @@ def test_every_digit_with_each_backend_forced(stack: Stack, digits: Digits) -> N
 
 
 def test_every_digit_with_automatic_routing(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     seen = set()
     for _ in range(2):
         for png, label in zip(pngs, labels, strict=True):
@@ -122,7 +131,7 @@ def test_every_digit_with_automatic_routing(stack: Stack, digits: Digits) -> Non
 
 
 def test_multipart_topk_and_versioned_path(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     files = [("data", (f"{i}.png", pngs[i], "image/png")) for i in (2, 9)]
     r = httpx.post(f"{stack.gateway}/predictions/mnist", files=files, timeout=30)
     assert r.status_code == 200 and r.json() == [int(labels[2]), int(labels[9])]
@@ -141,23 +150,18 @@ def _v2(stack: Stack, body: bytes, headers: dict[str, str]) -> tuple[httpx.Respo
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_v2_bytes_and_fp32_agree(
-    stack: Stack, model_store: Path, digits: Digits, backend: str
+    stack: Stack, digits: Digits, backend: str
 ) -> None:
-    pngs, labels, images = digits
-    spec = read_manifest(model_store / "mnist" / "1").preprocessing
-    items = np.empty(len(pngs), dtype=object)
-    items[:] = pngs
-    body, headers = codec.encode_request({"image": items}, outputs=["logits"])
+    pngs, labels = digits.pngs, digits.labels
+    body, headers = codec.encode_request({"image": bytes_items(pngs)}, outputs=["logits"])
     r, from_bytes = _v2(stack, body, {**headers, "X-Backend": backend})
     assert r.headers["x-backend"] == backend
-    body, headers = codec.encode_request({"input": preprocess(images, spec)}, outputs=["logits"])
+    body, headers = codec.encode_request({"input": digits.x}, outputs=["logits"])
     _, from_fp32 = _v2(stack, body, {**headers, "X-Backend": backend})
     np.testing.assert_allclose(from_bytes, from_fp32, atol=1e-4)
     assert list(from_bytes.argmax(axis=1)) == list(labels)
     # JSON with base64 BYTES
-    payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
-                           "data": [base64.b64encode(p).decode() for p in pngs]}],
-               "outputs": [{"name": "logits"}, {"name": "label"}]}
+    payload = v2_request(v2_images("image", pngs), outputs=["logits", "label"])
     r = httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=payload, headers={"X-Backend": backend},
                    timeout=30)
     assert r.status_code == 200, r.text
@@ -167,45 +171,45 @@ def test_v2_bytes_and_fp32_agree(
 
 
 def test_error_cases_return_their_codes(stack: Stack, digits: Digits) -> None:
-    pngs = digits[0]
+    pngs = digits.pngs
     cases = [
         (stack.put(b"definitely not an image"), 415, "not an image"),
         (stack.put(pngs[0][: len(pngs[0]) // 2]), 422, "could not be decoded"),
         (stack.put(b"\0" * (MAX_BODY + 1)), 413, "exceeds"),
-        (stack.put(_png(Image.new("L", (2000, 2000)))), 413, "pixels"),
+        (stack.put(encode.png(Image.new("L", (2000, 2000)))), 413, "pixels"),
         (stack.put(pngs[0], path="/predictions/cifar10"), 404, "cifar10"),
         (stack.put(pngs[0], path="/predictions/mnist/7"), 404, "version"),
         (stack.put(pngs[0], **{"X-Backend": "triton"}), 400, "triton"),
         (stack.put(pngs[0], path="/predictions/mnist?topk=0"), 400, "topk"),
     ]
-    bad_shape = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}]}
+    bad_shape = v2_request(v2_input("input", [1, 784], fill=0.0))
     cases.append((httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=bad_shape), 400, "FP32"))
     for resp, status, needle in cases:
         assert resp.status_code == status, (status, resp.text)
         assert needle in resp.json()["error"]
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_describe_models_and_health(stack: Stack) -> None:
     assert httpx.get(f"{stack.gateway}/ping").json() == {"status": "Healthy"}
-    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
-    by_name = {b["name"]: b for b in desc["backends"]}
+    desc = stack.describe()
+    assert desc["modelName"] == "mnist" and desc["modelVersion"] == "1" and desc["loadedAtStartup"] is True
+    by_name = {b["name"]: b for b in desc["triserve"]["backends"]}
     assert set(by_name) == set(BACKENDS)
     for name, info in by_name.items():
         assert info["url"] == stack.urls[name]
-        assert info["health"] == "healthy" and info["version"] == "1" and info["engine"]
+        assert info["health"] == "healthy" and info["state"] == "READY"
+        assert info["held"] and info["workers"] >= 1
+    assert len(desc["workers"]) >= len(BACKENDS)
     assert httpx.get(f"{stack.gateway}/v2/models/mnist/ready").json()["ready"] is True
+    # internals are on the management port only, behind its key
+    assert httpx.get(f"{stack.gateway}/models/mnist").status_code == 404
+    assert httpx.get(f"{stack.management}/models/mnist").status_code == 401
 
 
 def test_failover_when_a_backend_stops_and_rejoin_after_restart(
     stack: Stack, digits: Digits
 ) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     results: list[tuple[int, str, int, str]] = []
     stop_at = threading.Event()
 
@@ -245,15 +249,16 @@ def test_failover_when_a_backend_stops_and_rejoin_after_restart(
     assert r.status_code == 200 and r.text == str(labels[5]), r.text
     auto = {stack.put(pngs[3]).headers["x-backend"] for _ in range(9)}
     assert "onnx" in auto
-    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
-    assert {b["name"]: b["health"] for b in desc["backends"]}["onnx"] == "healthy"
+    desc = stack.describe()
+    assert {b["name"]: b["health"] for b in desc["triserve"]["backends"]}["onnx"] == "healthy"
 
 
 def test_metrics_show_traffic_by_backend(stack: Stack, digits: Digits) -> None:
     for backend in BACKENDS:
-        assert stack.put(digits[0][0], **{"X-Backend": backend}).status_code == 200
+        assert stack.put(digits.pngs[0], **{"X-Backend": backend}).status_code == 200
     assert stack.put(b"junk").status_code == 415
-    text = httpx.get(f"{stack.gateway}/metrics").text
+    assert httpx.get(f"{stack.gateway}/metrics").status_code == 404  # metrics have their own port
+    text = httpx.get(f"{stack.metrics}/metrics").text
     ok: dict[str, float] = {}
     statuses: set[str] = set()
     names = set()

@@ -3,14 +3,18 @@
 Schema (see the default file for a commented example)::
 
     backends:            # name -> how to reach it
-      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", timeout_s: 5}
-      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085",
-                   management_url: "http://127.0.0.1:8081", metrics_url: "http://127.0.0.1:8082"}
+      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", artifact: onnx, timeout_s: 5}
+      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085", artifact: torchserve,
+                   management_url: "http://127.0.0.1:8086", metrics_url: "http://127.0.0.1:8087"}
     models:
       mnist:
         strategy: weighted          # weighted | round-robin | least-outstanding | fastest
         backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+        shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
+          candidates: [{backend: paddle, fraction: 0.1}, {version: "2", fraction: 0.05}]
+          max_concurrent: 2
+          max_queue: 16
     health: {interval_s: 2, timeout_s: 1}
     circuit: {failure_threshold: 3, open_s: 5}
 
@@ -20,15 +24,16 @@ Other tools read backend ports from here (:func:`load_routing`), not from duplic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from triserve_common.errors import TriserveError
+from triserve_common.manifest import ArtifactKind
 from triserve_gateway.routing import StrategyName
-from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings
+from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
 Protocol = Literal["oip-v2", "torchserve"]
 
@@ -44,7 +49,10 @@ class BackendConfig(_Strict):
     url: str
     """Inference base URL (OIP v2 root, or TorchServe's inference API)."""
     management_url: str | None = None
-    """TorchServe management API (model describe: version, runtime)."""
+    """TorchServe management API (register, scale, unregister, describe)."""
+    artifact: ArtifactKind | None = None
+    """Manifest artifact this backend runs (``onnx``, ``paddle``, ``torchserve``); a model version
+    without it is not loaded there. None = any."""
     metrics_url: str | None = None
     """TorchServe metrics API (informational)."""
     timeout_s: float = Field(default=5.0, gt=0)
@@ -78,6 +86,35 @@ class BatchingConfig(_Strict):
     """Batches in flight per backend before requests start waiting to be batched."""
 
 
+class ShadowCandidate(_Strict):
+    """Where mirrored requests go: another backend, another version of the model, or both."""
+
+    backend: str | None = None
+    """Backend to mirror to (None = the backend that answered the request)."""
+    version: str | None = None
+    """Model version to ask it for (None = the version that answered the request)."""
+    fraction: float = Field(gt=0, le=1)
+    """Share of the route's successful requests mirrored to this candidate."""
+
+    @model_validator(mode="after")
+    def _names_something(self) -> ShadowCandidate:
+        if self.backend is None and self.version is None:
+            raise ValueError("a shadow candidate names a backend, a version, or both")
+        return self
+
+
+class ShadowConfig(_Strict):
+    """Shadow traffic of one model: mirrored after the answer is sent, dropped first under load."""
+
+    candidates: list[ShadowCandidate] = Field(min_length=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    """Shadow calls in flight at once for this model."""
+    max_queue: int = Field(default=16, ge=0)
+    """Shadows waiting for a free slot; beyond that a new shadow is dropped (and counted)."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one shadow call may take (a slower one counts as failed)."""
+
+
 class ModelRoute(_Strict):
     """Routing of one model."""
 
@@ -86,6 +123,8 @@ class ModelRoute(_Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""
+    shadow: ShadowConfig | None = None
+    """Shadow traffic to candidates (:mod:`triserve_gateway.shadow`); None = none."""
 
 
 class HealthConfig(_Strict):
@@ -122,6 +161,13 @@ class RoutingConfig(_Strict):
                 )
             if len(set(names)) != len(names):
                 raise ValueError(f"model '{model}' lists a backend twice")
+            shadows = [c.backend for c in route.shadow.candidates if c.backend] if route.shadow else []
+            unknown = sorted(set(shadows) - set(self.backends))
+            if unknown:
+                raise ValueError(
+                    f"model '{model}' shadows to undefined backend(s) {', '.join(unknown)} "
+                    f"(defined: {', '.join(sorted(self.backends))})"
+                )
         return self
 
 
@@ -145,55 +191,43 @@ def load_routing(path: Path | None = None) -> RoutingConfig:
         raise RoutingConfigError(f"routing file {path}: {detail}") from None
 
 
-def apply_overrides(config: RoutingConfig, settings: GatewaySettings) -> RoutingConfig:
-    """A copy of ``config`` with the settings' (env) overrides applied."""
+def apply_overrides(config: RoutingConfig, settings: GatewaySettings | RoutingOverrides) -> RoutingConfig:
+    """A copy of ``config`` with the settings' (env) overrides applied, validated like the file."""
+    o = settings.routing_overrides() if isinstance(settings, GatewaySettings) else settings
     cfg = config.model_copy(deep=True)
-    urls = dict(settings.backend_urls)
-    for name, url in (
-        ("onnx", settings.onnx_url),
-        ("paddle", settings.paddle_url),
-        ("torchserve", settings.torchserve_url),
-    ):
-        if url:
-            urls[name] = url
-    for name, url in urls.items():
-        if name not in cfg.backends:
-            raise RoutingConfigError(f"URL override for undefined backend '{name}'")
-        cfg.backends[name].url = url.rstrip("/")
-    if settings.torchserve_management_url and "torchserve" in cfg.backends:
-        cfg.backends["torchserve"].management_url = settings.torchserve_management_url.rstrip("/")
-    for backend in cfg.backends.values():
-        if settings.backend_timeout_s is not None:
-            backend.timeout_s = settings.backend_timeout_s
+    unknown = [name for name in o.backend_urls if name not in cfg.backends]
+    if unknown:
+        raise RoutingConfigError(f"URL override for undefined backend '{unknown[0]}'")
+    for name, backend in cfg.backends.items():
+        if name in o.backend_urls:
+            backend.url = o.backend_urls[name].rstrip("/")
+        if name in o.management_urls:
+            backend.management_url = o.management_urls[name].rstrip("/")
+        if o.backend_timeout_s is not None:
+            backend.timeout_s = o.backend_timeout_s
     for route in cfg.models.values():
         for ref in route.backends:
-            if ref.name in settings.weights:
-                ref.weight = settings.weights[ref.name]
-        _override(route, settings, {"strategy": "strategy"})
-        _override(route.batching, settings, _BATCHING_OVERRIDES)
-    _override(cfg.health, settings, {"health_interval_s": "interval_s"})
-    _override(cfg.circuit, settings, _CIRCUIT_OVERRIDES)
+            ref.weight = o.weights.get(ref.name, ref.weight)
+        route.strategy = o.strategy or route.strategy
+        route.batching = _updated(route.batching, o.batching)
+    cfg.health = _updated(cfg.health, o.health)
+    cfg.circuit = _updated(cfg.circuit, o.circuit)
     return cfg
 
 
-_BATCHING_OVERRIDES = {
-    "batching": "enabled",
-    "max_batch_size": "max_batch_size",
-    "max_queue_delay_ms": "max_queue_delay_ms",
-    "max_concurrent_batches": "max_concurrent_batches",
-}
-"""Gateway setting → field of a route's batching config."""
-
-_CIRCUIT_OVERRIDES = {"circuit_failure_threshold": "failure_threshold", "circuit_open_s": "open_s"}
-"""Gateway setting → field of the circuit-breaker config."""
+M = TypeVar("M", bound=BaseModel)
 
 
-def _override(target: object, settings: GatewaySettings, fields: dict[str, str]) -> None:
-    """Set ``target.<field>`` from each ``settings.<setting>`` that is not None."""
-    for setting, field in fields.items():
-        value = getattr(settings, setting)
-        if value is not None:
-            setattr(target, field, value)
+def _updated(target: M, overrides: BaseModel) -> M:
+    """``target`` with the fields ``overrides`` sets (not None), validated (unknown fields fail)."""
+    changes = overrides.model_dump(exclude_none=True)
+    if not changes:
+        return target
+    try:
+        return type(target).model_validate({**target.model_dump(), **changes})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RoutingConfigError(f"invalid routing override: {detail}") from None
 
 
 def gateway_routing(settings: GatewaySettings) -> RoutingConfig:
@@ -211,6 +245,9 @@ __all__ = [
     "ModelRoute",
     "RoutingConfig",
     "RoutingConfigError",
+    "RoutingOverrides",
+    "ShadowCandidate",
+    "ShadowConfig",
     "apply_overrides",
     "gateway_routing",
     "load_routing",
