@@ -45,7 +45,7 @@ $(STAMP): requirements-dev.txt constraints.txt $(wildcard services/*/pyproject.t
 
 install: $(STAMP) ## install the project and dev tools into .venv (only when requirements changed)
 
-java: ## system packages `make up` needs: Python 3.11, Java 17 (TorchServe), curl
+java: ## system packages `make up` needs: Python 3.11, Java 17 (TorchServe), libgomp1 (Paddle), curl
 	@scripts/system-deps.sh run
 
 deps: ## system packages the tests need too: wrk, Docker engine, debootstrap, docker-compose, kubectl, ...

@@ -2,7 +2,7 @@
 # System packages triserve needs, installed with apt only where missing (Debian/Ubuntu). Run by the
 # Makefile: `make up` needs the `run` group, `make test` the `test` group.
 #
-#   scripts/system-deps.sh run     # Python 3.11 (+ venv), Java 17 (TorchServe), curl
+#   scripts/system-deps.sh run     # Python 3.11 (+ venv), Java 17 (TorchServe), libgomp1 (Paddle), curl
 #   scripts/system-deps.sh docker  # the Docker engine, docker-compose, debootstrap (`make images`)
 #   scripts/system-deps.sh test    # run + docker + wrk, kubectl, chromium, Debian's Fashion-MNIST dataset
 #   scripts/system-deps.sh --check test    # only list what is missing (exit 1 if anything is)
@@ -30,6 +30,7 @@ if [[ "$group" != docker ]]; then   # run: what `make up` needs
     missing+=(python3.11-venv)
   fi
   [[ "$(java_major)" -ge 17 ]] 2>/dev/null || missing+=(openjdk-17-jre-headless)
+  installed libgomp1 || missing+=(libgomp1)     # OpenMP runtime that paddlepaddle's wheel links to
 fi
 if [[ "$group" != run ]]; then      # docker: images and tests/compose
   has dockerd || missing+=(docker.io)                         # the Docker engine
