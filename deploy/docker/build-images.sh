@@ -12,6 +12,7 @@
 #   TORCH_WHEEL=FILE  torch's +cpu wheel for the offline path (default: `pip download torch==<pin>+cpu`,
 #                     which finds it where pip is configured to look)
 #   NO_CACHE=1        build without the layer cache (cold build times)
+#   JOBS=N            builds at once (default 2)
 #   COMPOSE="..."     the compose command (default: `docker compose` if it works, else `docker-compose`)
 #   COMPOSE_ENV_FILE=FILE  write the compose command line to use for `up` into FILE (the tests read it)
 set -euo pipefail
@@ -67,23 +68,46 @@ fi
 
 logs=run/image-builds
 mkdir -p "$logs"
+rm -f "$logs"/*.seconds
 args=(); [[ "${NO_CACHE:-0}" == 1 ]] && args+=(--no-cache)
-summary=()
-for svc in "${services[@]}"; do
-  started=$SECONDS
-  echo "building $svc ($COMPOSE ${files[*]} --profile train build ${args[*]} $svc; log: $logs/$svc.log)"
-  if ! $COMPOSE "${files[@]}" --profile train build "${args[@]}" "$svc" >"$logs/$svc.log" 2>&1; then
+jobs_max="${JOBS:-2}"
+
+build() {  # one image; its wall time goes to $logs/<svc>.seconds
+  local svc="$1" started=$SECONDS
+  if $COMPOSE "${files[@]}" --profile train build "${args[@]}" "$svc" >"$logs/$svc.log" 2>&1; then
+    echo "$((SECONDS - started))" > "$logs/$svc.seconds"
+  else
+    echo "building $svc failed (log: $logs/$svc.log):" >&2
     tail -n 40 "$logs/$svc.log" >&2
-    echo "building $svc failed (full log: $logs/$svc.log)" >&2
-    exit 1
+    return 1
   fi
+}
+
+# Up to JOBS builds at once (default 2: much of a build is downloads, unpacking and layer commits), the
+# longest first. Each image's time is its wall time while sharing the machine.
+order=()
+for svc in trainer torchserve paddle onnx gateway prometheus; do
+  [[ " ${services[*]} " == *" $svc "* ]] && order+=("$svc")
+done
+for svc in "${services[@]}"; do [[ " ${order[*]} " == *" $svc "* ]] || order+=("$svc"); done
+started_all=$SECONDS
+failed=0
+for svc in "${order[@]}"; do
+  while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || failed=1; done
+  echo "building $svc ($COMPOSE ${files[*]} --profile train build ${args[*]} $svc; log: $logs/$svc.log)"
+  build "$svc" &
+done
+while (($(jobs -rp | wc -l))); do wait -n || failed=1; done
+((failed == 0)) || exit 1
+
+echo
+echo "image                              build      size"
+for svc in "${order[@]}"; do
   image=$($COMPOSE "${files[@]}" --profile train config | awk -v s="$svc" '
     $0 == "  " s ":" {f = 1; next}  f && /^  [^ ]/ {f = 0}  f && /^    image: / && !n++ {print $2}')
   size=$(docker image inspect -f '{{.Size}}' "$image")
-  summary+=("$(printf '%-34s %6ss %8s MB' "$image" "$((SECONDS - started))" "$((size / 1000000))")")
+  printf '%-34s %6ss %8s MB\n' "$image" "$(cat "$logs/$svc.seconds")" "$((size / 1000000))"
 done
-echo
-echo "image                              build      size"
-printf '%s\n' "${summary[@]}"
+echo "all images: $((SECONDS - started_all))s with up to $jobs_max builds at once"
 echo
 echo "up: $COMPOSE ${files[*]} up -d"

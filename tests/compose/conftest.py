@@ -32,7 +32,8 @@ def built(report: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> B
     build = build_images(tmp_path_factory.mktemp("compose-build"))
     report["build_s"] = round(build.seconds, 1)
     lines = build.output.splitlines()
-    report["build_summary"] = [line for line in lines if line.startswith(("triserve/", "base image"))]
+    wanted = ("triserve/", "base image", "all images")
+    report["build_summary"] = [line for line in lines if line.startswith(wanted)]
     return build
 
 
