@@ -184,7 +184,9 @@ class MnistHandler:
         self.model = torch.jit.load(model_path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
         spec_path = os.path.join(model_dir, PREPROCESS_FILE)
         if not os.path.isfile(spec_path):
-            raise RuntimeError(f"{PREPROCESS_FILE} not in the archive ({model_dir}): rebuild it with triserve-train")
+            raise RuntimeError(
+                f"{PREPROCESS_FILE} not in the archive ({model_dir}): rebuild it with triserve-train"
+            )
         with open(spec_path) as fh:
             self.spec = {**SPEC_DEFAULTS, **json.load(fh)}
         self.shape = input_shape(self.spec)

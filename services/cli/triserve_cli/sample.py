@@ -31,7 +31,7 @@ MODEL_DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
 
 
 def default_data_dir(model: str = "mnist", split: str = "t10k", download: bool = True) -> Path:
-    """The data folder of ``model``'s data set, found as :func:`triserve_common.datasets.find_dataset` does."""
+    """The data folder of ``model``'s data set (:func:`triserve_common.datasets.find_dataset`)."""
     return find_dataset(MODEL_DATASETS[model], (split,), None, download=download)
 
 
@@ -161,8 +161,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="IDX folder (default: $TRISERVE_MNIST_DIR / $TRISERVE_FASHION_MNIST_DIR, ../shared/data/<dataset>, "
-        "the Debian package, the user cache, else a download)",
+        help="IDX folder (default: $TRISERVE_MNIST_DIR / $TRISERVE_FASHION_MNIST_DIR, "
+        "../shared/data/<dataset>, the Debian package, the user cache, else a download)",
     )
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")

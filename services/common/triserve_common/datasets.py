@@ -204,7 +204,7 @@ def candidate_dirs(dataset: Dataset) -> list[Path]:
 
 
 def find_dataset(
-    name: str,
+    name: str | Dataset,
     splits: Sequence[str] = ("t10k",),
     data_dir: Path | str | None = None,
     *,
@@ -216,7 +216,7 @@ def find_dataset(
 
     ``mirrors`` overrides the data set's mirror URLs (tests point it at a loopback server).
     """
-    dataset = get_dataset(name)
+    dataset = name if isinstance(name, Dataset) else get_dataset(name)
     configured = configured_dir(dataset, data_dir)
     if configured is not None:
         missing = _missing(configured, splits)
@@ -291,7 +291,12 @@ def fetch_file(url: str, dest: Path, entry: DataFile, *, progress: bool = True) 
             if response.status_code != 200:
                 raise DatasetError(f"{url}: HTTP {response.status_code}")
             bar = tqdm(
-                total=entry.size, unit="B", unit_scale=True, desc=entry.name, disable=not progress, leave=False
+                total=entry.size,
+                unit="B",
+                unit_scale=True,
+                desc=entry.name,
+                disable=not progress,
+                leave=False,
             )
             with bar:
                 for chunk in response.iter_bytes(1 << 16):

@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(
-            "triserve-train: interrupted (resume with --resume <work-dir>/<model>/checkpoints)", file=sys.stderr
+            "triserve-train: interrupted (resume with --resume <work-dir>/<model>/checkpoints)",
+            file=sys.stderr,
         )
         return 130
     m = result.manifest

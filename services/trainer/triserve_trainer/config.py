@@ -68,8 +68,11 @@ class JobConfig:
             if value == base:
                 continue
             if isinstance(value, bool):
-                parts.append({"augment": "--no-augment", "progress": "--no-progress", "download": "--no-download"}
-                             .get(f.name, flag))
+                parts.append(
+                    {"augment": "--no-augment", "progress": "--no-progress", "download": "--no-download"}.get(
+                        f.name, flag
+                    )
+                )
             else:
                 parts += [flag, str(value)]
         return shlex.join(parts)
@@ -90,11 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         "check parity and publish a versioned model store entry; or make an INT8 version of an "
         "existing one (--quantize-from), or rebuild a version's .mar with the current handler (--repack).",
     )
-    p.add_argument("--model", "--name", dest="model", default="mnist", choices=sorted(MODEL_SPECS),
-                   help="model to train [%(default)s]")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="IDX folder (default: $TRISERVE_MNIST_DIR / $TRISERVE_FASHION_MNIST_DIR, "
-                   "../shared/data/<dataset>, the Debian package, the user cache, else a download)")
+    p.add_argument(
+        "--model",
+        "--name",
+        dest="model",
+        default="mnist",
+        choices=sorted(MODEL_SPECS),
+        help="model to train [%(default)s]",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="IDX folder (default: $TRISERVE_MNIST_DIR / $TRISERVE_FASHION_MNIST_DIR, "
+        "../shared/data/<dataset>, the Debian package, the user cache, else a download)",
+    )
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store root [%(default)s]")
     p.add_argument("--version", default=None, help="version to write (default: next free, 1 for a new model)")
     p.add_argument("--force", action="store_true", help="replace an existing version (atomically)")
@@ -103,22 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, cosine)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads [%(default)s]")
-    p.add_argument("--work-dir", type=Path, default=Path("build/trainer"),
-                   help="checkpoints and TensorBoard logs, per model (not committed) [%(default)s]")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="checkpoint file (or a checkpoints dir → its last.pt) to continue from")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("build/trainer"),
+        help="checkpoints and TensorBoard logs, per model (not committed) [%(default)s]",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="checkpoint file (or a checkpoints dir → its last.pt) to continue from",
+    )
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N held-out images")
     p.add_argument("--tolerance", type=float, default=1e-4, help="parity: max |logit diff| [%(default)s]")
-    p.add_argument("--min-accuracy", type=float, default=None,
-                   help="fail (exit 1) if held-out accuracy is below this fraction, e.g. 0.98")
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="fail (exit 1) if held-out accuracy is below this fraction, e.g. 0.98",
+    )
     p.add_argument("--no-augment", action="store_true", help="train without random shifts/rotations/flips")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--no-download", action="store_true", help="never download data; fail if it is not here")
-    p.add_argument("--quantize-from", default=None, metavar="VERSION",
-                   help="make an INT8 version of this FP32 version (static post-training quantisation)")
-    p.add_argument("--calibration-images", type=int, default=1000,
-                   help="training images used to calibrate the INT8 ranges [%(default)s]")
-    p.add_argument("--repack", action="store_true",
-                   help="rebuild --version's .mar from its model.pt with the current handler (weights untouched)")
+    p.add_argument(
+        "--quantize-from",
+        default=None,
+        metavar="VERSION",
+        help="make an INT8 version of this FP32 version (static post-training quantisation)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=1000,
+        help="training images used to calibrate the INT8 ranges [%(default)s]",
+    )
+    p.add_argument(
+        "--repack",
+        action="store_true",
+        help="rebuild --version's .mar from its model.pt with the current handler (weights untouched)",
+    )
     return p

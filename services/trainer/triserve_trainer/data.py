@@ -101,13 +101,18 @@ def load_images(
             data = _standard(data_dir, seed)
         elif require_standard:
             missing = ", ".join(f"{s}.gz" for s in STANDARD_FILES["train"])
-            raise DataError(f"{data_dir} lacks the training files ({missing}); this model needs the 60k/10k split")
+            raise DataError(
+                f"{data_dir} lacks the training files ({missing}); this model needs the 60k/10k split"
+            )
         else:
             data = _t10k_stratified(data_dir, seed)
     except IdxError as exc:
         raise DataError(f"data error: {exc}") from exc
     if limit_train is not None:
-        data.train_images, data.train_labels = data.train_images[:limit_train], data.train_labels[:limit_train]
+        data.train_images, data.train_labels = (
+            data.train_images[:limit_train],
+            data.train_labels[:limit_train],
+        )
     if limit_test is not None:
         data.test_images, data.test_labels = data.test_images[:limit_test], data.test_labels[:limit_test]
     return data

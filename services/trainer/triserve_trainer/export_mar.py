@@ -48,7 +48,7 @@ def build_mar(
     handler: Path = DEFAULT_HANDLER,
     model_config: dict[str, Any] | None = None,
 ) -> Path:
-    """``out_dir/<name>.mar``: model.pt, our handler, preprocess.json, index_to_name.json, model-config.yaml."""
+    """``out_dir/<name>.mar``: model.pt, handler, preprocess.json, index_to_name.json, model-config.yaml."""
     if not handler.is_file():
         raise ArchiveError(f"handler {handler} not found")
     out_dir.mkdir(parents=True, exist_ok=True)

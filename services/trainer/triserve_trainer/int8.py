@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -31,7 +32,13 @@ from triserve_trainer.job import (
     write_manifest_file,
 )
 from triserve_trainer.record import BackendQuantization, QuantizationRecord, TrainedManifest
-from triserve_trainer.store import artifact_entries, framework_versions, git_commit, now_utc, predictions_digest
+from triserve_trainer.store import (
+    artifact_entries,
+    framework_versions,
+    git_commit,
+    now_utc,
+    predictions_digest,
+)
 
 log = logging.getLogger("triserve_trainer")
 
@@ -69,8 +76,12 @@ def load_reference(ctx: JobContext) -> None:
     if diff > cfg.tolerance:
         raise JobError(f"network rebuilt from {ref_dir / 'model.onnx'} differs from model.pt by {diff}", 1)
     ctx.extra.update(ref=ref, ref_dir=ref_dir, ref_logits=ref_logits, net=net)
-    log.info("FP32 reference %s: accuracy %.4f; rebuilt network matches (max diff %.2g)", ref_dir,
-             ref.metrics.accuracy, diff)
+    log.info(
+        "FP32 reference %s: accuracy %.4f; rebuilt network matches (max diff %.2g)",
+        ref_dir,
+        ref.metrics.accuracy,
+        diff,
+    )
 
 
 def calibration_inputs(ctx: JobContext) -> npt.NDArray[np.float32]:
@@ -89,8 +100,9 @@ def quantize_artifacts(ctx: JobContext) -> None:
 
     spec, ref_dir = ctx.config.spec, ctx.extra["ref_dir"]
     calibration = calibration_inputs(ctx)
-    onnx_path = quantize_onnx(ref_dir / "model.onnx", calibration, ctx.staging / "model.onnx",
-                              ctx.config.model_work_dir / "int8")
+    onnx_path = quantize_onnx(
+        ref_dir / "model.onnx", calibration, ctx.staging / "model.onnx", ctx.config.model_work_dir / "int8"
+    )
     check_onnx(onnx_path)
     ts_path = quantize_torch(ctx.extra["net"], calibration, ctx.staging / "model.pt")
     try:
@@ -109,7 +121,10 @@ def judge(ctx: JobContext) -> None:
     x, labels = held_out_inputs(ctx), np.asarray(ctx.data.test_labels)
     ref_logits = ctx.extra["ref_logits"]
     ref_acc = float((ref_logits.argmax(1) == labels).mean())
-    outputs = {"onnx": run_onnx(ctx.paths["onnx"], x), "torchserve": run_torchscript(ctx.paths["torchscript"], x)}
+    outputs = {
+        "onnx": run_onnx(ctx.paths["onnx"], x),
+        "torchserve": run_torchscript(ctx.paths["torchscript"], x),
+    }
     figures: dict[str, BackendQuantization] = {}
     sizes = {"onnx": ctx.paths["onnx"].stat().st_size, "torchserve": ctx.paths["mar"].stat().st_size}
     for name, logits in outputs.items():
@@ -133,21 +148,33 @@ def judge(ctx: JobContext) -> None:
     )
     ctx.predictions = [int(c) for c in outputs["torchserve"].argmax(1)]
     ctx.extra["loss"] = float(
-        torch.nn.functional.cross_entropy(torch.from_numpy(outputs["torchserve"]), torch.from_numpy(labels.astype(np.int64)))
+        torch.nn.functional.cross_entropy(
+            torch.from_numpy(outputs["torchserve"]), torch.from_numpy(labels.astype(np.int64))
+        )
     )
     ctx.extra.update(figures=figures, ref_acc=ref_acc, cross=_cross(outputs))
-    log.info("INT8 vs FP32 v%s (accuracy %.4f): %s; torch vs onnx INT8: %s", ctx.config.quantize_from, ref_acc,
-             {k: f.model_dump(exclude={"method"}) for k, f in figures.items()}, ctx.extra["cross"])
+    log.info(
+        "INT8 vs FP32 v%s (accuracy %.4f): %s; torch vs onnx INT8: %s",
+        ctx.config.quantize_from,
+        ref_acc,
+        {k: f.model_dump(exclude={"method"}) for k, f in figures.items()},
+        ctx.extra["cross"],
+    )
     if not passed:
         ctx.keep_staging = True
-        raise JobError(f"INT8 version rejected (accuracy drop > {MAX_ACCURACY_DROP:.1%} or agreement < "
-                       f"{MIN_AGREEMENT:.1%}): {figures}; nothing published", 1)
+        raise JobError(
+            f"INT8 version rejected (accuracy drop > {MAX_ACCURACY_DROP:.1%} or agreement < "
+            f"{MIN_AGREEMENT:.1%}): {figures}; nothing published",
+            1,
+        )
 
 
 def _cross(outputs: dict[str, npt.NDArray[np.float32]]) -> dict[str, float]:
     a, b = outputs["torchserve"], outputs["onnx"]
-    return {"class_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-            "max_abs_logit_diff": float(np.abs(a - b).max())}
+    return {
+        "class_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(a - b).max()),
+    }
 
 
 def write_int8_manifest(ctx: JobContext) -> None:
@@ -160,27 +187,48 @@ def write_int8_manifest(ctx: JobContext) -> None:
     for name, fig in figures.items():
         fig.method = methods[name]
     accuracy = figures["torchserve"].accuracy
-    summary = {"held_out_predictions_sha256_16": predictions_digest(ctx.predictions),
-               "held_out_accuracy": accuracy, "int8_torch_vs_onnx": ctx.extra["cross"]}
+    summary = {
+        "held_out_predictions_sha256_16": predictions_digest(ctx.predictions),
+        "held_out_accuracy": accuracy,
+        "int8_torch_vs_onnx": ctx.extra["cross"],
+    }
     (ctx.staging / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     inputs, outputs = io_specs(len(spec.labels))
     ctx.manifest = TrainedManifest(
-        name=spec.name, version=ctx.version, created_at=now_utc(), git_commit=git_commit(),
-        framework_versions=framework_versions(), data=data_split(data, spec.dataset.name),
+        name=spec.name,
+        version=ctx.version,
+        created_at=now_utc(),
+        git_commit=git_commit(),
+        framework_versions=framework_versions(),
+        data=data_split(data, spec.dataset.name),
         metrics=Metrics(accuracy=accuracy, loss=ctx.extra["loss"], epochs=0, training_seconds=0.0),
-        model=ModelInfo(architecture=f"INT8 of v{cfg.quantize_from}: {ref.model.architecture}",
-                        parameters=ref.model.parameters, macs_per_image=ref.model.macs_per_image),
-        inputs=inputs, outputs=outputs, preprocessing=spec.preprocessing(), labels=spec.labels,
+        model=ModelInfo(
+            architecture=f"INT8 of v{cfg.quantize_from}: {ref.model.architecture}",
+            parameters=ref.model.parameters,
+            macs_per_image=ref.model.macs_per_image,
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing=spec.preprocessing(),
+        labels=spec.labels,
         parity=ctx.parity,
-        artifacts=artifact_entries(ctx.staging, ctx.paths["mar"].name, kinds=["torchserve", "onnx", "torchscript"],
-                                   formats={"onnx": "onnx-qdq-int8", "torchscript": "torchscript-int8"}),
+        artifacts=artifact_entries(
+            ctx.staging,
+            ctx.paths["mar"].name,
+            kinds=["torchserve", "onnx", "torchscript"],
+            formats={"onnx": "onnx-qdq-int8", "torchscript": "torchscript-int8"},
+        ),
         backends=INT8_BACKENDS,
         quantization=QuantizationRecord(
-            reference_version=str(cfg.quantize_from), reference_accuracy=ctx.extra["ref_acc"],
-            calibration={"images": min(cfg.calibration_images, len(data.train_labels)),
-                         "source": f"first images of the {data.split} training split (seed {data.seed})",
-                         "method": "MinMax (onnx) / Histogram (torch)"},
-            held_out_images=len(data.test_labels), backends=figures,
+            reference_version=str(cfg.quantize_from),
+            reference_accuracy=ctx.extra["ref_acc"],
+            calibration={
+                "images": min(cfg.calibration_images, len(data.train_labels)),
+                "source": f"first images of the {data.split} training split (seed {data.seed})",
+                "method": "MinMax (onnx) / Histogram (torch)",
+            },
+            held_out_images=len(data.test_labels),
+            backends=figures,
             not_quantized={"paddle": PADDLE_INT8_UNAVAILABLE},
             acceptance=f"each INT8 artifact: held-out accuracy >= FP32 - {MAX_ACCURACY_DROP:.1%} and class "
             f"agreement with FP32 >= {MIN_AGREEMENT:.1%} (parity.tolerance = the allowed accuracy drop)",

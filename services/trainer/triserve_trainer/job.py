@@ -102,10 +102,18 @@ def load_data(ctx: JobContext) -> None:
     cfg, spec = ctx.config, ctx.config.spec
     try:
         folder = locate_data(
-            spec.dataset.name, spec.required_splits, cfg.data_dir, download=cfg.download, progress=cfg.progress
+            spec.dataset.name,
+            spec.required_splits,
+            cfg.data_dir,
+            download=cfg.download,
+            progress=cfg.progress,
         )
         ctx.data = load_images(
-            folder, cfg.seed, cfg.limit_train, cfg.limit_test, require_standard="train" in spec.required_splits
+            folder,
+            cfg.seed,
+            cfg.limit_train,
+            cfg.limit_test,
+            require_standard="train" in spec.required_splits,
         )
     except DataError as exc:
         raise JobError(str(exc)) from exc
@@ -182,7 +190,13 @@ def export(ctx: JobContext) -> None:
         raise JobError(str(exc), 1) from exc
     onnx_path = export_onnx(model, ctx.staging / "model.onnx")
     pd_model, pd_params = export_paddle(model, ctx.staging / "paddle")  # type: ignore[arg-type]
-    ctx.paths = {"torchscript": ts_path, "mar": mar, "onnx": onnx_path, "pd_model": pd_model, "pd_params": pd_params}
+    ctx.paths = {
+        "torchscript": ts_path,
+        "mar": mar,
+        "onnx": onnx_path,
+        "pd_model": pd_model,
+        "pd_params": pd_params,
+    }
 
 
 def held_out_inputs(ctx: JobContext) -> np.ndarray:
@@ -196,7 +210,9 @@ def verify_parity(ctx: JobContext) -> None:
 
     cfg, p = ctx.config, ctx.paths
     x_test = held_out_inputs(ctx)
-    ctx.parity = check_parity(p["torchscript"], p["onnx"], p["pd_model"], p["pd_params"], x_test, cfg.tolerance)
+    ctx.parity = check_parity(
+        p["torchscript"], p["onnx"], p["pd_model"], p["pd_params"], x_test, cfg.tolerance
+    )
     log.info(
         "parity on %d held-out images: class agreement %s, max |logit diff| %s (tolerance %g): %s",
         ctx.parity.images,
@@ -368,11 +384,11 @@ def run_job(cfg: JobConfig) -> JobResult:
             step(ctx)
             if name == "prepare" and ctx.staging != Path():
                 file_log = _file_logger(ctx.staging / "training" / "train.log")
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        if no_space(exc):
             raise JobError(
-                f"no space left on the model store's disk during step '{name}' ({exc}); nothing was "
-                f"published and {ctx.target} is unchanged"
+                f"no space left on the model store's disk during step '{name}' ({_first_line(exc)}); "
+                f"nothing was published and {ctx.target} is unchanged"
             ) from exc
         raise
     finally:
@@ -385,9 +401,35 @@ def run_job(cfg: JobConfig) -> JobResult:
     return JobResult(ctx.manifest, ctx.target, ctx.parity, ctx.predictions)
 
 
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it, e.g. a failed torch-model-archiver) is a full disk."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = (
+        [line for line in str(exc).splitlines() if "No space left" in line] or str(exc).splitlines() or [""]
+    )
+    return lines[0].strip()[:300]
+
+
+class _StagingLog(logging.FileHandler):
+    """train.log in the staging folder; a full disk must not turn every log line into a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def _file_logger(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _StagingLog(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("triserve_trainer").addHandler(handler)
     return handler

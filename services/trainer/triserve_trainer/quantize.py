@@ -79,15 +79,15 @@ def quantize_torch(
     """Static INT8 (x86/fbgemm) TorchScript of ``net`` calibrated on ``calibration`` → ``out``."""
     torch.backends.quantized.engine = TORCH_ENGINE
     model = copy.deepcopy(net).eval()
-    model = tq.fuse_modules(model, FoldedConvNet.FUSE)
-    model.qconfig = tq.get_default_qconfig(TORCH_ENGINE)  # type: ignore[assignment]
+    model = tq.fuse_modules(model, FoldedConvNet.FUSE)  # type: ignore[no-untyped-call]
+    model.qconfig = tq.get_default_qconfig(TORCH_ENGINE)  # type: ignore[no-untyped-call]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = tq.prepare(model)
+        prepared = tq.prepare(model)  # type: ignore[no-untyped-call]
         with torch.no_grad():
             for i in range(0, len(calibration), batch):
                 prepared(torch.from_numpy(calibration[i : i + batch]))
-        quantized = tq.convert(prepared)
+        quantized = tq.convert(prepared)  # type: ignore[no-untyped-call]
         with torch.no_grad():
             scripted = torch.jit.trace(quantized, torch.zeros(2, *calibration.shape[1:]))  # type: ignore[no-untyped-call]
             scripted = torch.jit.freeze(scripted)
@@ -123,7 +123,7 @@ def quantize_onnx(fp32: Path, calibration: npt.NDArray[np.float32], out: Path, w
     quantize_static(
         str(pre),
         str(out),
-        _Calibration(calibration),  # type: ignore[arg-type]
+        _Calibration(calibration),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

@@ -52,7 +52,9 @@ def rebuild_mar(ctx: JobContext) -> None:
     with zipfile.ZipFile(mar_path) as zf:
         names = zf.namelist()
         model_config = (
-            yaml.safe_load(zf.read("model-config.yaml")) if "model-config.yaml" in names else DEFAULT_MODEL_CONFIG
+            yaml.safe_load(zf.read("model-config.yaml"))
+            if "model-config.yaml" in names
+            else DEFAULT_MODEL_CONFIG
         )
     mar_path.unlink()
     try:

@@ -190,7 +190,9 @@ def publish(staging: Path, target: Path, force: bool) -> Path:
     if not (staging / MANIFEST_FILE).is_file():
         raise RuntimeError(f"{staging} has no {MANIFEST_FILE}: refusing to publish an incomplete version")
     if staging.parent.resolve() != target.parent.parent.resolve():
-        raise RuntimeError(f"staging {staging} is not in the store of {target}: the rename would not be atomic")
+        raise RuntimeError(
+            f"staging {staging} is not in the store of {target}: the rename would not be atomic"
+        )
     _fsync_tree(staging)
     target.parent.mkdir(parents=True, exist_ok=True)
     failpoint("publish.before-rename")

@@ -101,7 +101,9 @@ def flip_shift(x01: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * 2 / 28)
     zero, one = torch.zeros(n), torch.ones(n)
-    theta = torch.stack([torch.stack([flip, zero, shift[:, 0]], 1), torch.stack([zero, one, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([flip, zero, shift[:, 0]], 1), torch.stack([zero, one, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
     return F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -190,7 +192,12 @@ def _start(data: ImageData, cfg: TrainConfig) -> _Run:
 
 
 def _train_epoch(
-    run: _Run, epoch: int, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, spec: PreprocessSpec,
+    run: _Run,
+    epoch: int,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    cfg: TrainConfig,
+    spec: PreprocessSpec,
     writer: Any,
 ) -> tuple[float, float, float]:
     """One epoch over the training set: (mean loss, accuracy, last learning rate)."""
