@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store root [%(default)s]")
     p.add_argument("--version", default=None, help="version to write (default: next free, 1 for a new model)")
     p.add_argument("--force", action="store_true", help="replace an existing version (atomically)")
-    p.add_argument("--epochs", type=int, default=None, help="default: the model's (mnist 15, fashion 5)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the model's (mnist 15, fashion 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, cosine)")
