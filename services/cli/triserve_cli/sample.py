@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         out.write_bytes(data)
     name = dataset.labels[sample.label]
     label = str(sample.label) if name == str(sample.label) else f"{sample.label} ({name})"
-    sys.stderr.write(f"{args.split} image #{sample.index} of {dataset.name}, label {label}\n")
+    sys.stderr.write(f"{args.split} image #{sample.index}, label {label}\n")
     sys.stderr.flush()
     return 0
 

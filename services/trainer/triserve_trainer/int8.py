@@ -200,7 +200,7 @@ def write_int8_manifest(ctx: JobContext) -> None:
         created_at=now_utc(),
         git_commit=git_commit(),
         framework_versions=framework_versions(),
-        data=data_split(data, spec.dataset.name),
+        data=data_split(data),
         metrics=Metrics(accuracy=accuracy, loss=ctx.extra["loss"], epochs=0, training_seconds=0.0),
         model=ModelInfo(
             architecture=f"INT8 of v{cfg.quantize_from}: {ref.model.architecture}",

@@ -241,9 +241,9 @@ def verify_parity(ctx: JobContext) -> None:
         )
 
 
-def data_split(data: ImageData, dataset: str) -> DataSplit:
+def data_split(data: ImageData) -> DataSplit:
     return DataSplit(
-        source_dir=f"{dataset}: {data.source_dir}",
+        source_dir=str(data.source_dir),
         files=data_file_entries(data.files),
         split=data.split,  # type: ignore[arg-type]
         seed=data.seed,
@@ -288,7 +288,7 @@ def write_manifest(ctx: JobContext) -> None:
         created_at=now_utc(),
         git_commit=git_commit(),
         framework_versions=framework_versions(),
-        data=data_split(data, spec.dataset.name),
+        data=data_split(data),
         metrics=Metrics(
             accuracy=trained.test_accuracy,
             loss=trained.test_loss,
