@@ -382,7 +382,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         for name, step in steps_for(cfg):
             log.info("step %s", name)
             step(ctx)
-            if name == "prepare" and ctx.staging != Path():
+            if name == "prepare" and ctx.staging != Path() and not cfg.repack:
                 file_log = _file_logger(ctx.staging / "training" / "train.log")
     except Exception as exc:
         if no_space(exc):
