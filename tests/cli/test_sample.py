@@ -126,7 +126,7 @@ def test_cli_missing_data_names_the_file(tmp_path: Path) -> None:
 
 
 def test_cli_fashion_boot(tmp_path: Path) -> None:
-    """`triserve sample --model fashion 9 > boot.png`: the most typical ankle boot of Fashion-MNIST's test set."""
+    """`triserve sample --model fashion 9 > boot.png`: the most typical ankle boot of the test set."""
     raw = Path("/usr/share/datasets/fashion-mnist")
     images, labels = _raw_t10k(raw)
     done = _triserve("sample", "--model", "fashion", "9", cwd=tmp_path)

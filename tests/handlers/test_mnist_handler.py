@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.mnist import npy, png, preprocess
+from tests.support.encode import npy, png
+from tests.support.mnist import held_out, preprocess
 from tests.support.procs import REPO_ROOT
-from triserve_common.idx import load_split
 from triserve_common.manifest import PreprocessSpec, list_versions, read_manifest, verify_artifact
 
 
@@ -65,9 +65,10 @@ def extracted_handler(mar: Path, model_dir: Path) -> tuple[Any, Path]:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    pair = load_split(mnist_dir, "t10k")
-    return pair.images[:64], pair.labels[:64]
+def digits(mnist_dir: Path, model_store: Path) -> tuple[np.ndarray, np.ndarray]:
+    """64 held-out t10k digits (never seen in training) and their labels."""
+    d = held_out(mnist_dir, read_manifest(model_store / "mnist" / "1"))[:64]
+    return d.images, d.labels
 
 
 def normalised(images: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.mnist import npy, one_per_digit, preprocess
+from tests.support.encode import npy
+from tests.support.mnist import one_per_digit, preprocess
 from tests.support.procs import REPO_ROOT
 from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_cli.sample import pick
@@ -69,7 +70,7 @@ def test_fashion_rejects_bad_input(torchserve: Served) -> None:
 
 
 def test_int8_mnist_in_torchserve(torchserve: Served, mnist_dir: Path) -> None:
-    digits = one_per_digit(mnist_dir)
+    digits = one_per_digit(mnist_dir, read_manifest(STORE / "mnist" / "2"))
     answers = [torchserve.put("mnist", p) for p in digits.pngs]
     assert [r.status_code for r in answers] == [200] * 10
     assert [int(r.text) for r in answers] == digits.labels.tolist()

@@ -4,13 +4,14 @@
 metadata, routes ``name``/``version`` (404 when not served), validates request tensors against the
 model's input spec (400 naming expected vs received), runs the batch in a worker thread pool and
 encodes the response (JSON or binary tensors), counting every inference request in Prometheus.
-The REST layer (:mod:`triserve_common.rest`) only maps HTTP onto these calls.
+The REST layer (:func:`triserve_common.rest.build_app`) only maps HTTP onto these calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,7 @@ class DataPlaneMetrics:
 
 
 @dataclass
-class InferResult:
+class EncodedResponse:
     """Encoded inference response: body bytes and the headers the codec asks for."""
 
     body: bytes
@@ -118,6 +119,8 @@ class DataPlane:
         self._executor: ThreadPoolExecutor | None = None
         self._input_specs: dict[str, TensorSpec] = {}
         self._output_names: list[str] = []
+        self._info_labels: tuple[str, str, str, str] | None = None
+        self._info_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,8 +133,25 @@ class DataPlane:
             self._executor = ThreadPoolExecutor(
                 max_workers=max(1, rt.concurrency), thread_name_prefix=f"{rt.name}-infer"
             )
-        self.metrics.model_info.labels(rt.name, rt.version, rt.platform, rt.engine).set(1)
+        self.publish_model_info()
         self.metrics.model_ready.labels(rt.name).set(1 if rt.ready else 0)
+
+    def publish_model_info(self) -> None:
+        """``triserve_model_info`` for the engine the runtime reports *now*: an engine that fell back
+        (e.g. onnxruntime leaving TensorRT at run time) replaces the old label set instead of both
+        staying at 1. Cheap when nothing changed; called after every batch."""
+        rt = self.runtime
+        labels = (rt.name, rt.version, rt.platform, rt.engine)
+        if labels == self._info_labels:
+            return
+        with self._info_lock:
+            if labels == self._info_labels:
+                return
+            if self._info_labels is not None:
+                log.warning("engine changed: %s -> %s", self._info_labels[3], labels[3])
+                self.metrics.model_info.remove(*self._info_labels)
+            self.metrics.model_info.labels(*labels).set(1)
+            self._info_labels = labels
 
     def stop(self) -> None:
         """Wait for running batches, stop the pool and unload the runtime."""
@@ -249,7 +269,7 @@ class DataPlane:
         version: str | None,
         read_body: BodyReader,
         header_length: str | None,
-    ) -> InferResult:
+    ) -> EncodedResponse:
         """Handle one inference request end to end, counting it in the metrics whatever the outcome.
 
         ``header_length``: the raw ``Inference-Header-Content-Length`` value (None for JSON).
@@ -273,7 +293,7 @@ class DataPlane:
 
     async def _infer(
         self, name: str, version: str | None, read_body: BodyReader, header_length: str | None, label: str
-    ) -> InferResult:
+    ) -> EncodedResponse:
         self.check_model(name, version)
         length = codec.parse_header_length(header_length)
         body = await read_body()
@@ -293,7 +313,7 @@ class DataPlane:
         body_out, headers = codec.encode_response(
             self.runtime.name, self.runtime.version, decoded.request.id, selected, binary=binary
         )
-        return InferResult(body_out, headers)
+        return EncodedResponse(body_out, headers)
 
     def _run(self, tensors: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -304,6 +324,8 @@ class DataPlane:
         except Exception as exc:
             log.exception("inference failed")
             raise TriserveError(f"inference failed: {type(exc).__name__}: {exc}", 500) from exc
+        finally:
+            self.publish_model_info()
         self.metrics.compute_latency.labels(label).observe(time.perf_counter() - started)
         missing = [out for out in self._output_names if out not in outputs]
         if missing:

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from triserve_common.idx import STANDARD_FILES, find_idx_file
+from triserve_common.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-#: The repository root when the package is installed from a checkout (``pip install -e``).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+__all__ = ["REPO_ROOT", "Dataset", "DatasetError", "find_dataset"]  # REPO_ROOT: from triserve_common.paths
 CACHE_ENV = "TRISERVE_DATA_CACHE"
 DOWNLOAD_TIMEOUT_S = 60.0
 MAX_DOWNLOAD_BYTES = 64 << 20  # the largest file (Fashion train images) is ~26 MB

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from triserve_common.manifest import PreprocessSpec
+from triserve_common.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_HANDLER = REPO_ROOT / "handlers" / "mnist_handler.py"
 PREPROCESS_FILE = "preprocess.json"
 #: TorchServe's convention for class names (``{"0": "T-shirt/top", ...}``), read by the handler.

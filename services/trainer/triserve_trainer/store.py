@@ -27,8 +27,7 @@ from triserve_common.manifest import (
     list_versions,
     sha256_file,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from triserve_common.paths import REPO_ROOT
 
 #: manifest.artifacts key → (format, files relative to the version dir)
 ARTIFACT_LAYOUT: dict[str, tuple[str, list[str]]] = {
