@@ -217,10 +217,11 @@ class MnistHandler:
             "loaded %s on %s; preprocessing %s; labels %s", model_path, self.device, self.spec, self.labels
         )
 
-    def label(self, index: int) -> str:
-        """The answer to a raw image: the label as JSON (numbers for numeric labels, else strings)."""
+    def label(self, index: int) -> int | str:
+        """The answer to a raw image: a numeric label as an int (TorchServe renders ``7``), a name as a
+        JSON string (``"Ankle boot"``)."""
         name = self.labels[index] if self.labels is not None and index < len(self.labels) else str(index)
-        return json.dumps(int(name) if name.isdigit() else name)
+        return int(name) if name.isdigit() else json.dumps(name)
 
     def _parse(self, request: Any) -> tuple[np.ndarray, bool]:
         """(inputs [n,C,H,W], is_npy) of one request."""
