@@ -22,7 +22,7 @@ EXTRA_CA ?=
 # Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: help venv install java deps up down run status test lint readme clean images compose-test
+.PHONY: help venv install java deps data up down run status test lint readme clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -50,6 +50,17 @@ java: ## system packages `make up` needs: Python 3.11, Java 17 (TorchServe), lib
 
 deps: ## system packages the tests need too: wrk, Docker engine, debootstrap, docker-compose, kubectl, ...
 	@scripts/system-deps.sh test
+
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (apt, when root); MNIST is looked up at run time
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$TRISERVE_FASHION_MNIST_DIR" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Fashion-MNIST not found: installing dataset-fashion-mnist with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST not in $(FASHION_DIR): sudo apt-get install -y dataset-fashion-mnist"; \
+	  echo "  (or set TRISERVE_FASHION_MNIST_DIR; the trainer and triserve sample can also download it)"; \
+	fi
 
 up: java install ## start the platform in the background; waits until the gateway is ready
 	$(ACTIVATE) $(BIN)/triserve up $(ARGS)

@@ -43,7 +43,8 @@ if [[ "$group" == test ]]; then
   # (a kubectl from another package, e.g. Google's `kubectl`, conflicts with it).
   has kubectl || missing+=(kubernetes-client)
   has chromium || has chromium-browser || missing+=(chromium)   # the browser test
-  installed dataset-fashion-mnist || missing+=(dataset-fashion-mnist)   # Fashion-MNIST tests
+  # Fashion-MNIST (its tests and trainer): Debian's package, unless TRISERVE_FASHION_MNIST_DIR points elsewhere
+  [[ -n "${TRISERVE_FASHION_MNIST_DIR:-}" ]] || installed dataset-fashion-mnist || missing+=(dataset-fashion-mnist)
 fi
 
 ((${#missing[@]})) || exit 0
