@@ -15,6 +15,7 @@
 #   TS_RUN_DIR          writable folder for the rendered config, logs, metrics logs, pid file and
 #                       extracted model files — never the repo checkout  [<repo>/run/torchserve]
 #   TS_JAVA_HEAP        JVM max heap                                    [512m]
+#   PYTHON              interpreter for verify_mar.py (checks each .mar against manifest.json) [python3]
 # Any further TorchServe property may be overridden with TS_<PROPERTY_IN_CAPS> (enable_envvars_config).
 set -euo pipefail
 
@@ -27,6 +28,9 @@ mkdir -p "$run_dir/logs" "$run_dir/tmp"
 run_dir="$(cd "$run_dir" && pwd)"
 config="$run_dir/config.properties"
 models="${TS_MODELS:-mnist=mnist.mar}"
+
+# Refuse to start on an archive the manifest does not vouch for (size + sha256; one line naming the file).
+"${PYTHON:-python3}" "$here/verify_mar.py" "$store" "$models"
 
 # Render the template with this run's addresses and paths (later keys win in java.util.Properties,
 # but we drop the overridden keys anyway to keep the file readable).

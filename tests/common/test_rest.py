@@ -33,9 +33,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def json_body(shape: list[int], datatype: str = "FP32", name: str = "input") -> dict[str, object]:
-    return {
-        "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [0.5] * int(np.prod(shape))}]
-    }
+    value = 0 if "INT" in datatype else 0.5  # JSON integers for integer datatypes (strict codec)
+    data = [value] * int(np.prod(shape))
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
 
 
 async def test_health_and_metadata(client: httpx.AsyncClient) -> None:

@@ -50,6 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from triserve_common.errors import TriserveError
+from triserve_common.manifest import read_manifest, verify_artifact
+
 #: The repository root when the CLI is installed from a checkout (``pip install -e services/cli``).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RUN_ID_ENV = "TRISERVE_RUN_ID"
@@ -424,7 +427,11 @@ class Platform:
                 raise PlatformError(
                     f"TorchServe needs Java >= {JAVA_MIN_VERSION}, {found}: {JAVA_INSTALL_HINT}"
                 )
-            torchserve_store(self.config.model_store)
+            store = torchserve_store(self.config.model_store)
+            try:  # the .mar TorchServe will load must be the one the manifest describes
+                verify_artifact(read_manifest(store), store, "torchserve")
+            except TriserveError as exc:
+                raise PlatformError(exc.message) from None
 
     def start(self) -> Platform:
         """Launch every service, then wait until the gateway is ready; on failure stop all and raise."""
