@@ -12,15 +12,15 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from triserve_common.errors import error_body, install_error_handlers
+from triserve_common.errors import install_error_handlers
 from triserve_common.metrics import add_metrics_route, new_registry
 from triserve_common.server import RequestIdMiddleware
 from triserve_gateway import __version__, api_torchserve, api_v2
 from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import RoutingConfig, gateway_routing
+from triserve_gateway.error_shapes import render_error, unexpected_error
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
@@ -35,12 +35,6 @@ ClientFactory = Callable[[RoutingConfig], Mapping[str, BackendClient]]
 def default_clients(routing: RoutingConfig) -> dict[str, BackendClient]:
     """One pooled client per configured backend, by protocol."""
     return {name: make_backend_client(name, cfg) for name, cfg in routing.backends.items()}
-
-
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    """A bug: logged with its traceback, answered as a plain 500."""
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("internal server error"), status_code=500)
 
 
 def create_app(
@@ -59,7 +53,7 @@ def create_app(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     routing = routing or gateway_routing(settings)
     catalog = catalog or ModelCatalog.from_store(
-        settings.model_store, routing.models.keys(), settings.max_image_pixels
+        settings.model_store, routing.models.keys(), settings.max_image_pixels, settings.image_formats
     )
     registry = new_registry()
     metrics = GatewayMetrics(registry)
@@ -91,9 +85,8 @@ def create_app(
     app.state.gateway = gateway
     app.state.service = service
     app.state.registry = registry
-    install_error_handlers(app)
-
-    app.add_exception_handler(Exception, _unexpected_error)
+    install_error_handlers(app, render_error)
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app)
     api_v2.register(app)

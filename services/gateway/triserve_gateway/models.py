@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from triserve_common.manifest import (
     version_sort_key,
 )
 from triserve_gateway.preprocess import ImagePreprocessor
+from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class ModelVersion:
         return self.outputs[0]
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, max_pixels: int) -> ModelVersion:
+    def from_manifest(
+        cls, manifest: Manifest, max_pixels: int, formats: Sequence[str] = DEFAULT_IMAGE_FORMATS
+    ) -> ModelVersion:
         if not manifest.inputs or not manifest.outputs:
             raise ValueError(f"manifest of {manifest.name} v{manifest.version} lists no inputs/outputs")
         return cls(
@@ -46,12 +49,12 @@ class ModelVersion:
             inputs=list(manifest.inputs),
             outputs=list(manifest.outputs),
             labels=list(manifest.labels),
-            preprocessor=ImagePreprocessor(manifest.preprocessing, max_pixels),
+            preprocessor=ImagePreprocessor(manifest.preprocessing, max_pixels, formats),
         )
 
 
 class ModelCatalog:
-    """Every version of every routed model; :meth:`get` resolves ``None``/``latest`` to the newest."""
+    """Every version of every routed model; :meth:`get` resolves ``None`` to the newest."""
 
     def __init__(self, versions: Iterable[ModelVersion]) -> None:
         self._models: dict[str, dict[str, ModelVersion]] = {}
@@ -63,7 +66,13 @@ class ModelCatalog:
         }
 
     @classmethod
-    def from_store(cls, store: Path, names: Iterable[str], max_pixels: int) -> ModelCatalog:
+    def from_store(
+        cls,
+        store: Path,
+        names: Iterable[str],
+        max_pixels: int,
+        formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
+    ) -> ModelCatalog:
         """Read the manifests of ``names`` from the model store (404-style error if one is absent)."""
         found: list[ModelVersion] = []
         for name in names:
@@ -71,7 +80,8 @@ class ModelCatalog:
             if not versions:
                 raise ModelNotFoundError(f"model '{name}' has no manifest in model store {store}")
             for version in versions:
-                found.append(ModelVersion.from_manifest(read_manifest(store / name / version), max_pixels))
+                manifest = read_manifest(store / name / version)
+                found.append(ModelVersion.from_manifest(manifest, max_pixels, formats))
         return cls(found)
 
     def names(self) -> list[str]:
@@ -81,17 +91,27 @@ class ModelCatalog:
         return sorted(self._models.get(name, {}), key=version_sort_key)
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The requested version (newest when ``version`` is None, "" or "latest"); 404 otherwise."""
-        if version in (None, "", "latest"):
-            latest = self._latest.get(name)
-            if latest is None:
-                raise ModelNotFoundError(f"model '{name}' is not served (models: {', '.join(self.names())})")
-            return latest
+        """The requested version (the newest when ``version`` is None); 404 naming what exists.
+
+        As in TorchServe, ``latest`` is no alias: a client names a version that exists or none.
+        """
         by_version = self._models.get(name)
         if by_version is None:
-            raise ModelNotFoundError(f"model '{name}' is not served (models: {', '.join(self.names())})")
-        mv = by_version.get(version) if version is not None else None
+            raise ModelNotFoundError(
+                f"model '{clip(name)}' is not served (models: {', '.join(self.names())})"
+            )
+        if version is None:
+            return self._latest[name]
+        mv = by_version.get(version)
         if mv is None:
             known = ", ".join(self.versions(name))
-            raise ModelNotFoundError(f"version '{version}' of model '{name}' not found (versions: {known})")
+            hint = "; omit the version for the newest (no 'latest' alias)" if version == "latest" else ""
+            raise ModelNotFoundError(
+                f"version '{clip(version)}' of model '{name}' not found (versions: {known}{hint})"
+            )
         return mv
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """A client-supplied name shortened for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -1,0 +1,184 @@
+"""What the gateway's OpenAPI description says each operation answers (FastAPI ``responses=``).
+
+Every status an operation can answer is documented with its body: the TorchServe API's errors
+are ``{"code", "type", "message"}``, the OIP v2 API's ``{"error"}`` (see
+:mod:`triserve_gateway.error_shapes`). ``schemathesis`` checks the running gateway against this
+description (``tests/hostile/test_schemathesis.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from triserve_common import v2
+
+Responses = dict[int | str, dict[str, Any]]
+
+TORCHSERVE_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["code", "type", "message"],
+    "properties": {
+        "code": {"type": "integer", "description": "The HTTP status."},
+        "type": {"type": "string", "description": "TorchServe's exception name (ModelNotFoundException)."},
+        "message": {"type": "string", "description": "What was wrong, and the setting that raises a limit."},
+    },
+}
+V2_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "What was wrong."}},
+}
+_WHY = {
+    400: "Malformed request (names the problem)",
+    404: "Unknown model or version (names those that exist)",
+    405: "Method not allowed",
+    413: "Over a limit (names it and the setting that raises it)",
+    415: "Not an image in an accepted format",
+    422: "Undecodable image, or input far outside the model's range",
+    500: "Internal error",
+    502: "A backend failed",
+    503: "No healthy backend",
+    504: "A backend timed out",
+}
+CLIENT = (400, 404, 413)
+INFERENCE = (*CLIENT, 415, 422, 502, 503, 504)
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def errors(shape: dict[str, Any], statuses: tuple[int, ...]) -> Responses:
+    """The error responses ``statuses`` with the error body ``shape``."""
+    return {status: _json(shape, _WHY[status]) for status in statuses}
+
+
+def ok(schema: dict[str, Any], description: str = "Success") -> Responses:
+    """A 200 JSON response."""
+    return {200: _json(schema, description)}
+
+
+ANY_JSON: dict[str, Any] = {}
+
+
+def _fields(**types: str) -> dict[str, Any]:
+    """An object schema whose fields are all required, of the given JSON types."""
+    properties = {k: {"type": t} for k, t in types.items()}
+    return {"type": "object", "required": list(types), "properties": properties}
+
+
+STATUS_BODY = _fields(status="string")
+LIVE = _fields(live="boolean")
+READY = _fields(ready="boolean")
+MODEL_READY = _fields(name="string", ready="boolean")
+OPENAPI_DOC: dict[str, Any] = {"type": "object", "required": ["openapi", "paths"]}
+
+
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a pydantic model with its ``$defs`` inlined (valid anywhere in the
+    OpenAPI document; the v2 models are not recursive)."""
+    schema = model.model_json_schema()
+    defs: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
+def predictions_responses() -> Responses:
+    """``/predictions``: the label (a JSON number), a list of labels, or top-k objects."""
+    return {**ok(ANY_JSON, "The label, a list of labels, or label → probability"),
+            **errors(TORCHSERVE_ERROR, INFERENCE)}
+
+
+def infer_responses() -> Responses:
+    """OIP v2 ``infer``: JSON outputs, or JSON header + binary tensors."""
+    return {
+        200: {
+            "description": "OIP v2 inference response (binary tensors when asked)",
+            "content": {
+                "application/json": {"schema": schema_of(v2.InferenceResponse)},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **errors(V2_ERROR, INFERENCE),
+    }
+
+
+def metadata_responses() -> Responses:
+    return {**ok(schema_of(v2.MetadataModelResponse), "OIP v2 model metadata"),
+            **errors(V2_ERROR, (404,))}
+
+
+def model_ready_responses() -> Responses:
+    return {**ok(MODEL_READY, "Ready"), 503: _json(MODEL_READY, "Not ready"), **errors(V2_ERROR, (404,))}
+
+
+def infer_request_body() -> dict[str, Any]:
+    """``openapi_extra`` of OIP v2 ``infer``: a JSON request, or JSON header + binary tensors."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "OIP v2 inference request: JSON, or JSON header + binary tensors "
+            "(Inference-Header-Content-Length). One input: FP32 images ([N,1,28,28], [N,28,28], "
+            "[N,784], [28,28]) or BYTES [N] / [-1] encoded images.",
+            "content": {
+                "application/json": {"schema": schema_of(v2.InferenceRequest)},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "parameters": [
+            {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+             "schema": {"type": "integer", "minimum": 0},
+             "description": "Length of the JSON header when binary tensors follow it."},
+        ],
+    }
+
+
+MODEL_LIST: dict[str, Any] = {
+    "type": "object",
+    "required": ["models"],
+    "properties": {
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"modelName": {"type": "string"}, "modelUrl": {"type": "string"}},
+            },
+        }
+    },
+}
+DESCRIPTION: dict[str, Any] = {"type": "array", "items": {"type": "object"}}
+SERVER_METADATA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "extensions"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "extensions": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def path_parameters(path: str) -> list[dict[str, Any]]:
+    """The ``{name}`` parameters of a path template (handlers read them from the request)."""
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+
+
+def with_path(path: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` for ``path``: ``extra`` plus the path's parameters."""
+    extra = dict(extra or {})
+    extra["parameters"] = [*path_parameters(path), *extra.get("parameters", [])]
+    return extra
