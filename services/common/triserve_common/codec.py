@@ -167,11 +167,9 @@ class DecodedRequest:
 
 
 def _binary_size(inp: RequestInput) -> int | None:
-    if not inp.parameters:
+    if not inp.parameters or "binary_data_size" not in inp.parameters:
         return None
-    size = inp.parameters.get("binary_data_size")
-    if size is None:
-        return None
+    size = inp.parameters["binary_data_size"]
     if type(size) is not int or size < 0:
         raise BadRequestError(f"input '{inp.name}': binary_data_size must be a non-negative integer")
     return size

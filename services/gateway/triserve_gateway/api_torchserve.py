@@ -197,17 +197,12 @@ async def describe_model(request: Request) -> JSONResponse:
 
 def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
-    for path, suffix in (
-        ("/predictions/{model_name}", ""),
-        ("/predictions/{model_name}/{model_version}", "_version"),
-    ):
-        for method in ("POST", "PUT"):
-            app.add_api_route(
-                path, predictions, methods=[method], tags=TAGS,
-                summary="Classify image(s) (TorchServe-compatible)",
-                openapi_extra=spec.with_path(path, _PREDICTIONS_BODY),
-                operation_id=f"predictions{suffix}_{method.lower()}", responses=spec.predictions_responses(),
-            )
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        app.add_api_route(  # one route for both methods: a 405 names them both in Allow
+            path, predictions, methods=["POST", "PUT"], tags=TAGS,
+            summary="Classify image(s) (TorchServe-compatible)",
+            openapi_extra=spec.with_path(path, _PREDICTIONS_BODY), responses=spec.predictions_responses(),
+        )
     app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it",
                       responses={**spec.ok(spec.STATUS_BODY, "Healthy"),
                                  500: {"description": "Unhealthy",

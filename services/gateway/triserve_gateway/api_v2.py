@@ -120,6 +120,10 @@ def tensor_payload(decoded: codec.DecodedRequest, mv: ModelVersion) -> Payload:
     arr = decoded.tensors[inp.name]
     wanted_outputs(req, mv)
     if inp.datatype == "BYTES":
+        if arr.ndim != 1:
+            raise BadRequestError(
+                f"input '{inp.name}': BYTES images take shape [N] (or [-1]), got {list(arr.shape)}"
+            )
         return Payload(images=images_of(inp.name, arr, _is_binary(inp)), what=f"input '{inp.name}' image")
     if inp.datatype == mv.input.datatype:
         return Payload(tensor=np.ascontiguousarray(as_model_rows(inp.name, arr, mv), dtype=np.float32))

@@ -24,6 +24,7 @@ from triserve_gateway.error_shapes import render_error, unexpected_error
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
+from triserve_gateway.openapi_spec import unique_operation_ids
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
 
@@ -90,5 +91,6 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app)
     api_v2.register(app)
+    unique_operation_ids(app)
     add_metrics_route(app, registry)
     return app

@@ -246,7 +246,7 @@ class Gateway:
         cand = r.by_name.get(backend)
         if cand is None:
             raise UnknownBackendError(
-                f"backend '{backend}' does not serve model '{target.model}' "
+                f"backend '{clip(backend)}' does not serve model '{target.model}' "
                 f"(choose from: {', '.join(r.by_name)})"
             )
         return [cand], 1

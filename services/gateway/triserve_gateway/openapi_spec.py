@@ -8,8 +8,11 @@ description (``tests/hostile/test_schemathesis.py``).
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from triserve_common import v2
@@ -125,6 +128,13 @@ def model_ready_responses() -> Responses:
     return {**ok(MODEL_READY, "Ready"), 503: _json(MODEL_READY, "Not ready"), **errors(V2_ERROR, (404,))}
 
 
+INFER_EXAMPLE: dict[str, Any] = {
+    "id": "example",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}],
+    "outputs": [{"name": "label"}, {"name": "probabilities"}],
+}
+
+
 def infer_request_body() -> dict[str, Any]:
     """``openapi_extra`` of OIP v2 ``infer``: a JSON request, or JSON header + binary tensors."""
     return {
@@ -134,7 +144,7 @@ def infer_request_body() -> dict[str, Any]:
             "(Inference-Header-Content-Length). One input: FP32 images ([N,1,28,28], [N,28,28], "
             "[N,784], [28,28]) or BYTES [N] / [-1] encoded images.",
             "content": {
-                "application/json": {"schema": schema_of(v2.InferenceRequest)},
+                "application/json": {"schema": schema_of(v2.InferenceRequest), "example": INFER_EXAMPLE},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         },
@@ -171,10 +181,17 @@ SERVER_METADATA: dict[str, Any] = {
 }
 
 
+_PATH_EXAMPLES = {"model_name": "mnist", "model_version": "1"}
+
+
 def path_parameters(path: str) -> list[dict[str, Any]]:
     """The ``{name}`` parameters of a path template (handlers read them from the request)."""
     names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+    return [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"},
+         **({"example": _PATH_EXAMPLES[n]} if n in _PATH_EXAMPLES else {})}
+        for n in names
+    ]
 
 
 def with_path(path: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -182,3 +199,25 @@ def with_path(path: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     extra = dict(extra or {})
     extra["parameters"] = [*path_parameters(path), *extra.get("parameters", [])]
     return extra
+
+
+def unique_operation_ids(app: FastAPI) -> None:
+    """Give each method of a multi-method route its own ``operationId`` (FastAPI gives them one:
+    ``/predictions`` is one route for POST and PUT, so that a 405's ``Allow`` names both)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Duplicate Operation ID")
+            schema = generate()  # cached by FastAPI as app.openapi_schema, fixed below in place
+        ops = [op for path in schema["paths"].values() for op in path.values()]
+        counts = Counter(op.get("operationId") for op in ops)
+        for path in schema["paths"].values():
+            for method, op in path.items():
+                if counts[op.get("operationId")] > 1:
+                    op["operationId"] = f"{op['operationId'].rsplit('_', 1)[0]}_{method}"
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
