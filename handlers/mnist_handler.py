@@ -78,6 +78,17 @@ DEFAULT_SPEC: dict[str, Any] = {
 }
 
 
+def select_device(gpu_id: Any, cuda_available: bool) -> str:
+    """``cuda:<gpu_id>`` when TorchServe gave this worker a GPU and torch sees CUDA, else ``cpu``.
+
+    TorchServe sets ``context.system_properties["gpu_id"]`` when it has GPUs to hand out (None or
+    absent on CPU-only hosts), like its own BaseHandler reads it.
+    """
+    if not cuda_available or gpu_id is None or int(gpu_id) < 0:
+        return "cpu"
+    return f"cuda:{int(gpu_id)}"
+
+
 def _request_error(code: int, message: str) -> ValueError:
     """A per-request client error: ``ValueError(code, message)``."""
     return ValueError(code, message)
@@ -160,6 +171,7 @@ class MnistHandler:
 
     def __init__(self) -> None:
         self.model: torch.jit.ScriptModule | None = None
+        self.device = torch.device("cpu")
         self.spec: dict[str, Any] = dict(DEFAULT_SPEC)
         self.initialized = False
 
@@ -172,7 +184,8 @@ class MnistHandler:
         model_path = os.path.join(model_dir, serialized)
         if not os.path.isfile(model_path):
             raise RuntimeError(f"TorchScript model {model_path} not found in the archive")
-        self.model = torch.jit.load(model_path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        self.device = torch.device(select_device(props.get("gpu_id"), torch.cuda.is_available()))
+        self.model = torch.jit.load(model_path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
         spec_path = os.path.join(model_dir, PREPROCESS_FILE)
         if os.path.isfile(spec_path):
             with open(spec_path) as fh:
@@ -181,7 +194,7 @@ class MnistHandler:
             logger.warning("%s not in the archive; using the default MNIST spec", PREPROCESS_FILE)
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
         self.initialized = True
-        logger.info("loaded %s; preprocessing %s", model_path, self.spec)
+        logger.info("loaded %s on %s; preprocessing %s", model_path, self.device, self.spec)
 
     def _parse(self, request: Any) -> tuple[np.ndarray, bool]:
         """(inputs [n,1,28,28], is_npy) of one request."""
@@ -193,8 +206,8 @@ class MnistHandler:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         assert self.model is not None
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(x))
-        return np.asarray(logits.numpy(), dtype=np.float32)
+            logits = self.model(torch.from_numpy(x).to(self.device))
+        return np.asarray(logits.cpu().numpy(), dtype=np.float32)
 
     def handle(self, data: list[Any] | None, context: Any) -> list[Any] | None:
         if data is None:  # TorchServe's warm-up call with no data

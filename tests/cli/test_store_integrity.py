@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.procs import REPO_ROOT
 from tests.support.stack import free_port_config
-from triserve_cli.platform import Platform, PlatformError
+from triserve_cli.launcher import Platform, PlatformError
 
 START_SH = REPO_ROOT / "services" / "torchserve" / "start.sh"
 VERIFY = REPO_ROOT / "services" / "torchserve" / "verify_mar.py"

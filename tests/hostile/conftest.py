@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import one_per_digit, preprocess
+from tests.support.mnist import one_per_digit
 from tests.support.procs import ServiceProcess
 from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common.manifest import read_manifest
@@ -24,10 +24,11 @@ BACKENDS = ("onnx", "paddle", "torchserve")
 
 @dataclass
 class Digits:
+    """One held-out image per digit: PNGs, labels, and float32 [10, 1, 28, 28] as the model takes it."""
+
     pngs: list[bytes]
     labels: list[int]
     x: np.ndarray
-    """float32 [10, 1, 28, 28], preprocessed as the manifest says."""
 
 
 @dataclass
@@ -94,9 +95,8 @@ def live(
         },
         timeout=180,
     )
-    d = one_per_digit(mnist_dir)
-    spec = read_manifest(model_store / "mnist" / "1").preprocessing
-    digits = Digits(d.pngs, [int(v) for v in d.labels], preprocess(d.images, spec))
+    d = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
+    digits = Digits(d.pngs, [int(v) for v in d.labels], d.x)
     try:
         ts_thread = threading.Thread(target=procs["torchserve"].start)
         ts_thread.start()

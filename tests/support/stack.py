@@ -1,4 +1,4 @@
-"""The platform's own service definitions (``triserve_cli.platform``), started on free ports for tests.
+"""The platform's own service definitions (``triserve_cli.launcher``), started on free ports for tests.
 
 Tests start exactly the commands and environments ``triserve up`` uses, each as a
 :class:`ServiceProcess` so a test can stop and restart one service on its own.
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.procs import ServiceProcess, free_port
-from triserve_cli.platform import PlatformConfig, service_specs
+from triserve_cli.launcher import PlatformConfig, service_specs
 
 PORT_FIELDS = (
     "gateway_port",
