@@ -11,6 +11,8 @@ import pytest
 
 from triserve_common import codec
 from triserve_common.errors import BadRequestError, TriserveError
+from triserve_common.manifest import TensorSpec
+from triserve_common.tensor_checks import json_limits
 
 
 def test_binary_request_round_trip_is_exact() -> None:
@@ -250,3 +252,23 @@ def test_output_flags_are_strict(params: dict[str, object], message: str) -> Non
     body = json.dumps({"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.0]}], **params})
     with pytest.raises(BadRequestError, match=message):
         codec.decode_request(body.encode(), None)
+
+
+def test_json_values_are_bounded_before_parsing() -> None:
+    limits = json_limits([TensorSpec(name="input", datatype="FP32", shape=[-1, 1, 28, 28])], 2, "MAX_ROWS")
+    assert limits.max_json_values == 2 * 784 + 64
+    fits = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 784], "data": [0.5] * 1568}]}
+    assert codec.decode_request(json.dumps(fits).encode(), None, limits).tensors["input"].shape == (2, 784)
+    body = (
+        '{"inputs":[{"name":"input","datatype":"BYTES","shape":[100000],"data":['
+        + ",".join(['"ab"'] * 100_000)
+        + "]}]}"
+    ).encode()
+    started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(
+        TriserveError, match=r"up to 100003 values, over the limit of 1632 \(raised by MAX_ROWS"
+    ):
+        codec.decode_request(body, None, limits)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - started < 5 * 1024  # KiB: nothing parsed
+    dynamic = json_limits([TensorSpec(name="x", datatype="FP32", shape=[-1, -1])], 2, "MAX_ROWS")
+    assert dynamic.max_json_values is None

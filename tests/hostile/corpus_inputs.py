@@ -331,6 +331,24 @@ def bodies(base: str) -> list[Case]:
                 names=("TRISERVE_GATEWAY_MAX_BODY_BYTES",),
             )
         )
+    for kind, item in (("numbers", b"0.123"), ("strings", b'"ab"')):  # Python objects: 10-20x the text
+        n = (MAX_BODY - 200) // (len(item) + 1)
+        data = b",".join([item] * n)
+        dt = b"FP32" if kind == "numbers" else b"BYTES"
+        body = (
+            b'{"inputs":[{"name":"input","datatype":"' + dt + b'","shape":[%d],"data":[' % n + data + b"]}]}"
+        )
+        cases.append(
+            Case(
+                "bodies",
+                f"JSON of {n} {kind} under the body limit",
+                "POST",
+                INFER,
+                body,
+                statuses=(413,),
+                names=("TRISERVE_GATEWAY_MAX_ROWS_PER_REQUEST",),
+            )
+        )
     form, ctype = multipart(b"\0" * (MAX_BODY // 2), b"\0" * (MAX_BODY // 2))
     head = {**ctype, "Content-Length": str(len(form))}
     cases.append(

@@ -26,6 +26,7 @@ from triserve_common.tensor_checks import (
     DEFAULT_MAX_ELEMENTS,
     MAX_RANK,
     WILDCARD,
+    DecodeLimits,
     check_shape,
     numeric_from_json,
     reject_json_constant,
@@ -36,6 +37,7 @@ from triserve_common.tensor_checks import v2_datatype as v2_datatype
 from triserve_common.v2 import InferenceRequest, RequestInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+DEFAULT_LIMITS = DecodeLimits()
 BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -216,18 +218,21 @@ def _parse_header(header: bytes) -> InferenceRequest:
 
 
 def decode_request(
-    body: bytes, header_length: int | None, max_elements: int = DEFAULT_MAX_ELEMENTS
+    body: bytes, header_length: int | None, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> DecodedRequest:
     """Parse an inference request body, JSON or binary (``header_length`` set).
 
-    Strict: shapes are checked (rank, dims, ``max_elements``) and compared with the data received
-    before allocating; JSON numbers only for numeric data; floating-point inputs must be finite.
+    Strict: the JSON's value count is bounded before parsing, shapes are checked (rank, dims,
+    ``limits.max_elements``) and compared with the data received before allocating; JSON numbers
+    only for numeric data; floating-point inputs must be finite.
     """
+    max_elements = limits.max_elements
     if header_length is not None and header_length > len(body):
         raise BadRequestError(
             f"{HEADER_LENGTH} ({header_length}) is larger than the body ({len(body)} bytes)"
         )
     header = body if header_length is None else body[:header_length]
+    limits.check_json(header)
     request = _parse_header(header)
     view = memoryview(body)
     offset = len(header)

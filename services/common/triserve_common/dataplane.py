@@ -31,6 +31,7 @@ from triserve_common.errors import (
 from triserve_common.manifest import TensorSpec
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from triserve_common.runtime import Runtime
+from triserve_common.tensor_checks import DecodeLimits, json_limits
 from triserve_common.v2 import MetadataModelResponse, MetadataTensor, ServerMetadataResponse
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class DataPlane:
         self.metrics = DataPlaneMetrics(registry)
         self._executor: ThreadPoolExecutor | None = None
         self._input_specs: dict[str, TensorSpec] = {}
+        self._limits = DecodeLimits()
         self._output_names: list[str] = []
         self._info_labels: tuple[str, str, str, str] | None = None
         self._info_lock = threading.Lock()
@@ -128,6 +130,7 @@ class DataPlane:
         """Start the worker pool (runtime already loaded) and publish the model's info gauges."""
         rt = self.runtime
         self._input_specs = {spec.name: spec for spec in rt.inputs}
+        self._limits = json_limits(rt.inputs, rt.max_batch_size, "the model's max_batch_size")
         self._output_names = [spec.name for spec in rt.outputs]
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -297,7 +300,7 @@ class DataPlane:
         self.check_model(name, version)
         length = codec.parse_header_length(header_length)
         body = await read_body()
-        decoded = codec.decode_request(body, length)
+        decoded = codec.decode_request(body, length, self._limits)
         datatypes = {inp.name: inp.datatype for inp in decoded.request.inputs}
         batch = self.validate(decoded.tensors, datatypes)
         wanted = self._requested_outputs(decoded)

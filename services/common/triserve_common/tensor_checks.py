@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,49 @@ MAX_RANK = 8
 """Most dimensions a tensor may have."""
 DEFAULT_MAX_ELEMENTS = 1 << 26
 """Default cap on the element count a shape may declare (64 Mi elements)."""
+
+JSON_SLACK = 64
+"""JSON values a request may hold beyond its tensor data (ids, names, parameters)."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one inference request may declare, checked before it is parsed or allocated."""
+
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+    """Elements of one tensor (its shape's product)."""
+    max_json_values: int | None = None
+    """Values in the JSON part (None: no limit beyond the body size). Python holds each parsed JSON
+    value as an object of ~30-80 bytes, 10-20x its text: this keeps that in proportion to what the
+    service can use."""
+    setting: str = ""
+    """What raises ``max_json_values`` (named in the 413)."""
+
+    def check_json(self, text: bytes) -> None:
+        """413 when ``text`` may hold more JSON values than allowed: a JSON array of n values has
+        n - 1 commas, so ``commas + 1`` bounds the values (C speed, nothing allocated)."""
+        if self.max_json_values is None:
+            return
+        bound = text.count(b",") + 1
+        if bound > self.max_json_values:
+            raise PayloadTooLargeError(
+                f"the JSON request holds up to {bound} values, over the limit of {self.max_json_values}"
+                + (f" (raised by {self.setting})" if self.setting else "")
+            )
+
+
+def json_limits(inputs: Sequence[Any], max_rows: int, setting: str) -> DecodeLimits:
+    """The limits of a model whose inputs (``.shape`` with a leading batch dim) take at most
+    ``max_rows`` rows: JSON values up to every input's full batch (no JSON limit when a non-batch
+    dim is dynamic)."""
+    per_row = 0
+    for spec in inputs:
+        dims = list(spec.shape[1:])
+        if any(d < 0 for d in dims):
+            return DecodeLimits()
+        per_row += math.prod(dims)
+    return DecodeLimits(max_json_values=max_rows * per_row + JSON_SLACK, setting=setting)
+
 
 WILDCARD = -1
 """A leading ``-1`` dimension: "as many as the data holds" (KServe clients send BYTES ``[-1]``)."""

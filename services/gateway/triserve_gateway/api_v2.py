@@ -213,7 +213,7 @@ async def infer(request: Request) -> Response:
         settings = service.settings
         body = await read_body(request, settings.max_body_bytes, settings.env_name("max_body_bytes"))
         length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-        decoded = codec.decode_request(body, length)
+        decoded = codec.decode_request(body, length, service.decode_limits)
         prepare = partial(tensor_payload, decoded)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
         served = await service.infer(track, call)

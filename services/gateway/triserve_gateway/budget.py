@@ -14,13 +14,16 @@ Every refusal is a 413 naming the limit and the setting that raises it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import PayloadTooLargeError
+from triserve_common.manifest import TensorSpec
+from triserve_common.tensor_checks import DecodeLimits, json_limits
 from triserve_gateway.preprocess import ImagePreprocessor, image_names
 from triserve_gateway.settings import GatewaySettings
 
@@ -50,6 +53,14 @@ class RequestBudget:
             max_request_pixels=settings.max_request_pixels,
             inline_decode_max_pixels=settings.inline_decode_max_pixels,
         )
+
+    def json_limits(self, inputs: Iterable[TensorSpec]) -> DecodeLimits:
+        """Decoding limits of OIP v2 requests: JSON values for ``max_rows`` rows of the largest of
+        ``inputs`` (checked before the JSON is parsed, see :class:`DecodeLimits`)."""
+        largest = max(inputs, key=lambda spec: math.prod(abs(d) for d in spec.shape[1:]), default=None)
+        if largest is None:
+            return DecodeLimits()
+        return json_limits([largest], self.max_rows, GatewaySettings.env_name("max_rows_per_request"))
 
     def check_rows(self, rows: int) -> None:
         """413 when a request holds more rows than any backend may be sent."""

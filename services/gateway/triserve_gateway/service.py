@@ -84,6 +84,10 @@ class InferenceService:
         self.metrics = metrics
         self.settings = settings
         self.budget = RequestBudget.from_settings(settings)
+        self.decode_limits = self.budget.json_limits(
+            gateway.catalog.get(name).input for name in gateway.catalog.names()
+        )
+        """OIP v2 decoding limits: JSON values for ``max_rows`` rows of the largest model input."""
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
