@@ -21,7 +21,7 @@ from tests.hostile.conftest import LivePlatform
 pytestmark = pytest.mark.integration
 
 MIN_REQUESTS = 1000
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 30
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from triserve_common.errors import install_error_handlers
 from triserve_common.metrics import add_metrics_route, new_registry
 from triserve_common.server import RequestIdMiddleware
-from triserve_gateway import __version__, api_torchserve, api_v2
+from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, demo
 from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import RoutingConfig, gateway_routing
 from triserve_gateway.error_shapes import render_error, unexpected_error
@@ -91,6 +91,8 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app)
     api_v2.register(app)
+    api_explain.register(app)  # /explanations, /v2/.../explain
+    demo.register(app)  # the web demo: GET / → /demo/
     unique_operation_ids(app)
     add_metrics_route(app, registry)
     return app

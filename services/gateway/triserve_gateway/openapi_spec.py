@@ -119,6 +119,37 @@ def infer_responses() -> Responses:
     }
 
 
+def explanation_responses() -> Responses:
+    """``/explanations``: attributions per image (TorchServe API errors)."""
+    return {**ok({"type": "object", "required": ["explanations"]}, "Attributions per image"),
+            **errors(TORCHSERVE_ERROR, INFERENCE)}
+
+
+def redirect_responses() -> Responses:
+    """``GET /``: a redirect to the web demo page (which answers HTML)."""
+    return {307: {"description": "Redirect to /demo/"}, **html_responses()}
+
+
+def html_responses() -> Responses:
+    return {200: {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+
+
+def png_responses() -> Responses:
+    """The demo's preprocessed input: a PNG, or a TorchServe API error."""
+    return {
+        200: {"description": "The model's input as an image",
+              "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **errors(TORCHSERVE_ERROR, (*CLIENT, 415, 422)),
+    }
+
+
+def image_request_body() -> dict[str, Any]:
+    """``openapi_extra`` of an endpoint taking one encoded image as the raw body."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "description": "An encoded image (PNG, JPEG, ...).",
+                            "content": {"application/octet-stream": binary, "image/png": binary}}}
+
+
 def metadata_responses() -> Responses:
     return {**ok(schema_of(v2.MetadataModelResponse), "OIP v2 model metadata"),
             **errors(V2_ERROR, (404,))}

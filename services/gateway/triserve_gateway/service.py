@@ -102,7 +102,7 @@ class InferenceService:
         target = self.gateway.resolve(request.model, request.version)
         payload = request.prepare(target.mv)
         t_pre = time.perf_counter()
-        x = await self._model_input(target.mv, payload)
+        x = await self.model_input(target.mv, payload)
         preprocess_s = time.perf_counter() - t_pre
         result = await self.gateway.infer(target, x, request.request_id, request.backend)
         track.backend = result.backend
@@ -115,9 +115,10 @@ class InferenceService:
         stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
         return served
 
-    async def _model_input(self, mv: ModelVersion, payload: Payload) -> Array:
+    async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
         """The payload's tensor, or its images decoded, within the request budget
-        (:mod:`triserve_gateway.budget`: rows, images, pixels; decoded off the loop when big)."""
+        (:mod:`triserve_gateway.budget`: rows, images, pixels; decoded off the loop when big).
+        (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None
             self.budget.check_rows(payload.tensor.shape[0])
