@@ -1,13 +1,14 @@
-"""Check the ``.mar`` archives TorchServe is about to load against the store's ``manifest.json``.
+"""Check the ``.mar`` archives TorchServe may load against their ``manifest.json``.
 
-Run by ``start.sh`` before ``torchserve`` starts (standard library only: the TorchServe image has
-no triserve packages)::
+Run by ``start.sh`` before anything is linked for TorchServe (standard library only: the
+TorchServe image has no triserve packages)::
 
-    python verify_mar.py <folder holding the .mar files> <TS_MODELS, e.g. mnist=mnist.mar>
+    python verify_mar.py <model store>
 
-Every ``name=file.mar`` of the model list must be listed under the manifest's ``torchserve``
-artifact with the same size and sha256. On any problem (manifest missing or malformed, archive
-missing, unlisted or different) it prints one line naming the file and exits 1.
+Every ``<store>/<model>/<version>/*.mar`` must be listed under the ``torchserve`` artifact of
+``<store>/<model>/<version>/manifest.json`` with the same size and sha256, and every ``<store>/*.mar``
+(a flat folder of archives) under ``<store>/manifest.json``. On any problem (a manifest missing or
+malformed, an archive unlisted or different) it prints one line naming the file and exits 1.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _entries(store: Path) -> dict[str, dict[str, Any]]:
-    path = store / MANIFEST
+def _entries(folder: Path) -> dict[str, dict[str, Any]]:
+    """The ``torchserve`` files listed by ``folder``'s manifest: path → sha256 and size."""
+    path = folder / MANIFEST
     try:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -45,57 +47,51 @@ def _entries(store: Path) -> dict[str, dict[str, Any]]:
         raise VerifyError(f"manifest {path} is malformed: {exc}") from None
     try:
         files = manifest["artifacts"]["torchserve"]["files"]
-        entries = {str(f["path"]): {"sha256": str(f["sha256"]), "size": int(f["size_bytes"])} for f in files}
+        return {str(f["path"]): {"sha256": str(f["sha256"]), "size": int(f["size_bytes"])} for f in files}
     except (KeyError, TypeError, ValueError) as exc:
         raise VerifyError(
             f"manifest {path} is malformed: no valid artifacts.torchserve.files ({exc!r})"
         ) from None
-    return entries
 
 
-def _archives(models: str) -> list[str]:
-    names = []
-    for item in filter(None, (m.strip() for m in models.split(","))):
-        _, _, archive = item.partition("=")
-        names.append(archive or item)
-    return names
-
-
-def verify(store: Path, models: str) -> list[str]:
-    """Verify every archive of ``models`` in ``store``; return their names. Raises VerifyError."""
-    entries = _entries(store)
-    archives = _archives(models)
-    if not archives:
-        raise VerifyError(f"no model archive to verify in '{models}'")
+def verify_folder(folder: Path) -> list[Path]:
+    """Verify the archives of one folder against its manifest; return them."""
+    entries = _entries(folder)
+    archives = sorted(folder.glob("*.mar"))
     for archive in archives:
-        path = store / archive
-        entry = entries.get(archive)
+        entry = entries.get(archive.name)
         if entry is None:
-            raise VerifyError(f"{path} is not listed in {store / MANIFEST}: refusing to load it")
-        if not path.is_file():
-            raise VerifyError(f"archive {path} listed in the manifest is missing")
-        size = path.stat().st_size
+            raise VerifyError(f"{archive} is not listed in {folder / MANIFEST}: refusing to load it")
+        size = archive.stat().st_size
         if size != entry["size"]:
-            raise VerifyError(f"archive {path}: {size} bytes, the manifest says {entry['size']}")
-        digest = _sha256(path)
+            raise VerifyError(f"archive {archive}: {size} bytes, the manifest says {entry['size']}")
+        digest = _sha256(archive)
         if digest != entry["sha256"]:
             raise VerifyError(
-                f"archive {path}: sha256 {digest} does not match the manifest ({entry['sha256']}); "
+                f"archive {archive}: sha256 {digest} does not match the manifest ({entry['sha256']}); "
                 "refusing to load a tampered or corrupt archive"
             )
     return archives
 
 
+def verify(store: Path) -> list[Path]:
+    """Verify every archive TorchServe may load from ``store`` (see module doc); return them."""
+    folders = sorted({mar.parent for mar in store.glob("*/*/*.mar")})
+    if any(store.glob("*.mar")):
+        folders.append(store)
+    return [archive for folder in folders for archive in verify_folder(folder)]
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: verify_mar.py <model store folder> <models, e.g. mnist=mnist.mar>", file=sys.stderr)
+    if len(argv) != 1:
+        print("usage: verify_mar.py <model store>", file=sys.stderr)
         return 2
     try:
-        archives = verify(Path(argv[0]), argv[1])
+        archives = verify(Path(argv[0]))
     except VerifyError as exc:
         print(f"torchserve start: {exc}", file=sys.stderr)
         return 1
-    print(f"torchserve start: verified {', '.join(archives)} against {Path(argv[0]) / MANIFEST}")
+    print(f"torchserve start: {len(archives)} archive(s) verified against their manifest.json")
     return 0
 
 

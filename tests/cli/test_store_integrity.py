@@ -40,7 +40,8 @@ def tamper(path: Path) -> None:
 
 
 def run_start_sh(store: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TS_MODEL_STORE": str(store), "TS_RUN_DIR": str(tmp_path / "ts-run"),
+    """start.sh over the store holding ``store`` (a version folder), as the launcher runs it."""
+    env = {**os.environ, "TS_MODEL_STORE": str(store.parent.parent), "TS_RUN_DIR": str(tmp_path / "ts-run"),
            "PYTHON": sys.executable}
     return subprocess.run(["bash", str(START_SH)], env=env, capture_output=True, text=True, timeout=60)
 
@@ -53,10 +54,10 @@ def one_line(text: str) -> str:
 
 
 def test_verify_mar_accepts_the_committed_archive(store: Path) -> None:
-    done = subprocess.run([sys.executable, str(VERIFY), str(store), "mnist=mnist.mar"],
+    done = subprocess.run([sys.executable, str(VERIFY), str(store.parent.parent)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "verified mnist.mar" in done.stdout
+    assert "1 archive(s) verified" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_verify_mar_accepts_the_committed_archive(store: Path) -> None:
         ("tamper", "does not match the manifest"),
         ("no-manifest", "manifest.json not found"),
         ("truncated-manifest", "manifest.json is malformed"),
-        ("no-archive", "mnist.mar listed in the manifest is missing"),
+        ("unlisted-archive", "extra.mar is not listed in"),
     ],
 )
 def test_start_script_refuses_a_damaged_store_with_one_line(
@@ -79,12 +80,13 @@ def test_start_script_refuses_a_damaged_store_with_one_line(
     elif damage == "truncated-manifest":
         manifest.write_bytes(manifest.read_bytes()[:200])
     else:
-        (store / "mnist.mar").unlink()
+        shutil.copy2(store / "mnist.mar", store / "extra.mar")
     done = run_start_sh(store, tmp_path)
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert expected in line and str(store) in line
     assert not (tmp_path / "ts-run" / "config.properties").exists()  # stopped before TorchServe
+    assert not list((tmp_path / "ts-run").glob("model-store/*"))  # nothing linked for it either
 
 
 def test_launcher_refuses_a_tampered_archive_before_starting_anything(store: Path, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ class Digits:
 @dataclass
 class LivePlatform:
     gateway: str
+    metrics_url: str
+    """The gateway's metrics listener."""
     procs: dict[str, ServiceProcess]
     digits: Digits
 
@@ -66,7 +68,7 @@ class LivePlatform:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the gateway's samples of ``name`` whose labels include ``labels``."""
-        text = httpx.get(f"{self.gateway}/metrics", timeout=10).text
+        text = httpx.get(f"{self.metrics_url}/metrics", timeout=10).text
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -105,7 +107,7 @@ def live(
         ts_thread.join()
         wait_torchserve_worker(config.url(config.ts_management_port), procs["torchserve"], timeout=180)
         procs["gateway"].start()
-        yield LivePlatform(config.url(config.gateway_port), procs, digits)
+        yield LivePlatform(config.url(config.gateway_port), config.url(config.metrics_port), procs, digits)
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()

@@ -1,4 +1,5 @@
-"""TorchServe-compatible API: ``/predictions``, ``/ping``, ``/models`` (management style).
+"""TorchServe-compatible inference API: ``/predictions``, ``/ping`` (the management API is on its own
+port: :mod:`triserve_gateway.api_management`).
 
 ``POST|PUT /predictions/{model}[/{version}]`` takes the raw image as the body (``curl -T 0.png``)
 or multipart form files (``curl -F data=@0.png``; every file part is one image, in order).
@@ -42,7 +43,6 @@ from triserve_gateway.api_common import (
     service_of,
     topk_of,
 )
-from triserve_gateway.describe import model_description
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, Payload
 from triserve_gateway.settings import GatewaySettings
@@ -183,18 +183,6 @@ async def api_description(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
-async def list_models(request: Request) -> JSONResponse:
-    """The routed models, TorchServe management style."""
-    models = sorted(service_of(request).gateway.routing.models)
-    return JSONResponse({"models": [{"modelName": name, "modelUrl": name} for name in models]})
-
-
-async def describe_model(request: Request) -> JSONResponse:
-    """One routed model with live per-backend details (see :mod:`triserve_gateway.describe`)."""
-    model_name: str = request.path_params["model_name"]
-    return JSONResponse([await model_description(service_of(request).gateway, model_name)])
-
-
 def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
     for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
@@ -212,11 +200,3 @@ def register(app: FastAPI) -> None:
                           summary="This OpenAPI description (as TorchServe answers it)",
                           operation_id=f"api_description_{method.lower()}",
                           responses=spec.ok(spec.OPENAPI_DOC, "OpenAPI description"))
-    app.add_api_route("/models", list_models, methods=["GET"], tags=["Management"],
-                      summary="List models (TorchServe management style)",
-                      responses=spec.ok(spec.MODEL_LIST, "The routed models"))
-    app.add_api_route("/models/{model_name}", describe_model, methods=["GET"], tags=["Management"],
-                      summary="Describe a model: per backend URL, health, version, engine",
-                      openapi_extra=spec.with_path("/models/{model_name}"),
-                      responses={**spec.ok(spec.DESCRIPTION, "The model, per backend"),
-                                 **spec.errors(spec.TORCHSERVE_ERROR, (404,))})

@@ -201,6 +201,11 @@ MODEL_LIST: dict[str, Any] = {
     },
 }
 DESCRIPTION: dict[str, Any] = {"type": "array", "items": {"type": "object"}}
+DEMO_MODELS: dict[str, Any] = {
+    "type": "object",
+    "required": ["models"],
+    "properties": {"models": {"type": "array", "items": {"type": "object", "required": ["modelName"]}}},
+}
 SERVER_METADATA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "version", "extensions"],

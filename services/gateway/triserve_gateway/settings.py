@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from triserve_common.settings import MIB, ServiceSettings
@@ -84,6 +84,31 @@ class GatewaySettings(ServiceSettings):
     )
 
     port: int = 8080
+    """Inference API port (TorchServe's and KServe v2's inference routes, health probes)."""
+    management_host: str = "127.0.0.1"
+    """Address the management API binds to."""
+    management_port: int = 8081
+    """Management API port: TorchServe's management API and the v2 model repository extension."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to."""
+    metrics_port: int = 8082
+    """Prometheus metrics port (``GET /metrics``, open)."""
+    management_key: SecretStr | None = None
+    """Key the management API requires (``Authorization: Bearer <key>``); unset = read or generate
+    ``management_key_file``."""
+    management_key_file: Path = Path("key_file.management")
+    """File holding the management key: read when it exists (e.g. a mounted Secret), else created
+    at first start with a generated key (mode 0600); the log prints its path."""
+    inference_key: SecretStr | None = None
+    """Key the inference API requires; unset (and no ``inference_key_file``) = inference is open."""
+    inference_key_file: Path | None = None
+    """File holding the inference key (must exist when set)."""
+    disable_token_auth: bool = False
+    """Switch every key check off (as TorchServe's ``--disable-token-auth``): local development and
+    TorchServe's own API test collections only; logged as a warning."""
+    load_models: str = "all"
+    """Models registered at start, as TorchServe's ``load_models``: ``all`` (every model version in
+    the store a backend can run), ``none``, or ``mnist,fashion:1`` (a model's every version, or one)."""
     max_body_bytes: int = 8 * MIB
     """Largest request body accepted (413 above)."""
     max_rows_per_request: int = Field(default=256, ge=1)
@@ -154,6 +179,14 @@ class GatewaySettings(ServiceSettings):
     def env_name(field: str) -> str:
         """The environment variable of a setting (error messages name it)."""
         return f"{ENV_PREFIX}{field.upper()}"
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> GatewaySettings:
+        ports = {"port": self.port, "management_port": self.management_port,
+                 "metrics_port": self.metrics_port}
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"the three listeners need three different ports, got {ports}")
+        return self
 
     def routing_overrides(self) -> RoutingOverrides:
         """The override fields above, shaped like the routing file."""
