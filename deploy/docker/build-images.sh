@@ -13,6 +13,8 @@
 #                     which finds it where pip is configured to look)
 #   NO_CACHE=1        build without the layer cache (cold build times)
 #   JOBS=N            builds at once (default 2)
+#   PRUNE=0           keep the images earlier builds superseded (default: remove the dangling ones that
+#                     carry this project's build label and predate this run)
 #   COMPOSE="..."     the compose command (default: `docker compose` if it works, else `docker-compose`)
 #   COMPOSE_ENV_FILE=FILE  write the compose command line to use for `up` into FILE (the tests read it)
 set -euo pipefail
@@ -91,6 +93,7 @@ for svc in trainer torchserve paddle onnx gateway prometheus; do
 done
 for svc in "${services[@]}"; do [[ " ${order[*]} " == *" $svc "* ]] || order+=("$svc"); done
 started_all=$SECONDS
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 failed=0
 for svc in "${order[@]}"; do
   while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || failed=1; done
@@ -99,6 +102,11 @@ for svc in "${order[@]}"; do
 done
 while (($(jobs -rp | wc -l))); do wait -n || failed=1; done
 ((failed == 0)) || exit 1
+# Each rebuild leaves the image it replaces dangling (GBs for torch/paddle). Remove ours that predate this
+# run; images of other projects, and anything a concurrent build is creating now, are left alone.
+if [[ "${PRUNE:-1}" != 0 ]]; then
+  docker image prune -f --filter label=io.triserve.build=cpu --filter "until=$started_at" | tail -n 1
+fi
 
 echo
 echo "image                              build      size"
