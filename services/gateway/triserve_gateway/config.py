@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from triserve_common.errors import TriserveError
-from triserve_gateway.routing import StrategyName
+from triserve_gateway.routing import DEFAULT_STRATEGY, StrategyName
 from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
 Protocol = Literal["oip-v2", "torchserve"]
@@ -82,7 +82,7 @@ class ModelRoute(_Strict):
     """Routing of one model."""
 
     backends: list[BackendRef] = Field(min_length=1)
-    strategy: StrategyName = "weighted"
+    strategy: StrategyName = DEFAULT_STRATEGY
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""
