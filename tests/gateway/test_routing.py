@@ -117,15 +117,25 @@ def test_p2c_cost_is_latency_times_load_over_weight() -> None:
     assert strategy.choose([fast, heavy]).name == "slow"
 
 
-def test_p2c_splits_by_capacity_and_never_lets_the_worst_of_three_win_a_draw() -> None:
+def test_p2c_compares_small_pools_in_full() -> None:
     clock = Clock()
     strategy = P2CStrategy(random.Random(3), clock=clock)
     cs = cands(a=1, b=1, c=1)
     for cand, latency in zip(cs, (0.001, 0.002, 0.050), strict=True):
         cand.stats.observe_latency(latency, clock.now)
         cand.stats.outstanding = 1
+    assert Counter(strategy.choose(cs).name for _ in range(300)) == {"a": 300}
+
+
+def test_p2c_draws_a_random_pair_in_large_pools() -> None:
+    clock = Clock()
+    strategy = P2CStrategy(random.Random(3), full_scan_max=2, clock=clock)
+    cs = cands(a=1, b=1, c=1)
+    for cand, latency in zip(cs, (0.001, 0.002, 0.050), strict=True):
+        cand.stats.observe_latency(latency, clock.now)
+        cand.stats.outstanding = 1
     counts = Counter(strategy.choose(cs).name for _ in range(3000))
-    # a wins both draws it is in (2/3), b wins the draw against c (1/3), c never wins
+    # a wins both pairs it is in (2/3), b wins the pair against c (1/3), c never wins
     assert counts["a"] / 3000 == pytest.approx(2 / 3, abs=0.03)
     assert counts["b"] / 3000 == pytest.approx(1 / 3, abs=0.03)
     assert counts["c"] == 0

@@ -34,6 +34,7 @@ from triserve_common.errors import BadRequestError
 from triserve_common.server import model_target, read_body
 from triserve_gateway.api_common import (
     JSON,
+    DirectRoute,
     class_count,
     forced_backend,
     predicted_labels,
@@ -185,10 +186,10 @@ def register(app: FastAPI) -> None:
         ("/predictions/{model_name}/{model_version}", "_version"),
     ):
         for method in ("POST", "PUT"):
-            app.add_api_route(
+            app.router.add_api_route(
                 path, predictions, methods=[method], tags=TAGS,
                 summary="Classify image(s) (TorchServe-compatible)", openapi_extra=_PREDICTIONS_BODY,
-                operation_id=f"predictions{suffix}_{method.lower()}",
+                operation_id=f"predictions{suffix}_{method.lower()}", route_class_override=DirectRoute,
             )
     app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it")
     app.add_api_route("/models", list_models, methods=["GET"], tags=["Management"],

@@ -30,6 +30,7 @@ from triserve_common.errors import BadRequestError
 from triserve_common.server import model_target, read_body
 from triserve_gateway import __version__
 from triserve_gateway.api_common import (
+    DirectRoute,
     class_count,
     forced_backend,
     predicted_labels,
@@ -213,6 +214,6 @@ def register(app: FastAPI) -> None:
         app.add_api_route(prefix, metadata, methods=["GET"], tags=TAGS, summary="Model metadata")
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=TAGS,
                           summary="Model readiness (a healthy backend exists)")
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
-                          summary="Inference: FP32 tensors or BYTES encoded images",
-                          openapi_extra=_INFER_BODY)
+        app.router.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
+                                 summary="Inference: FP32 tensors or BYTES encoded images",
+                                 openapi_extra=_INFER_BODY, route_class_override=DirectRoute)

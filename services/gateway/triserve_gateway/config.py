@@ -8,8 +8,8 @@ Schema (see the default file for a commented example)::
                    management_url: "http://127.0.0.1:8081", metrics_url: "http://127.0.0.1:8082"}
     models:
       mnist:
-        strategy: weighted          # weighted | round-robin | least-outstanding | fastest
-        backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
+        strategy: p2c               # p2c | weighted | round-robin | least-outstanding | fastest
+        backends: [{name: onnx, weight: 100}, {name: torchserve, weight: 1}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
     health: {interval_s: 2, timeout_s: 1}
     circuit: {failure_threshold: 3, open_s: 5}
@@ -63,7 +63,8 @@ class BackendRef(_Strict):
 
     name: str
     weight: float = Field(default=1.0, ge=0)
-    """Relative share under ``weighted``; 0 = no regular traffic, failover and forced use only."""
+    """Relative worth: the share under ``weighted``, the cost divisor under ``p2c``; 0 = no regular
+    traffic, failover and forced use only."""
 
 
 class BatchingConfig(_Strict):
