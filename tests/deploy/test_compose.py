@@ -23,6 +23,7 @@ from tests.deploy.project import (
     endpoints,
     run_tool,
     served_ports,
+    settings_under,
     url_port,
 )
 
@@ -160,24 +161,7 @@ def test_trainer_is_a_one_shot_job_under_a_profile(compose: dict[str, Any]) -> N
     assert dockerfile("trainer").runtime.env()["TRISERVE_MNIST_DIR"] in targets
 
 
-def test_gpu_override_reserves_gpus_and_builds_gpu_images(compose_gpu: dict[str, Any]) -> None:
-    for name in BACKENDS:
-        svc = compose_gpu["services"][name]
-        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        assert svc["image"].endswith(":gpu")
-        declared = dockerfile(name).declared_args()
-        assert set(svc["build"]["args"]) <= set(declared), "build args the Dockerfile does not declare"
-        assert "cuda" in svc["build"]["args"]["BASE_IMAGE"]
-    assert compose_gpu["services"]["onnx"]["build"]["args"]["ORT_PACKAGE"] == "onnxruntime-gpu"
-    assert compose_gpu["services"]["paddle"]["build"]["args"]["PADDLE_PACKAGE"] == "paddlepaddle-gpu"
-    assert "/cu" in compose_gpu["services"]["torchserve"]["build"]["args"]["TORCH_INDEX_URL"]
-    assert "deploy" not in compose_gpu["services"]["gateway"]
-    # The env the override sets is valid for the services' settings.
-    from tests.deploy.project import settings_under
-
-    for name in ("onnx", "paddle"):
-        settings_under(name, container_env(name, compose_gpu))
+# The GPU override (docker-compose.gpu.yml -> services/*/Dockerfile.gpu): tests/deploy/test_gpu.py.
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -243,13 +227,40 @@ def test_dashboard_panels_query_metrics_that_exist() -> None:
     dashboard = json.loads((GRAFANA / "dashboards/triserve.json").read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     titles = " | ".join(p["title"] for p in panels).lower()
-    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up"):
+    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up", "shadow top-1 agreement",
+                   "max |logit diff|", "torchserve's metric names"):
         assert needed in titles, f"no panel about {needed}"
     exported = exported_metric_names()
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     for panel in panels:
         for target in panel["targets"]:
-            for metric in re.findall(r"\b(triserve_[a-z_]+)", target["expr"]):
+            for metric in re.findall(r"\b(triserve_[a-z_]+|Requests[245]XX|ts_[a-z_]+)", target["expr"]):
                 assert metric in exported, f"panel {panel['title']!r}: {metric} is exported by no service"
             for job_regex in re.findall(r'job=~"([^"]+)"', target["expr"]):
                 assert set(job_regex.split("|")) <= jobs, job_regex
+
+
+# --------------------------------------------------------------------------- networks and keys
+
+
+def test_backends_are_reachable_from_the_gateway_only(compose: dict[str, Any]) -> None:
+    """Backends on an internal network that only the gateway and Prometheus join; TorchServe's
+    management API bound to its address on a network that only the gateway joins."""
+    services = compose["services"]
+    joined = {name: set(svc.get("networks") or {}) for name, svc in services.items()}
+    assert compose["networks"]["backends"]["internal"] is True
+    assert compose["networks"]["torchserve-admin"]["internal"] is True
+    assert {n for n, nets in joined.items() if "backends" in nets} == {"gateway", "prometheus", *BACKENDS}
+    assert {n for n, nets in joined.items() if "torchserve-admin" in nets} == {"gateway", "torchserve"}
+    for backend in BACKENDS:
+        assert joined[backend] <= {"backends", "torchserve-admin"}, f"{backend} is on {joined[backend]}"
+    (alias,) = services["torchserve"]["networks"]["torchserve-admin"]["aliases"]
+    assert container_env("torchserve", compose)["TS_MANAGEMENT_HOST"] == alias
+    from triserve_gateway.config import apply_overrides, load_routing
+
+    gateway = settings_under("gateway", container_env("gateway", compose))
+    routing = apply_overrides(load_routing(), gateway)  # type: ignore[arg-type]
+    assert routing.backends["torchserve"].management_url == f"http://{alias}:8086"
+    # the gateway's own management API: on its loopback (docker compose exec), never published
+    assert gateway.management_host == "127.0.0.1"  # type: ignore[attr-defined]
+    assert gateway.metrics_host == "0.0.0.0"  # type: ignore[attr-defined]

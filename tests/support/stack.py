@@ -6,9 +6,11 @@ Tests start exactly the commands and environments ``triserve up`` uses, each as 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,6 +19,8 @@ from triserve_cli.launcher import PlatformConfig, service_specs
 
 PORT_FIELDS = (
     "gateway_port",
+    "management_port",
+    "metrics_port",
     "onnx_port",
     "paddle_port",
     "ts_inference_port",
@@ -27,10 +31,12 @@ PORT_FIELDS = (
 )
 
 
-def free_port_config(run_dir: Path, model_store: Path) -> PlatformConfig:
-    """The platform's configuration with every port free on 127.0.0.1."""
-    ports = {name: free_port() for name in PORT_FIELDS}
-    return PlatformConfig.from_env(run_dir=run_dir, model_store=model_store, host="127.0.0.1", **ports)
+def free_port_config(run_dir: Path, model_store: Path, **overrides: Any) -> PlatformConfig:
+    """The platform's configuration with every port free on 127.0.0.1 (and ``overrides``)."""
+    ports: dict[str, Any] = {name: free_port() for name in PORT_FIELDS}
+    return PlatformConfig.from_env(
+        run_dir=run_dir, model_store=model_store, host="127.0.0.1", **{**ports, **overrides}
+    )
 
 
 def service_processes(
@@ -70,3 +76,15 @@ def wait_torchserve_worker(
             pass
         time.sleep(0.25)
     raise RuntimeError(f"{model} worker not READY after {timeout}s:\n{proc.log_tail()}")
+
+
+def start_platform(config: PlatformConfig, procs: Mapping[str, ServiceProcess]) -> None:
+    """Start ``procs`` (from :func:`service_processes`): TorchServe first (the slowest) with the Python
+    backends meanwhile, then the gateway once TorchServe's worker is READY. The caller stops them."""
+    ts_thread = threading.Thread(target=procs["torchserve"].start)
+    ts_thread.start()
+    procs["onnx"].start()
+    procs["paddle"].start()
+    ts_thread.join()
+    wait_torchserve_worker(config.url(config.ts_management_port), procs["torchserve"])
+    procs["gateway"].start()

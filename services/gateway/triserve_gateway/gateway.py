@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Array = np.ndarray[Any, Any]
 BatchKey = tuple[str, str | None, str]
-"""(model, requested version or None, backend)."""
+"""(model, version, backend)."""
 
 
 @dataclass
@@ -90,9 +90,12 @@ class Target:
 
     model: str
     version: str | None
-    """The version the client asked for (None = latest); part of the batching key."""
+    """The version the backends are asked for (the model's default when the client named none);
+    part of the batching key."""
     mv: ModelVersion
     route: RouteState
+    placed: frozenset[str] | None = None
+    """Backends holding this version (None = every backend of the route)."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,12 @@ class Gateway:
             )
             for name in routing.backends
         }
-        rng = rng or random.Random()
+        self._rng = rng or random.Random()
         self._routes: dict[str, RouteState] = {}
         for model, route in routing.models.items():
-            cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
-            self._routes[model] = RouteState(
-                route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands}
-            )
+            self.add_route(model, route)
+        self.placement: dict[tuple[str, str], frozenset[str]] = {}
+        """(model, version) → backends holding it, when known (else every backend of the route)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
         self._health_task: asyncio.Task[None] | None = None
         for state in self.backends.values():
@@ -184,18 +186,50 @@ class Gateway:
         return self._route(model).config
 
     def resolve(self, model: str, version: str | None = None) -> Target:
-        """Route and model version of a request (404 naming what is not served)."""
+        """Route and model version of a request (404 naming what is not served); no version = the
+        model's default version, asked of the backends by name."""
         route = self._route(model)
-        return Target(model, version, self.catalog.get(model, version), route)
+        mv = self.catalog.get(model, version)
+        return Target(model, mv.version, mv, route, self.placement.get((model, mv.version)))
+
+    def add_route(self, model: str, route: ModelRoute) -> None:
+        """Route ``model`` (a model registered at run time) as ``route`` says."""
+        cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
+        self._routes[model] = RouteState(
+            route, make_strategy(route.strategy, self._rng), cands, {c.name: c for c in cands}
+        )
+
+    def remove_route(self, model: str) -> None:
+        """Stop routing ``model`` (its last version was unregistered)."""
+        self._routes.pop(model, None)
+
+    async def forget(self, model: str, version: str) -> None:
+        """Drop the batchers and placement of an unregistered version."""
+        self.placement.pop((model, version), None)
+        await self._batchers.drop(lambda key: key[0] == model and key[1] == version)
+
+    def routed(self) -> list[str]:
+        """The routed models."""
+        return sorted(self._routes)
+
+    def is_routed(self, model: str) -> bool:
+        """Whether ``model`` is routed (registered)."""
+        return model in self._routes
 
     def model_ready(self, model: str) -> bool:
-        """Whether at least one backend of ``model`` is routable."""
+        """Whether at least one backend holding ``model``'s default version is routable."""
         r = self._routes.get(model)
-        return r is not None and any(self.backends[c.name].routable() for c in r.candidates)
+        default = self.catalog.default_version(model)
+        if r is None or default is None:
+            return False
+        placed = self.placement.get((model, default))
+        return any(
+            self.backends[c.name].routable() for c in r.candidates if placed is None or c.name in placed
+        )
 
     def ready(self) -> bool:
-        """Every routed model has a routable backend."""
-        return bool(self._routes) and all(self.model_ready(m) for m in self._routes)
+        """Every registered model has a routable backend (true with none registered, as TorchServe)."""
+        return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
     # ------------------------------------------------------------------ inference
 
@@ -234,18 +268,24 @@ class Gateway:
             message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
             raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
         states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        raise ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+        raise ModelNotReadyError(
+            f"no healthy backend for model '{target.model}' version {target.version} "
+            f"({states or 'no backend holds it'})"
+        )
 
     def _pool(self, target: Target, backend: str | None) -> tuple[list[Candidate], int]:
         """Candidates and attempts of a request: the forced backend once, else the route's."""
         r = target.route
+        placed = target.placed
         if not backend:
-            return r.candidates, r.config.max_attempts or len(r.candidates)
+            pool = [c for c in r.candidates if placed is None or c.name in placed]
+            return pool, r.config.max_attempts or len(pool)
         cand = r.by_name.get(backend)
-        if cand is None:
+        if cand is None or (placed is not None and backend not in placed):
+            choices = [n for n in r.by_name if placed is None or n in placed]
             raise UnknownBackendError(
-                f"backend '{backend}' does not serve model '{target.model}' "
-                f"(choose from: {', '.join(r.by_name)})"
+                f"backend '{backend}' does not serve model '{target.model}' version {target.version} "
+                f"(choose from: {', '.join(choices) or 'none'})"
             )
         return [cand], 1
 

@@ -23,6 +23,7 @@ from triserve_gateway.gateway import Gateway, RoutedResult
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.shadow import ShadowTraffic
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]
@@ -79,14 +80,19 @@ class Served:
 class InferenceService:
     """Runs one inference request end to end and accounts for it in the metrics."""
 
-    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, settings: GatewaySettings) -> None:
+    def __init__(
+        self, gateway: Gateway, metrics: GatewayMetrics, settings: GatewaySettings,
+        shadows: ShadowTraffic | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
         self.settings = settings
+        self.shadows = shadows
+        """Shadow traffic of the routes that configure it (None = no shadows)."""
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
-        return model if model in self.gateway.routing.models else UNKNOWN_MODEL
+        return model if self.gateway.is_routed(model) else UNKNOWN_MODEL
 
     def track(self, model: str, start: float) -> RequestTrack:
         """Context manager accounting for one request (in-flight, count by status, total latency)."""
@@ -95,23 +101,27 @@ class InferenceService:
     async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
         """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
         target = self.gateway.resolve(request.model, request.version)
-        payload = request.prepare(target.mv)
-        t_pre = time.perf_counter()
-        x = await self._model_input(target.mv, payload)
-        preprocess_s = time.perf_counter() - t_pre
-        result = await self.gateway.infer(target, x, request.request_id, request.backend)
+        with self.gateway.catalog.using(target.mv):  # unregistering the version waits for this request
+            payload = request.prepare(target.mv)
+            t_pre = time.perf_counter()
+            x = await self.model_input(target.mv, payload)
+            preprocess_s = time.perf_counter() - t_pre
+            result = await self.gateway.infer(target, x, request.request_id, request.backend)
+            if self.shadows is not None:
+                self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
+        self.metrics.torchserve.count_inference(track.model, request.version, served.total_s, result.queue_s)
         stage = self.metrics.stage_latency
         stage.labels(track.model, result.backend, "preprocess").observe(preprocess_s)
         stage.labels(track.model, result.backend, "queue").observe(result.queue_s)
         stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
         return served
 
-    async def _model_input(self, mv: ModelVersion, payload: Payload) -> Array:
+    async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
         """The payload's tensor, or its images decoded: inline when small (28x28 PNGs take
-        microseconds), in a worker thread when big."""
+        microseconds), in a worker thread when big. (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None
             return payload.tensor
