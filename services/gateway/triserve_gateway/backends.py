@@ -283,7 +283,7 @@ class TorchServeClient(_HttpBackend):
             sent[REQUEST_ID_HEADER] = request_id
         path = f"/explanations/{model}" if version is None else f"/explanations/{model}/{version}"
         resp = await self._post(path, sent, buf.getvalue())
-        self._check(resp.status_code, resp.content)
+        self._check(resp.status, resp.content)
         try:
             return json.loads(resp.content)
         except ValueError as exc:
