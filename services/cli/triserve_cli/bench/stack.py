@@ -53,8 +53,8 @@ class TorchServeTuning:
     asynchronous logging, no system-metrics collector. PNG bodies go through the archive's own handler.
     """
 
-    workers: int = 2
-    batch_size: int = 8
+    workers: int = 1
+    batch_size: int = 16
     max_batch_delay_ms: int = 5
 
     def model_config(self) -> str:
