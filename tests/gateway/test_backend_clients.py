@@ -18,6 +18,7 @@ from triserve_gateway.backends import OipV2Client, TorchServeClient
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -85,7 +86,7 @@ async def test_oip_client_sends_and_reads_binary_tensors(serve: Serve) -> None:
 @pytest.mark.parametrize(
     ("status", "error"),
     [(503, BackendUnavailableError), (429, BackendUnavailableError), (500, BackendError),
-     (404, BackendError), (400, BackendRejectedError)],
+     (404, BackendNotServingError), (400, BackendRejectedError)],
 )
 async def test_oip_client_classifies_http_errors(serve: Serve, status: int, error: type[Exception]) -> None:
     async def handle(_: web.Request) -> web.Response:

@@ -111,7 +111,7 @@ async def test_register_routes_only_to_the_backends_that_loaded_it(
         assert by_name["onnx"]["state"] == "READY" and by_name["onnx"]["url"] == "http://127.0.0.1:1"
         assert len(entry["workers"]) == 4  # 2 on onnx, 2 on torchserve
         forced = await gw.predict(**{"X-Backend": "paddle"})
-        assert forced.status_code == 400 and "choose from: onnx, torchserve" in forced.json()["error"]
+        assert forced.status_code == 400 and "choose from: onnx, torchserve" in forced.json()["message"]
         for _ in range(6):
             r = await gw.predict()
             assert r.status_code == 200 and r.headers["x-backend"] in ("onnx", "torchserve")

@@ -11,8 +11,9 @@ aiohttp 1.5 ms per call, service time included (BENCHMARKS.md, issue 12). The se
 first use, inside the running event loop (aiohttp requires one).
 
 Failures are classified for failover (:mod:`triserve_gateway.errors`): connection errors and
-503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx/404
-→ ``BackendError`` (all retryable); other 4xx → :class:`BackendRejectedError` (final).
+503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx →
+``BackendError`` (all retryable, counted by the breaker); 404 → :class:`BackendNotServingError`
+(tried elsewhere, not counted); other 4xx → :class:`BackendRejectedError` (final, not counted).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from triserve_common import codec
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -176,8 +178,10 @@ class _HttpBackend:
         message = f"backend '{self.name}' answered {status}: {_error_message(content)}"
         if status in (429, 503):
             raise BackendUnavailableError(message)
-        if status >= 500 or status == 404:
+        if status >= 500:
             raise BackendError(message)
+        if status == 404:
+            raise BackendNotServingError(message, status_code=404)
         raise BackendRejectedError(message, status_code=status)
 
     async def _get_json(self, url: str, timeout: float) -> Any:

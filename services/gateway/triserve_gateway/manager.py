@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from triserve_common.repository import ALL, parse_model_list
@@ -31,6 +31,7 @@ from triserve_gateway.admin import BackendAdmin, BackendAdminError, LoadOptions
 from triserve_gateway.config import BackendRef, BatchingConfig, ModelRoute
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
+from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 from triserve_gateway.store import ModelStore, StoreVersion
 from triserve_gateway.torchserve_errors import (
     BadRequestException,
@@ -97,11 +98,13 @@ class ModelManager:
         admins: Mapping[str, BackendAdmin],
         max_pixels: int,
         drain_timeout_s: float = 30.0,
+        image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
     ) -> None:
         self.gateway = gateway
         self.store = store
         self.admins = dict(admins)
         self.max_pixels = max_pixels
+        self.image_formats = tuple(image_formats)
         self.drain_timeout_s = drain_timeout_s
         self.registered: dict[str, dict[str, Registration]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -329,7 +332,7 @@ class ModelManager:
             min_w = max_w = 1 if initial_workers is None else max(0, initial_workers)
         return Registration(
             store=sv,
-            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels),
+            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels, self.image_formats),
             url=url,
             backends=self.eligible(sv.name, sv),
             min_workers=min_w,
