@@ -16,6 +16,7 @@ from triserve_gateway.backends import OipV2Client, TorchServeClient
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
+    BackendLacksVersionError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -63,7 +64,8 @@ async def test_oip_client_sends_and_reads_binary_tensors() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(503, BackendUnavailableError), (500, BackendError), (404, BackendError), (400, BackendRejectedError)],
+    [(503, BackendUnavailableError), (500, BackendError), (404, BackendLacksVersionError),
+     (400, BackendRejectedError)],
 )
 async def test_oip_client_classifies_http_errors(status: int, error: type[Exception]) -> None:
     client = oip(httpx.MockTransport(lambda r: httpx.Response(status, json={"error": "nope"})))

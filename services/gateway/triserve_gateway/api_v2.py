@@ -3,7 +3,8 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer`` takes exactly one input, JSON or binary
 (``Inference-Header-Content-Length``):
 
-- ``FP32`` shaped like the model input (``[-1,1,28,28]``): passed through to the backend;
+- ``FP32`` shaped like the model input (its manifest's shape, e.g. ``[-1,1,H,W]``): passed through
+  to the backend;
 - ``BYTES`` ``[N]``: N encoded images (base64 strings in JSON, raw bytes in binary mode),
   preprocessed at the gateway per the model's manifest.
 
@@ -49,7 +50,8 @@ _INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "OIP v2 inference request: JSON, or JSON header + binary tensors "
-        "(Inference-Header-Content-Length). One input: FP32 [-1,1,28,28] or BYTES [N] encoded images.",
+        "(Inference-Header-Content-Length). One input: FP32 shaped as the model's metadata says, or BYTES "
+        "[N] encoded images.",
         "content": {
             "application/json": {"schema": {"type": "object"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -171,8 +173,8 @@ async def metadata(request: Request) -> JSONResponse:
     """OIP v2 metadata of a model version as the gateway serves it."""
     gateway = service_of(request).gateway
     target = gateway.resolve(*model_target(request))
-    backends = [b.name for b in target.route.config.backends]
-    return JSONResponse(model_metadata(target.mv, gateway.catalog.versions(target.model), backends))
+    backends = gateway.serving(target.model, target.mv.version)
+    return JSONResponse(model_metadata(target.mv, gateway.served_versions(target.model), backends))
 
 
 async def model_ready(request: Request) -> JSONResponse:
@@ -188,7 +190,7 @@ async def infer(request: Request) -> Response:
     start = time.perf_counter()
     service = service_of(request)
     model, version = model_target(request)
-    with service.track(model, start) as track:
+    with service.track(model, start, version) as track:
         body = await read_body(request, service.settings.max_body_bytes)
         length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
         decoded = codec.decode_request(body, length)

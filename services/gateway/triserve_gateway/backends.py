@@ -2,12 +2,13 @@
 
 - :class:`OipV2Client` (ONNX and Paddle services): OIP v2 ``/v2/models/{m}[/versions/{v}]/infer``
   with binary tensors both ways (``Inference-Header-Content-Length``).
-- :class:`TorchServeClient`: ``POST /predictions/{m}[/{v}]`` with a ``.npy`` float32
-  ``[N,1,28,28]`` body; the handler answers a ``.npy`` float32 logits ``[N,10]``.
+- :class:`TorchServeClient`: ``POST /predictions/{m}[/{v}]`` with a ``.npy`` float32 body shaped
+  like the model input (``[N, C, H, W]``); the handler answers a ``.npy`` of float32 logits ``[N, classes]``.
 
 Failures are classified for failover (:mod:`triserve_gateway.errors`): connection errors and
-503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx/404
-→ ``BackendError`` (all retryable); other 4xx → :class:`BackendRejectedError` (final).
+503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, 404 (the backend
+does not hold that model version) → :class:`BackendLacksVersionError`, other 5xx → ``BackendError``
+(all retryable); other 4xx → :class:`BackendRejectedError` (final).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from triserve_common import codec
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
+    BackendLacksVersionError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -132,7 +134,9 @@ class _HttpBackend:
         message = f"backend '{self.name}' answered {status}: {_error_message(content)}"
         if status in (429, 503):
             raise BackendUnavailableError(message)
-        if status >= 500 or status == 404:
+        if status == 404:
+            raise BackendLacksVersionError(message)
+        if status >= 500:
             raise BackendError(message)
         raise BackendRejectedError(message, status_code=status)
 

@@ -19,6 +19,12 @@ class BackendUnavailableError(ModelNotReadyError):
     """A backend could not be reached (connection refused/reset) or answered 503/429 (503)."""
 
 
+class BackendLacksVersionError(BackendUnavailableError):
+    """A backend answered 404 for the model version: it does not hold it (503). Retried elsewhere,
+    the version is taken off that backend until it reports holding it again; never a circuit-breaker
+    failure (the backend is alive)."""
+
+
 class BackendRejectedError(TriserveError):
     """A backend refused the request as a client error (its 4xx status is kept); not retried."""
 
@@ -39,6 +45,7 @@ def is_retryable(exc: BaseException) -> bool:
 __all__ = [
     "RETRYABLE",
     "BackendError",
+    "BackendLacksVersionError",
     "BackendRejectedError",
     "BackendTimeoutError",
     "BackendUnavailableError",
