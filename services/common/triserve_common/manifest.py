@@ -132,12 +132,12 @@ class Manifest(BaseModel):
 
     def not_served_reason(self, kind: str) -> str:
         """Why a runtime running artifact ``kind`` does not serve this version ("" when it does)."""
-        if kind not in self.artifacts:
-            return (f"the manifest of {self.name} version {self.version} has no '{kind}' artifact "
-                    f"(artifacts: {', '.join(sorted(self.artifacts))})")
         if self.backends is not None and kind not in self.backends:
             return (f"the manifest of {self.name} version {self.version} lists backends "
                     f"{', '.join(self.backends)}")
+        if kind not in self.artifacts:
+            return (f"the manifest of {self.name} version {self.version} has no '{kind}' artifact "
+                    f"(artifacts: {', '.join(sorted(self.artifacts))})")
         return ""
 
 
