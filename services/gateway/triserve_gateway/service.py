@@ -130,7 +130,7 @@ class InferenceService:
         return served
 
     async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
-        """The payload's tensor, or its images decoded: inline when small (28x28 PNGs take
+        """The payload's tensor, or its images decoded: inline when small (a small PNG takes
         microseconds), in a worker thread when big. (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None

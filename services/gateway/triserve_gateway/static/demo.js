@@ -4,7 +4,7 @@ import { DIGIT_STROKES, drawStrokes } from "./samples.js";
 const $ = (sel) => document.querySelector(sel);
 const api = (path) => new URL(`../${path}`, document.baseURI).href; // the page lives at /demo/
 const enc = encodeURIComponent;
-const BRUSH = 22; // px on the 280 px pad: ~2.2 px at 28x28, like MNIST strokes
+const BRUSH = 22; // px on the 280 px pad: about 1/13 of its width, like MNIST's strokes
 
 const state = {
   model: null, version: null, labels: [], backends: [], modelBackends: [], explainers: [], topk: 5, catalog: [],
