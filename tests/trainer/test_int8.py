@@ -29,7 +29,9 @@ def int8(job: Job, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             "--quantize-from", "1", "--calibration-images", "300",
             "--limit-train", "1200", "--limit-test", "200",
             "--no-progress"]  # fmt: skip
-    result = run_job(config(args))
+    # a 2-epoch model has close logits, so INT8 flips more of them than the committed model's 0.05 %
+    loose = ["--int8-max-drop", "0.03", "--int8-min-agreement", "0.95"]
+    result = run_job(config([*args, *loose]))
     assert result.version_dir == store / "mnist" / "2"
     return result.version_dir
 
@@ -47,8 +49,8 @@ def test_int8_artifacts_and_manifest(int8: Path, job: Job) -> None:
     assert "QDQ" in q["backends"]["onnx"]["method"] and "x86" in q["backends"]["torchserve"]["method"]
     assert m.preprocessing == job.result.manifest.preprocessing and m.labels == job.result.manifest.labels
     fp32 = {k: sum(f.size_bytes for f in a.files) for k, a in job.result.manifest.artifacts.items()}
-    for kind in ("onnx", "torchserve"):
-        assert q["backends"][kind]["size_bytes"] < fp32[kind] / 2.5  # int8 weights: about 4x smaller
+    for kind, fp32_kind in (("onnx", "onnx"), ("torchserve", "torchscript")):
+        assert q["backends"][kind]["size_bytes"] < fp32[fp32_kind] / 2.5  # int8 weights: about 4x smaller
     proto = onnx.load(str(int8 / "model.onnx"))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -69,8 +71,23 @@ def test_int8_figures_are_measured(int8: Path, job: Job, mnist_dir: Path) -> Non
         fig = raw["quantization"]["backends"][kind]
         assert fig["accuracy"] == pytest.approx(float((out.argmax(1) == data.test_labels).mean()))
         assert fig["agreement_with_reference"] == pytest.approx(float((out.argmax(1) == ref).mean()))
-        assert fig["accuracy"] >= raw["quantization"]["reference_accuracy"] - 0.005
-    assert m.parity.passed
+        assert fig["accuracy"] >= raw["quantization"]["reference_accuracy"] - 0.03
+        assert fig["agreement_with_reference"] >= 0.95
+    assert m.parity.passed and m.parity.tolerance == 0.03
+    assert "FP32 - 3.0%" in raw["quantization"]["acceptance"]
+
+
+def test_acceptance_gate_refuses(job: Job, mnist_dir: Path, tmp_path: Path) -> None:
+    """An INT8 version below the agreement floor is not published (exit 1, staging kept for inspection)."""
+    store = tmp_path / "store"
+    shutil.copytree(job.store / "mnist" / "1", store / "mnist" / "1")
+    args = ["--data-dir", str(mnist_dir), "--store", str(store), "--work-dir", str(tmp_path / "w"),
+            "--quantize-from", "1", "--calibration-images", "300", "--limit-train", "1200",
+            "--limit-test", "200", "--int8-min-agreement", "1.0", "--no-progress"]  # fmt: skip
+    with pytest.raises(JobError, match="INT8 version rejected") as err:
+        run_job(config(args))
+    assert err.value.exit_code == 1
+    assert not (store / "mnist" / "2").exists()
 
 
 def test_quantize_from_missing_version(job: Job, tmp_path: Path, mnist_dir: Path) -> None:

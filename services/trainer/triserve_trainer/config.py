@@ -35,6 +35,8 @@ class JobConfig:
     download: bool = True
     quantize_from: str | None = None
     calibration_images: int = 1000
+    int8_max_drop: float = 0.005
+    int8_min_agreement: float = 0.995
     repack: bool = False
 
     @property
@@ -151,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="training images used to calibrate the INT8 ranges [%(default)s]",
+    )
+    p.add_argument(
+        "--int8-max-drop",
+        type=float,
+        default=0.005,
+        help="INT8: largest held-out accuracy drop accepted vs the FP32 version [%(default)s]",
+    )
+    p.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=0.995,
+        help="INT8: smallest class agreement with the FP32 version accepted [%(default)s]",
     )
     p.add_argument(
         "--repack",

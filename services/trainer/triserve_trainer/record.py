@@ -38,6 +38,7 @@ class BackendQuantization(BaseModel):
     accuracy: float
     agreement_with_reference: float
     max_abs_logit_diff_vs_reference: float
+    #: size of the INT8 model file (model.onnx; model.pt for torchserve)
     size_bytes: int
 
 

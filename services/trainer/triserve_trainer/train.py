@@ -247,7 +247,19 @@ def tensorboard_writer(cfg: TrainConfig, start_step: int) -> Any:
 
 
 def train(data: ImageData, cfg: TrainConfig, spec: PreprocessSpec) -> TrainResult:
-    """Train (or resume) the CNN; checkpoint after every epoch into ``cfg.checkpoint_dir``."""
+    """Train (or resume) the CNN; checkpoint after every epoch into ``cfg.checkpoint_dir``.
+
+    Deterministic algorithms are switched on for the run and back to their previous state afterwards
+    (quantised kernels, used later by INT8 jobs in the same process, have no deterministic variant).
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(data, cfg, spec)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(data: ImageData, cfg: TrainConfig, spec: PreprocessSpec) -> TrainResult:
     run = _start(data, cfg)
     x_train = to_tensor(data.train_images)
     y_train = torch.from_numpy(data.train_labels.astype(np.int64))
