@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from triserve_cli.bench.paths import FP32_VERSION
 from triserve_cli.launcher import (
     RUN_ID_ENV,
     PlatformConfig,
@@ -61,13 +62,15 @@ def _torchserve_ports() -> dict[str, int]:
     return {f"ts_{name}_port": free_port() for name in names}
 
 
-def stock_model_store(model_store: Path, target: Path, model: str = "mnist") -> Path:
+def stock_model_store(
+    model_store: Path, target: Path, model: str = "mnist", version: str = FP32_VERSION
+) -> Path:
     """A model store at ``target`` whose ``.mar`` has TorchServe's stock per-model config.
 
     The archive is copied entry by entry with ``model-config.yaml`` replaced; the copied manifest's
     ``torchserve`` entry is updated to the new archive's size and sha256 so that it still verifies.
     """
-    source = torchserve_store(model_store, model)
+    source = torchserve_store(model_store, model, version)
     version_dir = target / model / source.name
     version_dir.mkdir(parents=True, exist_ok=True)
     mar = version_dir / f"{model}.mar"
