@@ -230,6 +230,7 @@ async def test_inference_key_when_configured(launch: Launch, tmp_path: Path) -> 
     key_file = tmp_path / "inference.key"
     key_file.write_text("inf-key\n")
     async with launch(load_models="mnist:1", inference_key_file=key_file) as gw:
+        await eventually(lambda: gw.app.state.gateway.ready(), "mnist loaded on its backends")
         r = await gw.predict()
         assert r.status_code == 401 and r.json()["type"] == "InvalidKeyException"
         assert r.headers["www-authenticate"].startswith("Bearer")

@@ -99,7 +99,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start(health_checks=health_checks)
         if health_checks:
-            await manager.start(routing.health.interval_s)
+            first = max(1.0, 2 * routing.health.timeout_s)  # the backends' first reports, before serving
+            await manager.start(routing.health.interval_s, first_timeout_s=first)
         log.info(
             "gateway up: models %s; backends %s",
             ", ".join(gateway.routed()) or "none",

@@ -13,9 +13,9 @@
 - **scale**: TorchServe's workers and the runtime services' instances of a version (0 = none).
 - **set default**: the version a request without one gets.
 
-Models registered at start (``load_models``) are assumed held by their backends until each backend
-has reported what it holds; from then on every version is routed only to the backends whose latest
-report (every health-check interval) has it ready (:mod:`triserve_gateway.reconcile`). The default
+Models registered at start (``load_models``) are routed to a backend once it reports holding them;
+every version is routed only to the backends whose latest report (every health-check interval) has it
+ready (:mod:`triserve_gateway.reconcile`), so the gateway is ready once the backends are. The default
 version is the highest, unless the model's route in ``routing.yaml`` sets ``default_version``.
 """
 
@@ -108,7 +108,7 @@ class ModelManager:
 
     def register_startup(self, models: str) -> None:
         """Register ``load_models`` (``all``, ``none``, ``mnist,fashion:1``) without calling any backend:
-        the backends are assumed to hold them until :meth:`reconcile` has checked."""
+        each version is routed to a backend once its report (:meth:`reconcile`) says it holds it."""
         try:
             spec = parse_model_list(models)
         except ValueError as exc:
@@ -131,7 +131,8 @@ class ModelManager:
                 continue
             reg = self._new_registration(store_version, f"{name}/{version}", None, None, None, None)
             reg.loaded_at_startup = True
-            reg.state = dict.fromkeys(backends, READY)
+            # routed to a backend once it reports holding it (one it cannot be asked: assumed)
+            reg.state = {b: LOADING if b in self.admins else READY for b in backends}
             self._install(reg)
         for name in self.registered:  # at start: the route's default_version, else the highest
             route = self.gateway.routing.models.get(name)
@@ -243,9 +244,9 @@ class ModelManager:
 
     # ------------------------------------------------------------------ reconciliation
 
-    async def start(self, interval_s: float) -> None:
-        """Reconcile with what the backends report now and then every ``interval_s``."""
-        self.reconciler.start(interval_s)
+    async def start(self, interval_s: float, first_timeout_s: float = 5.0) -> None:
+        """The backends' first reports (at most ``first_timeout_s``), then reconcile every ``interval_s``."""
+        await self.reconciler.start(interval_s, first_timeout_s)
 
     async def close(self) -> None:
         """Stop reconciling and background work; close the admin clients."""

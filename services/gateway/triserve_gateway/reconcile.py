@@ -10,6 +10,9 @@ routes each registered version only to the backends that report it ready:
   then ``READY`` or ``FAILED`` with the backend's error); a version that failed to load stays off
   that backend until it reappears.
 
+Versions registered at start wait in ``LOADING`` for the first report, so nothing is routed on
+assumption and the gateway reports ready once the backends hold the models.
+
 A version an admin call (register, scale, unregister) is changing is left alone for that round.
 Backends that cannot serve a version at all (its manifest has no artifact for them, or lists other
 backends) are never asked to load it; their reason shows when a client forces one of them.
@@ -108,8 +111,13 @@ class Reconciler:
         self._synced: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, interval_s: float) -> None:
-        """Reconcile now and then every ``interval_s``."""
+    async def start(self, interval_s: float, first_timeout_s: float) -> None:
+        """Take every healthy backend's first report (at most ``first_timeout_s``; nothing is loaded
+        yet, so the gateway starts routing what is held at once), then reconcile every ``interval_s``."""
+        reports = (self._backend(b, a, fresh=False, may_load=False) for b, a in self.manager.admins.items()
+                   if (s := self.manager.gateway.backends.get(b)) is not None and s.healthy)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*reports, return_exceptions=True), first_timeout_s)
         self._task = asyncio.get_running_loop().create_task(self._loop(interval_s))
 
     async def stop(self) -> None:
@@ -119,21 +127,24 @@ class Reconciler:
                 await self._task
 
     async def reconcile(self) -> None:
-        """One round over every healthy backend with an admin client (see module doc)."""
-        for backend, admin in self.manager.admins.items():
-            state = self.manager.gateway.backends.get(backend)
-            if state is None or not state.healthy:
-                self._synced.discard(backend)
-                continue
-            fresh = backend not in self._synced
-            try:
-                await self._backend(backend, admin, fresh)
-            except BackendAdminError as exc:
-                (log.warning if fresh else log.debug)("cannot reconcile backend %s: %s", backend, exc.message)
-                continue
-            self._synced.add(backend)
+        """One round over every healthy backend with an admin client, concurrently (a slow load on one
+        backend does not hold up the others' reports; see module doc)."""
+        await asyncio.gather(*(self._one(b, a) for b, a in self.manager.admins.items()))
 
-    async def _backend(self, backend: str, admin: BackendAdmin, fresh: bool) -> None:
+    async def _one(self, backend: str, admin: BackendAdmin) -> None:
+        state = self.manager.gateway.backends.get(backend)
+        if state is None or not state.healthy:
+            self._synced.discard(backend)
+            return
+        fresh = backend not in self._synced
+        try:
+            await self._backend(backend, admin, fresh)
+        except BackendAdminError as exc:
+            (log.warning if fresh else log.debug)("cannot reconcile backend %s: %s", backend, exc.message)
+            return
+        self._synced.add(backend)
+
+    async def _backend(self, backend: str, admin: BackendAdmin, fresh: bool, may_load: bool = True) -> None:
         asked = time.monotonic()
         held = await admin.held()
         for regs in list(self.manager.registered.values()):
@@ -142,16 +153,20 @@ class Reconciler:
                     continue
                 if reg.changed_at > asked or self.manager.busy(reg.name):
                     continue  # an admin call is changing it: the next round sees the result
-                await self._apply(reg, backend, held.get((reg.name, reg.version)), fresh)
+                await self._apply(reg, backend, held.get((reg.name, reg.version)), fresh, may_load)
                 self.manager.publish(reg)
 
-    async def _apply(self, reg: Registration, backend: str, report: HeldVersion | None, fresh: bool) -> None:
+    async def _apply(
+        self, reg: Registration, backend: str, report: HeldVersion | None, fresh: bool, may_load: bool
+    ) -> None:
         """Set ``reg``'s state on ``backend`` from its report; load it when it should be there and is not."""
         before = reg.state.get(backend)
         if report is not None:
             reg.state[backend] = READY if report.ready else LOADING
             if report.ready:
                 reg.errors.pop(backend, None)
+            return
+        if not may_load:
             return
         if fresh or before in (READY, LOADING):
             log.info("backend %s lacks %s version %s: loading it", backend, reg.name, reg.version)
