@@ -71,7 +71,11 @@ PATHS: tuple[BenchPath, ...] = (
     BenchPath("onnx", "ONNX service direct, OIP v2 binary", "onnx", "POST", V2_INFER, "v2", "v2"),
     BenchPath("paddle", "Paddle service direct, OIP v2 binary", "paddle", "POST", V2_INFER, "v2", "v2"),
     _gateway("gateway-torchserve", "gateway -> TorchServe (X-Backend), OIP v2 binary", "torchserve"),
+    _gateway("gateway-torchserve-int8", "gateway -> TorchServe (X-Backend), mnist v2 INT8, OIP v2 binary",
+             "torchserve", endpoint=V2_INFER_INT8),
     _gateway("gateway-onnx", "gateway -> ONNX (X-Backend), OIP v2 binary", "onnx"),
+    _gateway("gateway-onnx-int8", "gateway -> ONNX (X-Backend), mnist v2 INT8, OIP v2 binary", "onnx",
+             endpoint=V2_INFER_INT8),
     _gateway("gateway-paddle", "gateway -> Paddle (X-Backend), OIP v2 binary", "paddle"),
     _gateway("gateway-auto", "gateway, automatic routing, OIP v2 binary", None),
     BenchPath("gateway-png", "gateway, automatic routing, TorchServe-style PNG upload", "gateway", "PUT",
@@ -80,12 +84,8 @@ PATHS: tuple[BenchPath, ...] = (
     _gateway(
         "gateway-batching-off", "gateway -> ONNX, dynamic batching off", "onnx", "gateway-nobatching"
     ),
-    _gateway("gateway-onnx-int8", "gateway -> ONNX (X-Backend), mnist v2 INT8, OIP v2 binary", "onnx",
-             endpoint=V2_INFER_INT8),
-    _gateway("gateway-torchserve-int8", "gateway -> TorchServe (X-Backend), mnist v2 INT8, OIP v2 binary",
-             "torchserve", endpoint=V2_INFER_INT8),
 )
-"""Every path, baseline first."""
+"""Every path, baseline first; each INT8 path right after its FP32 twin (measured back to back)."""
 
 BY_NAME: dict[str, BenchPath] = {p.name: p for p in PATHS}
 
