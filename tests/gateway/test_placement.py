@@ -183,3 +183,23 @@ async def test_a_backend_answering_404_is_skipped_without_a_breaker_trip(
         assert forced.status_code == 503 and "not found" in forced.json()["error"]
         assert gateway.backends["paddle"].breaker.state is CircuitState.CLOSED
 
+
+
+async def test_not_ready_until_the_backends_have_loaded_the_start_set(
+    launch: Launch, admins: dict[str, FakeAdmin]
+) -> None:
+    """At start a backend that lacks a start-set version loads it; the gateway is ready only after
+    (``make up`` returns when every backend serves what it loads), and only routes it there after."""
+    admins["torchserve"].holding.pop(("mnist", "2"))
+    admins["torchserve"].delay = 0.3
+    async with launch() as gw:
+        gateway = gw.gateway
+        assert not gateway.ready() and (await gw.client.get("/v2/health/ready")).status_code == 503
+        assert "torchserve" not in gateway.placement[("mnist", "2")]
+        forced = await gw.predict("/predictions/mnist/2", **{"X-Backend": "torchserve"})
+        assert forced.status_code == 503 and "it is loading it" in forced.json()["error"], forced.text
+        await eventually(gateway.ready, "start set loaded")
+        assert ("load", "mnist", "2", 1) in admins["torchserve"].calls
+        assert (await gw.client.get("/v2/health/ready")).status_code == 200
+        r = await gw.predict("/predictions/mnist/2", **{"X-Backend": "torchserve"})
+        assert r.status_code == 200 and r.headers["x-backend"] == "torchserve"

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,8 @@ class Gateway:
         """(model, version) → backends holding it, when known (else every backend of the route)."""
         self.absent: dict[tuple[str, str], dict[str, Absence]] = {}
         """(model, version) → why each backend of the route outside its placement does not serve it."""
+        self.settling: Callable[[], bool] | None = None
+        """True while healthy backends are still loading the start set (the model manager's)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
         self._health_task: asyncio.Task[None] | None = None
         for state in self.backends.values():
@@ -271,7 +273,10 @@ class Gateway:
         )
 
     def ready(self) -> bool:
-        """Every registered model has a routable backend (true with none registered, as TorchServe)."""
+        """Every registered model has a routable backend (true with none registered, as TorchServe), and
+        the backends are done loading the start set (:attr:`settling`)."""
+        if self.settling is not None and self.settling():
+            return False
         return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
     # ------------------------------------------------------------------ inference

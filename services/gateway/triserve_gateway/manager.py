@@ -65,6 +65,7 @@ class ModelManager:
         admins: Mapping[str, BackendAdmin],
         max_pixels: int,
         drain_timeout_s: float = 30.0,
+        settle_timeout_s: float = 300.0,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -74,7 +75,8 @@ class ModelManager:
         self.registered: dict[str, dict[str, Registration]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.reconciler = Reconciler(self)
+        self.reconciler = Reconciler(self, settle_timeout_s)
+        gateway.settling = self.reconciler.settling
 
     # ------------------------------------------------------------------ queries
 
@@ -247,6 +249,7 @@ class ModelManager:
     async def start(self, interval_s: float, first_timeout_s: float = 5.0) -> None:
         """The backends' first reports (at most ``first_timeout_s``), then reconcile every ``interval_s``."""
         await self.reconciler.start(interval_s, first_timeout_s)
+
 
     async def close(self) -> None:
         """Stop reconciling and background work; close the admin clients."""

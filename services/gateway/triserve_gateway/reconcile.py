@@ -106,19 +106,43 @@ def absences(manager: ModelManager, reg: Registration) -> dict[str, Absence]:
 class Reconciler:
     """Keeps each registration's per-backend state equal to what the backends report (see module doc)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, settle_timeout_s: float = 300.0) -> None:
         self.manager = manager
+        self.settle_timeout_s = settle_timeout_s
         self._synced: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._started_at: float | None = None
+        self._settled = False
 
     async def start(self, interval_s: float, first_timeout_s: float) -> None:
         """Take every healthy backend's first report (at most ``first_timeout_s``; nothing is loaded
         yet, so the gateway starts routing what is held at once), then reconcile every ``interval_s``."""
+        self._started_at = time.monotonic()
         reports = (self._backend(b, a, fresh=False, may_load=False) for b, a in self.manager.admins.items()
                    if (s := self.manager.gateway.backends.get(b)) is not None and s.healthy)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*reports, return_exceptions=True), first_timeout_s)
         self._task = asyncio.get_running_loop().create_task(self._loop(interval_s))
+
+    def settling(self) -> bool:
+        """Whether a healthy backend is still loading a version of the start set (the gateway is not
+        ready until then: ``make up`` returns once every backend serves what it loads). Only after
+        :meth:`start`, once (settled stays settled), and ``settle_timeout_s`` after the start at most."""
+        if self._settled or self._started_at is None:
+            return False
+        if time.monotonic() - self._started_at > self.settle_timeout_s:
+            self._settled = True
+            return False
+        backends = self.manager.gateway.backends
+        for regs in self.manager.registered.values():
+            for reg in regs.values():
+                if reg.loaded_at_startup and any(
+                    state == LOADING and (b := backends.get(name)) is not None and b.healthy
+                    for name, state in reg.state.items()
+                ):
+                    return True
+        self._settled = True
+        return False
 
     async def stop(self) -> None:
         if self._task is not None:
