@@ -23,6 +23,7 @@
 #                       logs, pid file and extracted model files — never the repo checkout
 #                                                                       [<repo>/run/torchserve]
 #   TS_JAVA_HEAP        JVM max heap                                    [512m]
+#   PYTHON              interpreter for verify_mar.py (checks each .mar against manifest.json) [python3]
 # Any further TorchServe property may be overridden with TS_<PROPERTY_IN_CAPS> (enable_envvars_config).
 set -euo pipefail
 
@@ -35,6 +36,9 @@ mkdir -p "$run_dir/logs" "$run_dir/tmp"
 run_dir="$(cd "$run_dir" && pwd)"
 config="$run_dir/config.properties"
 models="${TS_MODELS:-all}"
+
+# Refuse to start on an archive its manifest does not vouch for (size + sha256; one line naming the file).
+"${PYTHON:-python3}" "$here/verify_mar.py" "$store"
 
 # TorchServe loads archives by file name from one flat folder: link every archive of the store
 # there as <model>.v<version>.mar (the name the gateway registers), and a flat folder's archives as is.

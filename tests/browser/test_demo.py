@@ -192,7 +192,7 @@ def test_drawn_stroke_gets_an_answer(demo: Demo, artifacts: Path) -> None:
 def test_non_image_shows_the_gateway_message(demo: Demo, artifacts: Path) -> None:
     page = demo.page
     body = b"this is a text file, not an image"
-    expected = httpx.put(f"{demo.gateway}/predictions/mnist/1?topk=5", content=body).json()["error"]
+    expected = httpx.put(f"{demo.gateway}/predictions/mnist/1?topk=5", content=body).json()["message"]
     demo.upload("notes.txt", body, mime="text/plain")
     error = page.locator("#error")
     assert error.is_visible()

@@ -34,7 +34,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def json_body(shape: list[int], datatype: str = "FP32", name: str = "input") -> dict[str, object]:
-    return v2_request(v2_input(name, shape, datatype, fill=0.5))
+    fill = 0 if "INT" in datatype else 0.5  # JSON integers for integer datatypes (strict codec)
+    return v2_request(v2_input(name, shape, datatype, fill=fill))
 
 
 async def test_health_and_metadata(client: httpx.AsyncClient) -> None:

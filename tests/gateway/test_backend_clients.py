@@ -16,7 +16,7 @@ from triserve_gateway.backends import OipV2Client, TorchServeClient
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
-    BackendLacksVersionError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -64,7 +64,7 @@ async def test_oip_client_sends_and_reads_binary_tensors() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(503, BackendUnavailableError), (500, BackendError), (404, BackendLacksVersionError),
+    [(503, BackendUnavailableError), (500, BackendError), (404, BackendNotServingError),
      (400, BackendRejectedError)],
 )
 async def test_oip_client_classifies_http_errors(status: int, error: type[Exception]) -> None:

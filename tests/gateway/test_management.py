@@ -111,7 +111,7 @@ async def test_register_routes_only_to_the_backends_that_loaded_it(
         assert by_name["onnx"]["state"] == "READY" and by_name["onnx"]["url"] == "http://127.0.0.1:1"
         assert len(entry["workers"]) == 4  # 2 on onnx, 2 on torchserve
         forced = await gw.predict(**{"X-Backend": "paddle"})  # could serve it, does not hold it: 503, why
-        error = forced.json()["error"]
+        error = forced.json()["message"]
         assert forced.status_code == 503 and "choose from: onnx, torchserve" in error
         assert "does not hold model 'mnist' version 2 now: it failed to load it" in error
         assert "out of memory" in error

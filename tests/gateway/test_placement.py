@@ -18,7 +18,7 @@ from triserve_common.manifest import Artifact
 from triserve_gateway.app import create_app
 from triserve_gateway.circuit import CircuitState
 from triserve_gateway.config import RoutingConfig
-from triserve_gateway.errors import BackendLacksVersionError
+from triserve_gateway.errors import BackendNotServingError
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.settings import GatewaySettings
 
@@ -106,7 +106,7 @@ async def test_a_version_goes_only_to_the_backends_its_manifest_allows(
         assert {"2"} <= set(backends["onnx"].versions) | set(backends["torchserve"].versions)
         assert not any(call[1:3] == ("mnist", "2") for call in admins["paddle"].calls)  # never asked to load
         forced = await gw.predict("/predictions/mnist/2", **{"X-Backend": "paddle"})
-        error = forced.json()["error"]
+        error = forced.json()["message"]
         assert forced.status_code == 400, error
         assert "backend 'paddle' does not serve model 'mnist' version 2" in error
         assert "lists backends onnx, torchserve" in error and "choose from: onnx, torchserve" in error
@@ -125,9 +125,9 @@ async def test_default_version_from_the_route(launch: Launch) -> None:
         assert r.status_code == 200 and r.headers["x-model-version"] == "1"
         assert (await gw.client.get("/v2/models/mnist")).json()["parameters"]["version"] == "1"
         unknown = await gw.predict("/predictions/mnist/7")
-        assert unknown.status_code == 404 and "versions: 1, 2" in unknown.json()["error"]
+        assert unknown.status_code == 404 and "versions: 1, 2" in unknown.json()["message"]
         unknown = await gw.predict("/predictions/fashion")
-        assert unknown.status_code == 404 and "models: mnist" in unknown.json()["error"]
+        assert unknown.status_code == 404 and "models: mnist" in unknown.json()["message"]
 
 
 async def test_placement_follows_what_backends_report(launch: Launch, admins: dict[str, FakeAdmin],
@@ -141,8 +141,8 @@ async def test_placement_follows_what_backends_report(launch: Launch, admins: di
         await eventually(lambda: "onnx" not in gateway.placement[("mnist", "1")], "onnx unplaced")
         forced = await gw.predict("/predictions/mnist/1", **{"X-Backend": "onnx"})
         assert forced.status_code == 503, forced.text
-        assert "does not hold model 'mnist' version 1 now: it failed to load it" in forced.json()["error"]
-        assert "out of memory" in forced.json()["error"]
+        assert "does not hold model 'mnist' version 1 now: it failed to load it" in forced.json()["message"]
+        assert "out of memory" in forced.json()["message"]
         backends["onnx"].calls.clear()
         for _ in range(9):
             assert (await gw.predict("/predictions/mnist/1")).headers["x-backend"] != "onnx"
@@ -167,8 +167,8 @@ async def test_a_backend_answering_404_is_skipped_without_a_breaker_trip(
     async with launch() as gw:
         gateway = gw.gateway
         await eventually(lambda: gateway.placement.get(("mnist", "1")) == set(BACKENDS), "reports")
-        backends["paddle"].fail_with = BackendLacksVersionError(
-            "backend 'paddle' answered 404: version '1' of model 'mnist' not found"
+        backends["paddle"].fail_with = BackendNotServingError(
+            "backend 'paddle' answered 404: version '1' of model 'mnist' not found", status_code=404
         )
         for _ in range(12):
             r = await gw.predict("/predictions/mnist/1")
@@ -176,11 +176,12 @@ async def test_a_backend_answering_404_is_skipped_without_a_breaker_trip(
         assert gateway.backends["paddle"].breaker.state is CircuitState.CLOSED
         assert gateway.backends["paddle"].breaker.consecutive_failures == 0
         failures = gw.app.state.registry.get_sample_value(
-            "triserve_gateway_backend_failures_total", {"backend": "paddle", "reason": "missing_version"}
+            "triserve_gateway_backend_failures_total", {"backend": "paddle", "reason": "not_serving"}
         )
         assert failures is not None and failures >= 1
         forced = await gw.predict("/predictions/mnist/1", **{"X-Backend": "paddle"})
-        assert forced.status_code == 503 and "not found" in forced.json()["error"]
+        # 503 while it is off the version (naming the 404), or the backend's own 404 once re-placed
+        assert forced.status_code in (503, 404) and "not found" in forced.json()["message"], forced.text
         assert gateway.backends["paddle"].breaker.state is CircuitState.CLOSED
 
 
@@ -197,7 +198,7 @@ async def test_not_ready_until_the_backends_have_loaded_the_start_set(
         assert not gateway.ready() and (await gw.client.get("/v2/health/ready")).status_code == 503
         assert "torchserve" not in gateway.placement[("mnist", "2")]
         forced = await gw.predict("/predictions/mnist/2", **{"X-Backend": "torchserve"})
-        assert forced.status_code == 503 and "it is loading it" in forced.json()["error"], forced.text
+        assert forced.status_code == 503 and "it is loading it" in forced.json()["message"], forced.text
         await eventually(gateway.ready, "start set loaded")
         assert ("load", "mnist", "2", 1) in admins["torchserve"].calls
         assert (await gw.client.get("/v2/health/ready")).status_code == 200

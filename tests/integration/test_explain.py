@@ -107,7 +107,7 @@ def test_explanation_client_errors_are_4xx(stack: Stack, digits: Digits) -> None
     ]
     for r, status, words in cases:
         assert r.status_code == status, r.text
-        assert words in r.json()["error"]
+        assert words in r.json()["message"]  # TorchServe's error shape: code, type, message
     # an all-black image equals the baseline: every attribution is 0, and that is still an answer
     r = httpx.post(url, content=png(np.zeros((40, 30), np.uint8)), timeout=60)
     assert r.status_code == 200 and not np.any(r.json()["explanations"][0]["attributions"])

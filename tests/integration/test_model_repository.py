@@ -199,12 +199,12 @@ def test_defaults_unknowns_and_metadata(platform: Platform, versions: dict[tuple
         assert r.status_code == 200 and r.headers["x-model-version"] == "1"
         assert r.json() == label_answer(s.names[3])
     r = platform.put("/predictions/mnist/3", mnist.images.pngs[0])
-    assert r.status_code == 404 and "versions: 1, 2" in r.json()["error"], r.text
+    assert r.status_code == 404 and "versions: 1, 2" in r.json()["message"], r.text
     one = v2_request(v2_images("i", mnist.images.pngs[:1]))
     r = platform.post("/v2/models/mnist/versions/9/infer", json=one)
     assert r.status_code == 404 and "versions: 1, 2" in r.json()["error"], r.text
     r = platform.put("/predictions/cifar10", mnist.images.pngs[0])
-    assert r.status_code == 404 and "fashion, mnist" in r.json()["error"], r.text
+    assert r.status_code == 404 and "fashion, mnist" in r.json()["message"], r.text
     meta = httpx.get(f"{platform.gateway}/v2/models/mnist/versions/2", timeout=30).json()
     assert meta["versions"] == ["1", "2"] and meta["parameters"]["backends"] == ["onnx", "torchserve"]
     meta = httpx.get(f"{platform.gateway}/v2/models/fashion", timeout=30).json()
@@ -232,7 +232,7 @@ def test_a_version_a_backend_lacks_is_never_routed_there(
     for _ in range(3):  # forcing Paddle for the INT8 version: a 400 naming why, every time, no breaker trip
         r = platform.put("/predictions/mnist/2", png, "paddle")
         assert r.status_code == 400, r.text
-        error = r.json()["error"]
+        error = r.json()["message"]
         assert "backend 'paddle' does not serve model 'mnist' version 2" in error
         assert "lists backends onnx, torchserve" in error and "choose from: onnx, torchserve" in error
         r = platform.post("/v2/models/mnist/versions/2/infer", "paddle",

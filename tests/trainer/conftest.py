@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from triserve_trainer.config import JobConfig, build_parser
-from triserve_trainer.job import JobResult, run_job
+from triserve_trainer.job import JobResult
+from triserve_trainer.runner import run_job
 
 SMALL = ["--limit-train", "1200", "--limit-test", "200", "--epochs", "2", "--no-progress"]
 TINY = ["--limit-train", "256", "--limit-test", "100", "--epochs", "1", "--no-progress"]

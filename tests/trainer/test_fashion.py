@@ -50,7 +50,8 @@ def test_small_fashion_version(fashion_job: Job) -> None:
 
 def test_fashion_needs_the_standard_split(mnist_dir: Path, tmp_path: Path) -> None:
     """A folder with only the t10k pair is refused for fashion (never silently split)."""
-    from triserve_trainer.job import JobError, run_job
+    from triserve_trainer.job import JobError
+    from triserve_trainer.runner import run_job
 
     only_t10k = tmp_path / "t10k"
     only_t10k.mkdir()

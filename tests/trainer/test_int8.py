@@ -14,8 +14,9 @@ import pytest
 from tests.support.procs import REPO_ROOT
 from triserve_common.manifest import read_manifest, verify_artifact
 from triserve_trainer.data import load_images
-from triserve_trainer.job import JobError, run_job
+from triserve_trainer.job import JobError
 from triserve_trainer.parity import run_onnx, run_torchscript
+from triserve_trainer.runner import run_job
 from triserve_trainer.train import normalise, to_tensor
 
 from .conftest import Job, config

@@ -25,9 +25,9 @@ from triserve_trainer.data import load_mnist
 from triserve_trainer.export_mar import check_mar
 from triserve_trainer.export_paddle import export_paddle
 from triserve_trainer.export_torch import check_onnx
-from triserve_trainer.job import run_job
 from triserve_trainer.model import MAX_MACS, MnistNet, count_macs
 from triserve_trainer.parity import check_parity, run_paddle
+from triserve_trainer.runner import run_job
 from triserve_trainer.specs import get_spec
 from triserve_trainer.train import TrainConfig, load_checkpoint, normalise, to_tensor, train
 

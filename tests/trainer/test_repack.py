@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.support.procs import REPO_ROOT
 from triserve_common.manifest import read_manifest, verify_artifact
-from triserve_trainer.job import run_job
+from triserve_trainer.runner import run_job
 
 from .conftest import Job, config
 

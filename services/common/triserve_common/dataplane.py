@@ -31,6 +31,7 @@ from triserve_common.errors import (
 from triserve_common.manifest import TensorSpec
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from triserve_common.repository import ModelRepository, ServedModel
+from triserve_common.tensor_checks import json_limits
 from triserve_common.v2 import MetadataModelResponse, MetadataTensor, ServerMetadataResponse
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,9 @@ class DataPlane:
     ) -> EncodedResponse:
         length = codec.parse_header_length(header_length)
         body = await read_body()
-        decoded = codec.decode_request(body, length)
+        rt = served.runtime
+        limits = json_limits(rt.inputs, rt.max_batch_size, "the model's max_batch_size")
+        decoded = codec.decode_request(body, length, limits)
         datatypes = {inp.name: inp.datatype for inp in decoded.request.inputs}
         batch = self.validate(served, decoded.tensors, datatypes)
         wanted = self._requested_outputs(served, decoded)

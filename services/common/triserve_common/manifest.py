@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from triserve_common.errors import ArtifactIntegrityError, ModelNotFoundError
 
@@ -188,8 +188,27 @@ def resolve_version(store: Path, name: str, version: str | None) -> str:
 
 
 def read_manifest(version_dir: Path) -> Manifest:
-    """Parse ``manifest.json`` of a version directory."""
-    return Manifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+    """Parse ``manifest.json`` of a version directory.
+
+    A missing, unreadable or malformed manifest raises :class:`ArtifactIntegrityError` whose
+    one-line message names the file (services print it and stop; never a traceback).
+    """
+    path = version_dir / MANIFEST_FILE
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"manifest {path} not found") from None
+    except OSError as exc:
+        raise ArtifactIntegrityError(f"manifest {path} cannot be read: {exc.strerror}") from None
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "document"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise ArtifactIntegrityError(
+            f"manifest {path} is malformed: {where}: {first['msg']}{more}"
+        ) from None
 
 
 def verify_artifact(manifest: Manifest, version_dir: Path, kind: str) -> list[Path]:

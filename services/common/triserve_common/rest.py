@@ -79,6 +79,7 @@ def build_app(
     app.state.dataplane = dataplane
     app.state.registry = registry
     app.state.max_body_bytes = settings.max_body_bytes
+    app.state.max_body_setting = f"{settings.model_config.get('env_prefix', '')}MAX_BODY_BYTES"
     install_error_handlers(app)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RequestIdMiddleware)
@@ -136,7 +137,8 @@ async def infer(request: Request) -> Response:
     """OIP v2 inference, JSON or binary tensors (see :meth:`DataPlane.infer`)."""
     name, version = model_target(request)
     limit: int = request.app.state.max_body_bytes
+    setting: str = request.app.state.max_body_setting
     result = await _dataplane(request).infer(
-        name, version, lambda: read_body(request, limit), request.headers.get(HEADER_LENGTH)
+        name, version, lambda: read_body(request, limit, setting), request.headers.get(HEADER_LENGTH)
     )
     return Response(content=result.body, headers=result.headers)

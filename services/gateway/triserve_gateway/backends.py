@@ -6,9 +6,11 @@
   like the model input (``[N, C, H, W]``); the handler answers a ``.npy`` of float32 logits ``[N, classes]``.
 
 Failures are classified for failover (:mod:`triserve_gateway.errors`): connection errors and
-503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, 404 (the backend
-does not hold that model version) → :class:`BackendLacksVersionError`, other 5xx → ``BackendError``
-(all retryable); other 4xx → :class:`BackendRejectedError` (final).
+503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx →
+``BackendError`` (all retryable, counted by the breaker); 404 → :class:`BackendNotServingError`
+(the backend does not hold that model version: tried elsewhere, not counted, and the version comes off
+that backend until it reports holding it again); other 4xx → :class:`BackendRejectedError` (final, not
+counted).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from triserve_common import codec
 from triserve_gateway.config import BackendConfig
 from triserve_gateway.errors import (
     BackendError,
-    BackendLacksVersionError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -134,10 +136,10 @@ class _HttpBackend:
         message = f"backend '{self.name}' answered {status}: {_error_message(content)}"
         if status in (429, 503):
             raise BackendUnavailableError(message)
-        if status == 404:
-            raise BackendLacksVersionError(message)
         if status >= 500:
             raise BackendError(message)
+        if status == 404:
+            raise BackendNotServingError(message, status_code=404)
         raise BackendRejectedError(message, status_code=status)
 
     async def _get_json(self, url: str, timeout: float) -> Any:

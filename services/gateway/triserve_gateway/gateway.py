@@ -9,7 +9,9 @@
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
 4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
-   up to ``max_attempts``; the breaker records one outcome per backend call.
+   up to ``max_attempts``; the breaker records one outcome per backend call. A backend's 4xx is
+   the client's mistake and leaves its breaker as it is (a 404 — version not served there —
+   moves on to the next backend).
 
 503 when no backend is routable, otherwise the last failure's status (502/503/504).
 """
@@ -34,15 +36,15 @@ from triserve_gateway.circuit import CircuitBreaker, CircuitState
 from triserve_gateway.config import ModelRoute, RoutingConfig
 from triserve_gateway.errors import (
     BackendError,
-    BackendLacksVersionError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
     UnknownBackendError,
-    is_retryable,
+    tries_elsewhere,
 )
 from triserve_gateway.metrics import GatewayMetrics
-from triserve_gateway.models import ModelCatalog, ModelVersion
+from triserve_gateway.models import ModelCatalog, ModelVersion, clip
 from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
 
 log = logging.getLogger(__name__)
@@ -123,9 +125,9 @@ class RoutedResult:
 
 
 _FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
-    (BackendLacksVersionError, "missing_version"),
     (BackendUnavailableError, "unavailable"),
     (BackendTimeoutError, "timeout"),
+    (BackendNotServingError, "not_serving"),
     (BackendRejectedError, "rejected"),
     (BackendError, "error"),
 )
@@ -195,7 +197,7 @@ class Gateway:
         r = self._routes.get(model)
         if r is None:
             known = ", ".join(sorted(self._routes))
-            raise ModelNotFoundError(f"model '{model}' is not routed (models: {known})")
+            raise ModelNotFoundError(f"model '{clip(model)}' is not routed (models: {known})")
         return r
 
     def route(self, model: str) -> ModelRoute:
@@ -304,7 +306,7 @@ class Gateway:
             try:
                 value, queue_s, backend_s = await self._attempt(target, state, x, request_id)
             except TriserveError as exc:
-                if not is_retryable(exc):
+                if not tries_elsewhere(exc):
                     raise
                 last_exc = exc
                 log.warning("request %s: backend %s failed: %s", request_id, cand.name, exc.message)
@@ -336,7 +338,7 @@ class Gateway:
             if cand is None or absence is None or absence.permanent:
                 why = f": {absence.reason}" if absence is not None else ""
                 raise UnknownBackendError(
-                    f"backend '{backend}' does not serve {what}{why} (choose from: {choices})"
+                    f"backend '{clip(backend)}' does not serve {what}{why} (choose from: {choices})"
                 )
             raise ModelNotReadyError(
                 f"backend '{backend}' does not hold {what} now: {absence.reason} "
@@ -407,9 +409,8 @@ class Gateway:
                     f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
                     f"({len(mv.labels)} classes expected)"
                 )
-        except BackendLacksVersionError as exc:  # placement was stale: not a failure of the backend
-            self.metrics.backend_failures.labels(state.name, "missing_version").inc()
-            state.breaker.record_success()
+        except BackendNotServingError as exc:  # it lacks the version: placement was stale, not its failure
+            self._record_failure(state, exc)
             self.unplace(mv.name, mv.version, state.name, exc.message)
             raise
         except TriserveError as exc:
@@ -428,7 +429,7 @@ class Gateway:
         reason = next((r for cls, r in _FAILURE_REASONS if isinstance(exc, cls)), "error")
         self.metrics.backend_failures.labels(state.name, reason).inc()
         if isinstance(exc, BackendRejectedError):
-            state.breaker.record_success()  # the backend is alive; the request was at fault
+            state.breaker.release()  # the request was at fault: neither opens nor closes the breaker
             return
         state.last_error = exc.message
         before = state.breaker.state

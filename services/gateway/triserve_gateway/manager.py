@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from triserve_common.repository import ALL, parse_model_list
@@ -34,6 +34,7 @@ from triserve_gateway.config import BackendRef, BatchingConfig, ModelRoute
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.reconcile import FAILED, LOADING, READY, UNLOADED, Reconciler, Registration, absences
+from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 from triserve_gateway.store import ModelStore, StoreVersion
 from triserve_gateway.torchserve_errors import (
     BadRequestException,
@@ -65,12 +66,14 @@ class ModelManager:
         admins: Mapping[str, BackendAdmin],
         max_pixels: int,
         drain_timeout_s: float = 30.0,
+        image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
         settle_timeout_s: float = 300.0,
     ) -> None:
         self.gateway = gateway
         self.store = store
         self.admins = dict(admins)
         self.max_pixels = max_pixels
+        self.image_formats = tuple(image_formats)
         self.drain_timeout_s = drain_timeout_s
         self.registered: dict[str, dict[str, Registration]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -280,7 +283,7 @@ class ModelManager:
             min_w = max_w = 1 if initial_workers is None else max(0, initial_workers)
         return Registration(
             store=sv,
-            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels),
+            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels, self.image_formats),
             url=url,
             backends=self.eligible(sv.name, sv),
             min_workers=min_w,

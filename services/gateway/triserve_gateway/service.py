@@ -10,7 +10,6 @@ renders the :class:`Served` result.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from triserve_common.errors import TriserveError
+from triserve_common.errors import TriserveError, UnprocessableError
+from triserve_common.tensor_checks import DecodeLimits
+from triserve_gateway.budget import RequestBudget
 from triserve_gateway.gateway import Gateway, RoutedResult
 from triserve_gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from triserve_gateway.models import ModelVersion
@@ -89,6 +90,16 @@ class InferenceService:
         self.settings = settings
         self.shadows = shadows
         """Shadow traffic of the routes that configure it (None = no shadows)."""
+        self.budget = RequestBudget.from_settings(settings)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """OIP v2 decoding limits: JSON values for ``max_rows`` rows of the largest registered model
+        input (versions come and go at run time)."""
+        catalog = self.gateway.catalog
+        return self.budget.json_limits(
+            catalog.get(name, version).input for name in catalog.names() for version in catalog.versions(name)
+        )
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
@@ -120,6 +131,7 @@ class InferenceService:
             if self.shadows is not None:
                 self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend
+        _check_finite(result)
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
         self.metrics.torchserve.count_inference(track.model, request.version, served.total_s, result.queue_s)
@@ -130,14 +142,25 @@ class InferenceService:
         return served
 
     async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
-        """The payload's tensor, or its images decoded: inline when small (a small PNG takes
-        microseconds), in a worker thread when big. (Explanations and the demo's input view use it too.)"""
+        """The payload's tensor, or its images decoded, within the request budget
+        (:mod:`triserve_gateway.budget`: rows, images, pixels; decoded off the loop when big).
+        (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None
+            self.budget.check_rows(payload.tensor.shape[0])
             return payload.tensor
-        if sum(len(i) for i in payload.images) <= self.settings.inline_decode_max_bytes:
-            return mv.preprocessor.batch(payload.images, payload.what)
-        return await asyncio.to_thread(mv.preprocessor.batch, payload.images, payload.what)
+        return await self.budget.decode(mv.preprocessor, payload.images, payload.what)
+
+
+def _check_finite(result: RoutedResult) -> None:
+    """422 when the model's output is NaN/Inf: finite inputs far outside the model's range (say
+    3e38) overflow inside it. The backend did its job (its breaker counted a success)."""
+    if not np.isfinite(result.value).all():
+        rows = np.flatnonzero(~np.isfinite(result.value).all(axis=1))
+        raise UnprocessableError(
+            f"the model's output for row(s) {rows[:10].tolist()} is not finite (NaN/Inf): "
+            "the input values are far outside the range the model was trained on"
+        )
 
 
 class RequestTrack:

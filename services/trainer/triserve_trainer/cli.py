@@ -1,7 +1,7 @@
 """``triserve-train``: data → training → TorchScript/.mar/ONNX/Paddle exports → parity → model store.
 
 Also ``--quantize-from V`` (an INT8 version of FP32 version V) and ``--repack`` (rebuild a version's
-``.mar`` with the current handler, weights untouched). The job itself is :func:`triserve_trainer.job.run_job`.
+``.mar`` with the current handler, weights untouched). The job: :func:`triserve_trainer.runner.run_job`.
 
 Exit codes: 0 success; 1 parity (or --min-accuracy) failed, nothing published; 2 bad data, options,
 checkpoint, a full disk or an existing version without --force.
@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 
 from triserve_trainer.config import JobConfig, build_parser
-from triserve_trainer.job import JobError, JobResult, run_job
+from triserve_trainer.job import JobError, JobResult
+from triserve_trainer.runner import run_job
 
 __all__ = ["JobConfig", "JobError", "JobResult", "build_parser", "main", "run_job"]
 

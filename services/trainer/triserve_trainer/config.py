@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         "check parity and publish a versioned model store entry; or make an INT8 version of an "
         "existing one (--quantize-from), or rebuild a version's .mar with the current handler (--repack).",
     )
+    _where_args(p)
+    _training_args(p)
+    _check_args(p)
+    _mode_args(p)
+    return p
+
+
+def _where_args(p: argparse.ArgumentParser) -> None:
+    """Model, data, store and version."""
     p.add_argument(
         "--model",
         "--name",
@@ -113,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store root [%(default)s]")
     p.add_argument("--version", default=None, help="version to write (default: next free, 1 for a new model)")
     p.add_argument("--force", action="store_true", help="replace an existing version (atomically)")
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    """Hyper-parameters, threads, checkpoints."""
     p.add_argument("--epochs", type=int, default=None, help="default: the model's (mnist 15, fashion 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
@@ -130,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint file (or a checkpoints dir → its last.pt) to continue from",
     )
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    """Smoke-run limits, parity and accuracy floors, output."""
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N held-out images")
     p.add_argument("--tolerance", type=float, default=1e-4, help="parity: max |logit diff| [%(default)s]")
@@ -142,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without random shifts/rotations/flips")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--no-download", action="store_true", help="never download data; fail if it is not here")
+
+
+def _mode_args(p: argparse.ArgumentParser) -> None:
+    """INT8 quantisation and .mar repack."""
     p.add_argument(
         "--quantize-from",
         default=None,
@@ -171,4 +192,3 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild --version's .mar from its model.pt with the current handler (weights untouched)",
     )
-    return p
