@@ -118,7 +118,9 @@ async def test_retry_on_another_backend_after_retryable_error(error: Exception) 
     results = [await infer(gw, "mnist", None, batch(d), f"r{d}") for d in range(10)]
     assert [labels(r.value)[0] for r in results] == list(range(10))
     assert all(r.backend != "onnx" for r in results)
-    assert sample(metrics, "triserve_gateway_failovers_total", model="mnist", backend="onnx") >= 1
+    name = "triserve_gateway_failovers_total"
+    failovers = sample(metrics, name, model="mnist", version="1", backend="onnx")
+    assert failovers >= 1
     await gw.close()
 
 
@@ -204,7 +206,7 @@ async def test_concurrent_requests_are_batched_per_backend_with_own_answers() ->
     assert sum(calls) == 64 and len(calls) < 64 and max(calls) <= 16
     # the ids of the batch's requests travel with it
     assert any(rid and "," in rid for rid in fb["onnx"].request_ids)
-    count = sample(metrics, "triserve_gateway_batch_size_count", model="mnist", backend="onnx")
+    count = sample(metrics, "triserve_gateway_batch_size_count", model="mnist", version="1", backend="onnx")
     assert count == len(calls)
     await gw.close()
 

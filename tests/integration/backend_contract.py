@@ -68,9 +68,11 @@ def request_count(url: str, model: str, status: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         if family.name == "triserve_inference_requests":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels == {"model": model, "status": status}:
-                    return sample.value
+            return sum(
+                sample.value for sample in family.samples
+                if sample.name.endswith("_total") and sample.labels["model"] == model
+                and sample.labels["status"] == status
+            )
     return 0.0
 
 
@@ -280,7 +282,7 @@ class BackendContract:
         assert request_count(url, "mnist", "400") == bad0 + 1
         assert request_count(url, "_unknown", "404") == unknown0 + 1
         text = httpx.get(f"{url}/metrics").text
-        assert 'triserve_inference_batch_size_bucket{le="4.0",model="mnist"}' in text
+        assert 'triserve_inference_batch_size_bucket{le="4.0",model="mnist",version="1"}' in text
         assert "triserve_inference_request_duration_seconds_bucket" in text
 
     def test_request_id_is_echoed(self, service: Running, digits: Digits) -> None:

@@ -161,7 +161,7 @@ async def predictions(request: Request) -> Response:
     service = service_of(request)
     model, version = model_target(request)
     topk = raw_topk(request)
-    with service.track(model, start) as track:
+    with service.track(model, start, version) as track:
         images = await request_images(request, service.settings)
         prepare = partial(images_payload, images, topk)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)

@@ -95,7 +95,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start(health_checks=health_checks)
         if health_checks:
-            await manager.start(routing.health.interval_s)
+            first = max(1.0, 2 * routing.health.timeout_s)  # the backends' first reports, before serving
+            await manager.start(routing.health.interval_s, first_timeout_s=first)
         # What startup loaded (app, models, sessions: ~90k objects) stays: keep it out of the cyclic
         # collector, whose full passes over it stalled the event loop under load (issue 12, 32 clients on
         # the shared box: 9 passes of 130-160 ms in 17 s; frozen: 1-6 ms). Frozen objects dropped later

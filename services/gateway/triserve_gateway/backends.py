@@ -2,8 +2,8 @@
 
 - :class:`OipV2Client` (ONNX and Paddle services): OIP v2 ``/v2/models/{m}[/versions/{v}]/infer``
   with binary tensors both ways (``Inference-Header-Content-Length``).
-- :class:`TorchServeClient`: ``POST /predictions/{m}[/{v}]`` with a ``.npy`` float32
-  ``[N,1,28,28]`` body; the handler answers a ``.npy`` float32 logits ``[N,10]``.
+- :class:`TorchServeClient`: ``POST /predictions/{m}[/{v}]`` with a ``.npy`` float32 body shaped
+  like the model input (``[N, C, H, W]``); the handler answers a ``.npy`` of float32 logits ``[N, classes]``.
 
 Transport: aiohttp's client (HTTP/1.1 keep-alive pool, C-accelerated parser). Measured on the 2-core
 box, 3,000 sequential binary v2 calls to the ONNX service: httpx.AsyncClient 2.7-3.3 ms per call,
@@ -13,7 +13,9 @@ first use, inside the running event loop (aiohttp requires one).
 Failures are classified for failover (:mod:`triserve_gateway.errors`): connection errors and
 503/429 → :class:`BackendUnavailableError`, timeouts → ``BackendTimeoutError``, other 5xx →
 ``BackendError`` (all retryable, counted by the breaker); 404 → :class:`BackendNotServingError`
-(tried elsewhere, not counted); other 4xx → :class:`BackendRejectedError` (final, not counted).
+(the backend does not hold that model version: tried elsewhere, not counted, and the version comes off
+that backend until it reports holding it again); other 4xx → :class:`BackendRejectedError` (final, not
+counted).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Schema (see the default file for a commented example)::
         strategy: p2c               # p2c | weighted | round-robin | least-outstanding | fastest
         backends: [{name: onnx, weight: 100}, {name: torchserve, weight: 1}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+        default_version: "1"        # optional: else the highest registered version
         shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
           candidates: [{backend: paddle, fraction: 0.1}, {version: "2", fraction: 0.05}]
           max_concurrent: 2
@@ -126,6 +127,9 @@ class ModelRoute(_Strict):
     """Backends tried per request (first try + failovers); None = every backend of the model."""
     shadow: ShadowConfig | None = None
     """Shadow traffic to candidates (:mod:`triserve_gateway.shadow`); None = none."""
+    default_version: str | None = None
+    """Version a request without one gets, once registered at start; None = the highest registered
+    (the management API's ``set-default`` changes it at run time)."""
 
 
 class HealthConfig(_Strict):

@@ -9,7 +9,7 @@
   readiness, routing strategy and its backends' names, protocols and health; no URL and no error
   message (those are on the management API only).
 - ``POST|PUT /demo/input/{model}[/{version}]``: the image the model receives after the gateway's
-  preprocessing, as a PNG of the input's size (28x28 for MNIST): the float tensor mapped back to
+  preprocessing, as a PNG of the input's size (the manifest's width x height): the float tensor mapped back to
   8-bit pixels (``(x * std + mean) / scale``), so inversion and resizing show as the model sees them.
 """
 
@@ -94,7 +94,7 @@ async def catalog(request: Request) -> JSONResponse:
     gateway = service_of(request).gateway
     models = []
     for name in gateway.routed():
-        versions = gateway.catalog.versions(name)
+        versions = gateway.served_versions(name)
         if not versions:
             continue
         route = gateway.route(name)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from triserve_cli.bench.paths import ADDED_LATENCY_PAIRS, ROUTED_PATHS
+from triserve_cli.bench.paths import ADDED_LATENCY_PAIRS, INT8_PAIRS, ROUTED_PATHS
 
 Result = dict[str, Any]
 """One measurement: ``path``, ``concurrency`` and :meth:`WrkResult.to_dict`'s fields."""
@@ -189,6 +189,32 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def _int8_ratio(fp32: float, int8: float, fmt: str) -> str:
+    return f"{fp32:{fmt}} / {int8:{fmt}} = {int8 / fp32:.2f}x" if fp32 > 0 else "n/a"
+
+
+def int8_table(results: Sequence[Result], few: int = 1, many: int = 32) -> str:
+    """INT8 (mnist v2) vs FP32 (v1) per backend, as ratios of the same run: p50 at ``few`` clients,
+    req/s at ``many`` ("" when no INT8 path was measured)."""
+    lines = []
+    for int8, fp32 in INT8_PAIRS:
+        i1, f1 = lookup(results, int8, few), lookup(results, fp32, few)
+        im, fm = lookup(results, int8, many), lookup(results, fp32, many)
+        if not (i1 and f1) and not (im and fm):
+            continue
+        p50 = _int8_ratio(f1["p50_ms"], i1["p50_ms"], ".2f") if i1 and f1 else "n/a"
+        rps = _int8_ratio(fm["rps"], im["rps"], ".0f") if im and fm else "n/a"
+        lines.append(f"| {fp32.removeprefix('gateway-')} | {p50} | {rps} |")
+    if not lines:
+        return ""
+    head = [
+        f"| backend (via the gateway) | p50 ms at c={few}: FP32 / INT8 = INT8 ratio "
+        f"| req/s at c={many}: FP32 / INT8 = INT8 ratio |",
+        "|---|---:|---:|",
+    ]
+    return "\n".join(head + lines)
+
+
 def targets_table(rows: Sequence[dict[str, Any]]) -> str:
     """The targets as a Markdown table (figures without a goal: "reported")."""
     lines = ["| target | measured | goal | met |", "|---|---:|---:|:---:|"]
@@ -258,12 +284,12 @@ def write_json(document: dict[str, Any], path: Path) -> Path:
 
 def markdown(document: dict[str, Any]) -> str:
     """Results, generator check and targets of a run, as pasted into BENCHMARKS.md."""
-    return "\n\n".join(
-        [
-            table(document["results"]),
-            generator_table(document["generator"]),
-            split_table(document["results"]),
-            targets_table(document["targets"]),
-            verdicts(document["targets"]),
-        ]
-    )
+    parts = [
+        table(document["results"]),
+        int8_table(document["results"]),
+        generator_table(document["generator"]),
+        split_table(document["results"]),
+        targets_table(document["targets"]),
+        verdicts(document["targets"]),
+    ]
+    return "\n\n".join(p for p in parts if p)

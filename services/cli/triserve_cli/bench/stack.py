@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from triserve_cli.bench.paths import FP32_VERSION
 from triserve_cli.launcher import (
     RUN_ID_ENV,
     PlatformConfig,
@@ -117,15 +118,19 @@ def _torchserve_ports() -> dict[str, int]:
 
 
 def stock_model_store(
-    model_store: Path, target: Path, model: str = "mnist", model_config: str = STOCK_MODEL_CONFIG
+    model_store: Path,
+    target: Path,
+    model: str = "mnist",
+    model_config: str = STOCK_MODEL_CONFIG,
+    version: str = FP32_VERSION,
 ) -> Path:
-    """A model store at ``target`` whose ``.mar`` has ``model_config`` (default: TorchServe's stock
-    per-model config) as its ``model-config.yaml``.
+    """A model store at ``target`` whose ``.mar`` (``model``/``version``) has ``model_config``
+    (default: TorchServe's stock per-model config) as its ``model-config.yaml``.
 
     The archive is copied entry by entry with ``model-config.yaml`` replaced; the copied manifest's
     ``torchserve`` entry is updated to the new archive's size and sha256 so that it still verifies.
     """
-    source = torchserve_store(model_store, model)
+    source = torchserve_store(model_store, model, version)
     version_dir = target / model / source.name
     version_dir.mkdir(parents=True, exist_ok=True)
     mar = version_dir / f"{model}.mar"
