@@ -226,6 +226,8 @@ async def test_v2_explain(client: httpx.AsyncClient, backends: dict[str, FakeBac
 async def test_demo_page_and_assets(client: httpx.AsyncClient) -> None:
     r = await client.get("/")
     assert r.status_code == 307 and r.headers["location"] == "/demo/"
+    r = await client.get("/?model=fashion")  # the page opens the model named in its query
+    assert r.status_code == 307 and r.headers["location"] == "/demo/?model=fashion"
     r = await client.get("/demo/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]

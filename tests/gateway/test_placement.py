@@ -204,3 +204,22 @@ async def test_not_ready_until_the_backends_have_loaded_the_start_set(
         assert (await gw.client.get("/v2/health/ready")).status_code == 200
         r = await gw.predict("/predictions/mnist/2", **{"X-Backend": "torchserve"})
         assert r.status_code == 200 and r.headers["x-backend"] == "torchserve"
+
+
+async def test_a_backend_failing_its_probe_while_loading_is_waited_for(
+    launch: Launch, admins: dict[str, FakeAdmin], backends: dict[str, FakeBackend]
+) -> None:
+    """TorchServe answers its probe 500 while workers start: the gateway waits for it (it was up at
+    the start), instead of declaring itself ready without it."""
+    admins["torchserve"].holding[("mnist", "2")] = 0  # registered, no READY worker yet
+    async with launch() as gw:
+        gateway = gw.gateway
+        backends["torchserve"].healthy = False
+        await eventually(lambda: not gateway.backends["torchserve"].healthy, "torchserve probe fails")
+        for _ in range(5):
+            assert not gateway.ready()
+            await gateway.check_health()
+        admins["torchserve"].holding[("mnist", "2")] = 1
+        backends["torchserve"].healthy = True
+        await eventually(gateway.ready, "ready once torchserve holds what it loads")
+        assert "torchserve" in gateway.placement[("mnist", "2")]

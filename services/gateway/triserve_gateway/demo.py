@@ -54,9 +54,10 @@ def input_png(mv: ModelVersion, x: Array) -> bytes:
     return buf.getvalue()
 
 
-async def root() -> RedirectResponse:
-    """``GET /`` and ``GET /demo``: to the page."""
-    return RedirectResponse("/demo/", status_code=307)
+async def root(request: Request) -> RedirectResponse:
+    """``GET /`` and ``GET /demo``: to the page, query kept (``/?model=fashion`` opens that model)."""
+    query = request.url.query
+    return RedirectResponse("/demo/" + (f"?{query}" if query else ""), status_code=307)
 
 
 async def page() -> FileResponse:

@@ -113,11 +113,15 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._settled = False
+        self._seen_up: set[str] = set()
+        """Backends that passed a health check since the start (a backend down from the start is not
+        waited for; one that was up and fails its probe while loading — TorchServe does — is)."""
 
     async def start(self, interval_s: float, first_timeout_s: float) -> None:
         """Take every healthy backend's first report (at most ``first_timeout_s``; nothing is loaded
         yet, so the gateway starts routing what is held at once), then reconcile every ``interval_s``."""
         self._started_at = time.monotonic()
+        self._note_up()
         reports = (self._backend(b, a, fresh=False, may_load=False) for b, a in self.manager.admins.items()
                    if (s := self.manager.gateway.backends.get(b)) is not None and s.healthy)
         with contextlib.suppress(TimeoutError):
@@ -125,24 +129,26 @@ class Reconciler:
         self._task = asyncio.get_running_loop().create_task(self._loop(interval_s))
 
     def settling(self) -> bool:
-        """Whether a healthy backend is still loading a version of the start set (the gateway is not
-        ready until then: ``make up`` returns once every backend serves what it loads). Only after
-        :meth:`start`, once (settled stays settled), and ``settle_timeout_s`` after the start at most."""
+        """Whether a backend that has been up since the start is still loading a version of the start
+        set (the gateway is not ready until then: ``make up`` returns once every backend serves what it
+        loads). Only after :meth:`start`, once (settled stays settled), ``settle_timeout_s`` at most."""
         if self._settled or self._started_at is None:
             return False
         if time.monotonic() - self._started_at > self.settle_timeout_s:
             self._settled = True
             return False
-        backends = self.manager.gateway.backends
+        self._note_up()
         for regs in self.manager.registered.values():
             for reg in regs.values():
                 if reg.loaded_at_startup and any(
-                    state == LOADING and (b := backends.get(name)) is not None and b.healthy
-                    for name, state in reg.state.items()
+                    state == LOADING and name in self._seen_up for name, state in reg.state.items()
                 ):
                     return True
         self._settled = True
         return False
+
+    def _note_up(self) -> None:
+        self._seen_up.update(n for n, s in self.manager.gateway.backends.items() if s.healthy)
 
     async def stop(self) -> None:
         if self._task is not None:
