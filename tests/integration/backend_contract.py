@@ -167,6 +167,9 @@ class BackendContract:
         return {
             f"{p}PORT": str(port),
             f"{p}MODEL_STORE": str(store),
+            # the contract is checked on the FP32 version (a request without a version gets the highest
+            # loaded one, and the store also holds the INT8 mnist/2)
+            f"{p}MODEL_VERSION": "1",
             f"{p}MAX_BODY_BYTES": str(MAX_BODY),
             f"{p}LOG_LEVEL": "info",
             **{f"{p}{k.upper()}": v for k, v in extra.items()},
@@ -310,7 +313,8 @@ class BackendContract:
             two = {"parameters": {"version": 1, "instance_count": 2}}
             load = httpx.post(f"{repo}/models/mnist/load", json=two, timeout=120)
             assert load.status_code == 200 and load.content == b"", load.text
-            (row,) = [r for r in httpx.post(f"{repo}/index").json() if r["version"] == "1"]
+            index = httpx.post(f"{repo}/index").json()
+            (row,) = [r for r in index if (r["name"], r["version"]) == ("mnist", "1")]
             assert row["state"] == "READY" and row["instances"] == 2
             _, logits = infer_binary(url, digits.x[:8])
             expected = self.direct(model_store / "mnist" / "1", digits.x[:8])
