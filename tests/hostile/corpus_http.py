@@ -40,7 +40,7 @@ BAD_VERSIONS = (
     "latest",
     "LATEST",
     "0",
-    "2",
+    "3",  # the store holds versions 1 and 2
     "-1",
     "1.0",
     "01",
