@@ -63,6 +63,35 @@ async def test_forced_backend_is_used_and_unknown_backend_is_400() -> None:
     await gw.close()
 
 
+async def test_p2c_follows_latency_away_from_a_backend_that_slows_down() -> None:
+    fb = fakes()
+    fb["onnx"].delay, fb["paddle"].delay, fb["torchserve"].delay = 0.001, 0.05, 0.05
+    gw, _ = make(fb, strategy="p2c", batching=False)
+    for _ in range(40):
+        await infer(gw, "mnist", None, batch(1))
+    assert len(fb["onnx"].calls) >= 36  # each of the others is tried once (unmeasured), then lost
+    fb["onnx"].delay = 0.5  # onnx gets 500x slower
+    before = {n: len(b.calls) for n, b in fb.items()}
+    for _ in range(20):
+        await infer(gw, "mnist", None, batch(1))
+    moved = sum(len(fb[n].calls) - before[n] for n in ("paddle", "torchserve"))
+    assert moved >= 15, {n: len(b.calls) - before[n] for n, b in fb.items()}
+    await gw.close()
+
+
+async def test_p2c_spreads_concurrent_requests_by_requests_in_flight() -> None:
+    fb = fakes(delay=0.02)
+    gw, _ = make(fb, strategy="p2c", batching=False)
+    for _ in range(6):  # every backend measured: equal latencies
+        await infer(gw, "mnist", None, batch(1))
+    before = {n: len(b.calls) for n, b in fb.items()}
+    results = await asyncio.gather(*(infer(gw, "mnist", None, batch(d % 10)) for d in range(30)))
+    assert [labels(r.value) for r in results] == [[d % 10] for d in range(30)]
+    share = {n: len(b.calls) - before[n] for n, b in fb.items()}
+    assert all(count >= 5 for count in share.values()), share  # not all 30 on the cheapest one
+    await gw.close()
+
+
 async def test_weights_route_traffic_and_zero_weight_is_failover_only() -> None:
     fb = fakes()
     gw, _ = make(fb, weights={"onnx": 3, "paddle": 1, "torchserve": 0}, batching=False)

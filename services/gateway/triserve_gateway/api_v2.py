@@ -36,6 +36,7 @@ from triserve_common.server import model_target, read_body
 from triserve_gateway import __version__
 from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import (
+    DirectRoute,
     class_count,
     forced_backend,
     predicted_labels,
@@ -247,8 +248,8 @@ def register(app: FastAPI) -> None:
                           summary="Model readiness (a healthy backend exists)",
                           operation_id=f"model_ready{suffix}", openapi_extra=spec.with_path(prefix),
                           responses=spec.model_ready_responses())
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
-                          summary="Inference: FP32 tensors or BYTES encoded images",
-                          operation_id=f"infer{suffix}",
-                          openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
-                          responses=spec.infer_responses())
+        app.router.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
+                                 summary="Inference: FP32 tensors or BYTES encoded images",
+                                 operation_id=f"infer{suffix}",
+                                 openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
+                                 responses=spec.infer_responses(), route_class_override=DirectRoute)

@@ -8,8 +8,8 @@ Schema (see the default file for a commented example)::
                    management_url: "http://127.0.0.1:8086", metrics_url: "http://127.0.0.1:8087"}
     models:
       mnist:
-        strategy: weighted          # weighted | round-robin | least-outstanding | fastest
-        backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
+        strategy: p2c               # p2c | weighted | round-robin | least-outstanding | fastest
+        backends: [{name: onnx, weight: 100}, {name: torchserve, weight: 1}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
         default_version: "1"        # optional: else the highest registered version
         shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from triserve_common.errors import TriserveError
 from triserve_common.manifest import ArtifactKind
-from triserve_gateway.routing import StrategyName
+from triserve_gateway.routing import DEFAULT_STRATEGY, StrategyName
 from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
 Protocol = Literal["oip-v2", "torchserve"]
@@ -72,7 +72,8 @@ class BackendRef(_Strict):
 
     name: str
     weight: float = Field(default=1.0, ge=0)
-    """Relative share under ``weighted``; 0 = no regular traffic, failover and forced use only."""
+    """Relative worth: the share under ``weighted``, the cost divisor under ``p2c``; 0 = no regular
+    traffic, failover and forced use only."""
 
 
 class BatchingConfig(_Strict):
@@ -120,7 +121,7 @@ class ModelRoute(_Strict):
     """Routing of one model."""
 
     backends: list[BackendRef] = Field(min_length=1)
-    strategy: StrategyName = "weighted"
+    strategy: StrategyName = DEFAULT_STRATEGY
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""

@@ -355,12 +355,15 @@ class Gateway:
             if target.route.config.batching.enabled:
                 key = (target.model, target.version, state.name)
                 outcome = await self._batchers.get(key).submit(x, request_id)
-                return outcome.value, outcome.queue_s, outcome.run_s
-            start = time.perf_counter()
-            value = await self._call(state, target.mv, target.version, x, [request_id])
-            return value, 0.0, time.perf_counter() - start
+                value, queue_s, run_s = outcome.value, outcome.queue_s, outcome.run_s
+            else:
+                start = time.perf_counter()
+                value = await self._call(state, target.mv, target.version, x, [request_id])
+                queue_s, run_s = 0.0, time.perf_counter() - start
         finally:
             state.stats.outstanding -= 1
+        state.stats.observe_latency(queue_s + run_s)  # what this request saw there: routing's signal
+        return value, queue_s, run_s
 
     def _check_input(self, mv: ModelVersion, x: Array) -> None:
         expected = mv.input.shape
@@ -398,10 +401,9 @@ class Gateway:
     async def _call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
     ) -> Array:
-        """One backend call (one batch): breaker bookkeeping, latency stats, failure metrics."""
+        """One backend call (one batch): breaker bookkeeping, failure metrics."""
         ids = [t for t in tags if t]
         request_id = ",".join(ids) if ids else None
-        start = time.perf_counter()
         try:
             y = await state.client.infer(mv.name, version, x, request_id, mv.input.name, mv.output.name)
             if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
@@ -421,7 +423,6 @@ class Gateway:
             self._record_failure(state, err)
             raise err from exc
         state.breaker.record_success()
-        state.stats.observe_latency(time.perf_counter() - start)
         self._publish_up(state)
         return y.astype(np.float32, copy=False)
 

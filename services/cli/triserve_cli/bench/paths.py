@@ -3,6 +3,9 @@
 Every path is one (service instance, endpoint, payload) triple. Services (see :mod:`.stack`):
 
 - ``torchserve-stock``: TorchServe in its stock configuration (1 worker, batch size 1): the baseline;
+- ``torchserve-tuned``: TorchServe tuned as its docs advise (workers, batch size and delay from a sweep,
+  quiet logging, no access log; :class:`~triserve_cli.bench.stack.TorchServeTuning`): the peer a careful
+  user would run instead;
 - ``torchserve``, ``onnx``, ``paddle``: the backends as the platform configures them;
 - ``gateway``: the gateway with its default routing file;
 - ``gateway-batching`` / ``gateway-nobatching``: the gateway with dynamic batching forced on / off.
@@ -65,6 +68,11 @@ PATHS: tuple[BenchPath, ...] = (
         "torchserve-stock", "PUT", TS_PREDICT, "png", "text",
     ),
     BenchPath(
+        "torchserve-tuned",
+        "TorchServe direct, tuned as its docs advise (workers, batching, quiet logs), PNG upload",
+        "torchserve-tuned", "PUT", TS_PREDICT, "png", "text",
+    ),
+    BenchPath(
         "torchserve", "TorchServe direct, platform config, .npy tensor", "torchserve", "PUT", TS_PREDICT,
         "npy", "npy",
     ),
@@ -95,6 +103,9 @@ ADDED_LATENCY_PAIRS: tuple[tuple[str, str], ...] = (
     ("gateway-torchserve", "torchserve"),
 )
 """(gateway path, the same backend direct): their p50 difference at one client is the gateway's cost."""
+
+ROUTED_PATHS: frozenset[str] = frozenset({"gateway-auto", "gateway-png"})
+"""The paths routed by the gateway's default strategy (their traffic split is reported)."""
 
 INT8_PAIRS: tuple[tuple[str, str], ...] = (
     ("gateway-onnx-int8", "gateway-onnx"),
