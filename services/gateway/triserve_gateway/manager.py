@@ -67,7 +67,7 @@ class ModelManager:
         max_pixels: int,
         drain_timeout_s: float = 30.0,
         image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
-        settle_timeout_s: float = 300.0,
+        settle_timeout_s: float = 180.0,
     ) -> None:
         self.gateway = gateway
         self.store = store
