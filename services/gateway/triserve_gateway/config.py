@@ -153,6 +153,9 @@ class RoutingConfig(_Strict):
     models: dict[str, ModelRoute]
     health: HealthConfig = Field(default_factory=HealthConfig)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    default_strategy: StrategyName = DEFAULT_STRATEGY
+    """Strategy of a model registered without a route under ``models:`` (e.g. ``fashion``); the
+    strategy override (``TRISERVE_GATEWAY_STRATEGY``) sets it too."""
 
     @model_validator(mode="after")
     def _check_refs(self) -> RoutingConfig:
@@ -215,6 +218,7 @@ def apply_overrides(config: RoutingConfig, settings: GatewaySettings | RoutingOv
             ref.weight = o.weights.get(ref.name, ref.weight)
         route.strategy = o.strategy or route.strategy
         route.batching = _updated(route.batching, o.batching)
+    cfg.default_strategy = o.strategy or cfg.default_strategy
     cfg.health = _updated(cfg.health, o.health)
     cfg.circuit = _updated(cfg.circuit, o.circuit)
     return cfg

@@ -67,7 +67,7 @@ class ModelManager:
         max_pixels: int,
         drain_timeout_s: float = 30.0,
         image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
-        settle_timeout_s: float = 300.0,
+        settle_timeout_s: float = 180.0,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -312,7 +312,8 @@ class ModelManager:
             names.update(self.eligible(reg.name, self.store.get(reg.name, version)))
         batching = BatchingConfig(max_batch_size=max(1, reg.batch_size))
         backends = [BackendRef(name=b) for b in self.gateway.routing.backends if b in names]
-        return ModelRoute(backends=backends, batching=batching)
+        strategy = self.gateway.routing.default_strategy
+        return ModelRoute(backends=backends, batching=batching, strategy=strategy)
 
     def publish(self, reg: Registration) -> None:
         """Route ``reg`` to the backends holding it, with the reason each other backend does not."""

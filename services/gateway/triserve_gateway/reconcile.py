@@ -106,49 +106,42 @@ def absences(manager: ModelManager, reg: Registration) -> dict[str, Absence]:
 class Reconciler:
     """Keeps each registration's per-backend state equal to what the backends report (see module doc)."""
 
-    def __init__(self, manager: ModelManager, settle_timeout_s: float = 300.0) -> None:
+    def __init__(self, manager: ModelManager, settle_timeout_s: float = 180.0) -> None:
         self.manager = manager
         self.settle_timeout_s = settle_timeout_s
         self._synced: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._settled = False
-        self._seen_up: set[str] = set()
-        """Backends that passed a health check since the start (a backend down from the start is not
-        waited for; one that was up and fails its probe while loading — TorchServe does — is)."""
 
     async def start(self, interval_s: float, first_timeout_s: float) -> None:
-        """Take every healthy backend's first report (at most ``first_timeout_s``; nothing is loaded
-        yet, so the gateway starts routing what is held at once), then reconcile every ``interval_s``."""
+        """Take every backend's first report (at most ``first_timeout_s``; nothing is loaded yet, so the
+        gateway starts routing what is held at once), then reconcile every ``interval_s``."""
         self._started_at = time.monotonic()
-        self._note_up()
         reports = (self._backend(b, a, fresh=False, may_load=False) for b, a in self.manager.admins.items()
-                   if (s := self.manager.gateway.backends.get(b)) is not None and s.healthy)
+                   if b in self.manager.gateway.backends)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*reports, return_exceptions=True), first_timeout_s)
         self._task = asyncio.get_running_loop().create_task(self._loop(interval_s))
 
     def settling(self) -> bool:
-        """Whether a backend that has been up since the start is still loading a version of the start
-        set (the gateway is not ready until then: ``make up`` returns once every backend serves what it
-        loads). Only after :meth:`start`, once (settled stays settled), ``settle_timeout_s`` at most."""
+        """Whether a backend has not reported a version of the start set ready yet (the gateway is not
+        ready until then: ``make up`` returns once every backend serves what it loads; backends start
+        side by side with the gateway and TorchServe fails its probe while its workers start). Only
+        after :meth:`start`, once (settled stays settled), and ``settle_timeout_s`` at most (a backend
+        down at the start delays readiness by that much)."""
         if self._settled or self._started_at is None:
             return False
         if time.monotonic() - self._started_at > self.settle_timeout_s:
+            log.warning("start set not loaded everywhere after %.0fs: ready anyway", self.settle_timeout_s)
             self._settled = True
             return False
-        self._note_up()
         for regs in self.manager.registered.values():
             for reg in regs.values():
-                if reg.loaded_at_startup and any(
-                    state == LOADING and name in self._seen_up for name, state in reg.state.items()
-                ):
+                if reg.loaded_at_startup and LOADING in reg.state.values():
                     return True
         self._settled = True
         return False
-
-    def _note_up(self) -> None:
-        self._seen_up.update(n for n, s in self.manager.gateway.backends.items() if s.healthy)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -163,8 +156,14 @@ class Reconciler:
 
     async def _one(self, backend: str, admin: BackendAdmin) -> None:
         state = self.manager.gateway.backends.get(backend)
-        if state is None or not state.healthy:
+        if state is None:
+            return
+        if not state.healthy:
+            # not routed to anyway; its report still keeps the states current (TorchServe fails its
+            # probe while workers start, yet answers what it holds) — nothing is loaded on it
             self._synced.discard(backend)
+            with contextlib.suppress(BackendAdminError):
+                await self._backend(backend, admin, fresh=False, may_load=False)
             return
         fresh = backend not in self._synced
         try:
