@@ -22,7 +22,7 @@ EXTRA_CA ?=
 # Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: help venv install java deps data up down run status test lint readme clean images compose-test
+.PHONY: help venv install java deps data up down run status test bench lint readme clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -76,6 +76,12 @@ status: install ## which services run and are ready
 
 test: deps install ## the whole test suite (unit, integration with real services, compose end to end)
 	$(ACTIVATE) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole benchmark (BENCHMARKS.md): every path at 1/8/32/64 clients, ~17 min; needs wrk and Java 17.
+# `make bench ARGS="--out docs/benchmarks --retries 1"` writes where BENCHMARKS.md links.
+bench: install java ## the full benchmark (`triserve bench`): table, JSON, plot and PASS/MISS per target
+	@command -v wrk >/dev/null || { echo "wrk not found: sudo apt-get install -y wrk"; exit 1; }
+	$(ACTIVATE) $(BIN)/triserve bench $(ARGS)
 
 images: ## build the CPU images (OFFLINE=1: no registry needed; EXTRA_CA=FILE: CA for pip in builds)
 	@scripts/system-deps.sh docker

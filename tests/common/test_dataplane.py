@@ -50,8 +50,12 @@ async def run(
 
 
 def samples(dp: DataPlane, model: str, status: str) -> float:
-    value = dp.metrics.requests.labels(model, status)._value.get()
-    return float(value)
+    """Requests of ``model`` answered ``status``, over every version label."""
+    (family,) = dp.metrics.requests.collect()
+    return sum(
+        s.value for s in family.samples
+        if s.name.endswith("_total") and s.labels["model"] == model and s.labels["status"] == status
+    )
 
 
 async def test_binary_request_runs_the_runtime(plane: DataPlane) -> None:
@@ -149,7 +153,8 @@ async def test_metrics_count_requests_by_model_and_status(plane: DataPlane) -> N
     assert samples(plane, "mnist", "200") == 2
     assert samples(plane, "mnist", "400") == 1
     assert samples(plane, UNKNOWN_MODEL_LABEL, "404") == 1
-    batch = plane.metrics.batch_size.labels("mnist")
+    assert plane.metrics.requests.labels(UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, "404")._value.get() == 1
+    batch = plane.metrics.batch_size.labels("mnist", "1")
     assert batch._sum.get() == 5  # 2 + 3 items
 
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.gateway.fakes import SPEC, FakeBackend, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import SPEC, FakeBackend, digit_png, fake_admins, fakes, routing, write_store
 from triserve_common import codec
 from triserve_gateway.app import create_app
 from triserve_gateway.preprocess import ImagePreprocessor
@@ -28,7 +28,8 @@ INFER = "/v2/models/mnist/infer"
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     backends: dict[str, FakeBackend] = fakes()
     settings = GatewaySettings(model_store=write_store(tmp_path))
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
     async with app.router.lifespan_context(app), http as c:
         yield c

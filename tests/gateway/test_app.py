@@ -254,12 +254,20 @@ async def test_metrics_show_traffic_by_backend(app: FastAPI, client: httpx.Async
     for name in ("onnx", "paddle"):
         await client.post("/predictions/mnist", content=digit_png(1), headers={"X-Backend": name})
     await client.post("/predictions/mnist", content=b"junk")
+    # unknown versions and models share one label value each: clients cannot grow the label set
+    for path in ("/predictions/mnist/9", "/predictions/mnist/x1", "/predictions/nope/1", "/predictions/no"):
+        assert (await client.post(path, content=digit_png(1))).status_code == 404
     metrics = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.metrics_app), base_url="http://m")
     async with metrics:
         text = (await metrics.get("/metrics")).text
-    assert 'triserve_gateway_requests_total{backend="onnx",model="mnist",status="200"} 1.0' in text
-    assert 'triserve_gateway_requests_total{backend="paddle",model="mnist",status="200"} 1.0' in text
-    assert 'triserve_gateway_requests_total{backend="none",model="mnist",status="415"} 1.0' in text
+    total = "triserve_gateway_requests_total"
+    assert f'{total}{{backend="onnx",model="mnist",status="200",version="1"}} 1.0' in text
+    assert f'{total}{{backend="paddle",model="mnist",status="200",version="1"}} 1.0' in text
+    assert f'{total}{{backend="none",model="mnist",status="415",version="1"}} 1.0' in text
+    assert f'{total}{{backend="none",model="mnist",status="404",version="_unknown"}} 2.0' in text
+    assert f'{total}{{backend="none",model="_unknown",status="404",version="_unknown"}} 2.0' in text
+    stage = "triserve_gateway_stage_duration_seconds_count"
+    assert f'{stage}{{backend="onnx",model="mnist",stage="backend",version="1"}}' in text
     for name in (
         "triserve_gateway_stage_duration_seconds_bucket",
         "triserve_gateway_request_duration_seconds",

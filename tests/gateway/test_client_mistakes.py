@@ -19,7 +19,16 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from tests.gateway.fakes import SPEC, FakeBackend, catalog, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import (
+    SPEC,
+    FakeBackend,
+    catalog,
+    digit_png,
+    fake_admins,
+    fakes,
+    routing,
+    write_store,
+)
 from triserve_common.errors import ModelNotFoundError
 from triserve_common.metrics import new_registry
 from triserve_gateway.app import create_app
@@ -123,7 +132,8 @@ async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncItera
         max_image_pixels=250_000, max_request_pixels=400_000, inline_decode_max_pixels=10_000,
         image_formats=["PNG", "GIF"],
     )
-    app: FastAPI = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app: FastAPI = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                              admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:

@@ -19,7 +19,17 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from tests.gateway.fakes import SPEC, FakeBackend, classify, digit_png, fakes, gray_png, routing, write_store
+from tests.gateway.fakes import (
+    SPEC,
+    FakeBackend,
+    classify,
+    digit_png,
+    fake_admins,
+    fakes,
+    gray_png,
+    routing,
+    write_store,
+)
 from triserve_common import codec
 from triserve_gateway.app import create_app
 from triserve_gateway.demo import STATIC_DIR
@@ -86,7 +96,8 @@ async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncItera
         model_store=write_store(tmp_path), max_body_bytes=200_000, explain_max_steps=64,
         management_key_file=tmp_path / "key",
     )
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     async for c in _client(app):
         yield c
 
@@ -215,6 +226,8 @@ async def test_v2_explain(client: httpx.AsyncClient, backends: dict[str, FakeBac
 async def test_demo_page_and_assets(client: httpx.AsyncClient) -> None:
     r = await client.get("/")
     assert r.status_code == 307 and r.headers["location"] == "/demo/"
+    r = await client.get("/?model=fashion")  # the page opens the model named in its query
+    assert r.status_code == 307 and r.headers["location"] == "/demo/?model=fashion"
     r = await client.get("/demo/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]

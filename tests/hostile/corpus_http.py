@@ -40,7 +40,7 @@ BAD_VERSIONS = (
     "latest",
     "LATEST",
     "0",
-    "2",
+    "99",  # (1 is FP32, 2 the INT8 version)
     "-1",
     "1.0",
     "01",

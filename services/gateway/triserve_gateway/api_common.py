@@ -3,16 +3,34 @@ as answers (class labels, softmax probabilities, top k)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceService
 
 Array = np.ndarray[Any, Any]
 JSON = "application/json"
+
+# ------------------------------------------------------------------ routes
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint gets the ``Request`` as is and returns the ``Response``.
+
+    FastAPI's documented custom-route hook (``get_route_handler``) without dependency solving or
+    parameter/body validation: for the hot inference endpoints, which parse the request themselves.
+    Middleware, exception handlers and the OpenAPI entry stay as for any route. Measured (py-spy, 32
+    clients, PNG): FastAPI's per-route handling was ~20 % of the gateway's samples.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
+
 
 # ------------------------------------------------------------------ request fields
 

@@ -8,7 +8,7 @@ the predicted one). The answer (JSON)::
     {"model_name": "mnist", "model_version": "1", "backend": "torchserve",
      "method": "integrated_gradients", "steps": 32,
      "explanations": [{"label": "7", "target": 7, "probability": 0.99, "convergence_delta": 0.001,
-                       "shape": [1, 28, 28], "attributions": [[[...28 floats] x 28]]}]}
+                       "shape": [C, H, W], "attributions": [[[...W floats] x H] x C]}]}
 
 ``POST /v2/models/{m}[/versions/{v}]/explain`` (OIP v2 request as for ``/infer``: one ``BYTES``
 input of encoded images or one ``FP32`` tensor; request ``parameters`` ``steps`` and ``target``)

@@ -36,6 +36,7 @@ from triserve_common.server import model_target, read_body
 from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import (
     JSON,
+    DirectRoute,
     class_count,
     forced_backend,
     predicted_labels,
@@ -160,7 +161,7 @@ async def predictions(request: Request) -> Response:
     service = service_of(request)
     model, version = model_target(request)
     topk = raw_topk(request)
-    with service.track(model, start) as track:
+    with service.track(model, start, version) as track:
         images = await request_images(request, service.settings)
         prepare = partial(images_payload, images, topk)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
@@ -186,10 +187,11 @@ async def api_description(request: Request) -> JSONResponse:
 def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
     for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
-        app.add_api_route(  # one route for both methods: a 405 names them both in Allow
+        app.router.add_api_route(  # one route for both methods: a 405 names them both in Allow
             path, predictions, methods=["POST", "PUT"], tags=TAGS,
             summary="Classify image(s) (TorchServe-compatible)",
             openapi_extra=spec.with_path(path, _PREDICTIONS_BODY), responses=spec.predictions_responses(),
+            route_class_override=DirectRoute,
         )
     app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it",
                       responses={**spec.ok(spec.STATUS_BODY, "Healthy"),

@@ -3,9 +3,9 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer`` takes exactly one input, JSON or binary
 (``Inference-Header-Content-Length``):
 
-- ``FP32`` image rows: the model input's own shape (``[N,1,28,28]``), or what KServe/TorchServe
-  clients send for the same images — ``[N,28,28]``, ``[N,784]``, or one image ``[28,28]`` /
-  ``[784]`` — reshaped to the model's input when each row holds one image's elements;
+- ``FP32`` image rows: the model input's own shape (``[N,C,H,W]``, from its manifest), or what
+  KServe/TorchServe clients send for the same images — ``[N,H,W]``, ``[N,H*W]``, or one image
+  ``[H,W]`` / ``[H*W]`` — reshaped to the model's input when each row holds one image's elements;
 - ``BYTES`` ``[N]`` (or ``[-1]``): N encoded images (base64 strings in JSON, raw bytes in binary
   mode), preprocessed at the gateway per the model's manifest.
 
@@ -36,6 +36,7 @@ from triserve_common.server import model_target, read_body
 from triserve_gateway import __version__
 from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import (
+    DirectRoute,
     class_count,
     forced_backend,
     predicted_labels,
@@ -139,7 +140,7 @@ def _squeezed(shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 def as_model_rows(name: str, arr: Array, mv: ModelVersion) -> Array:
     """``arr`` reshaped to the model input ``[N, *row]`` (see module doc); 400 when its rows are
-    not the model's (one row = one image: ``[1,28,28]``, ``[28,28]`` or ``[784]``)."""
+    not the model's (one row = one image: ``[C,H,W]``, ``[H,W]`` or ``[H*W]`` of its input)."""
     row = list(mv.input.shape[1:])
     if any(d < 0 for d in row):
         return arr
@@ -192,8 +193,8 @@ async def metadata(request: Request) -> JSONResponse:
     """OIP v2 metadata of a model version as the gateway serves it."""
     gateway = service_of(request).gateway
     target = gateway.resolve(*model_target(request))
-    backends = [b.name for b in target.route.config.backends]
-    return JSONResponse(model_metadata(target.mv, gateway.catalog.versions(target.model), backends))
+    backends = gateway.serving(target.model, target.mv.version)
+    return JSONResponse(model_metadata(target.mv, gateway.served_versions(target.model), backends))
 
 
 async def model_ready(request: Request) -> JSONResponse:
@@ -209,7 +210,7 @@ async def infer(request: Request) -> Response:
     start = time.perf_counter()
     service = service_of(request)
     model, version = model_target(request)
-    with service.track(model, start) as track:
+    with service.track(model, start, version) as track:
         settings = service.settings
         body = await read_body(request, settings.max_body_bytes, settings.env_name("max_body_bytes"))
         length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
@@ -247,8 +248,8 @@ def register(app: FastAPI) -> None:
                           summary="Model readiness (a healthy backend exists)",
                           operation_id=f"model_ready{suffix}", openapi_extra=spec.with_path(prefix),
                           responses=spec.model_ready_responses())
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
-                          summary="Inference: FP32 tensors or BYTES encoded images",
-                          operation_id=f"infer{suffix}",
-                          openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
-                          responses=spec.infer_responses())
+        app.router.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
+                                 summary="Inference: FP32 tensors or BYTES encoded images",
+                                 operation_id=f"infer{suffix}",
+                                 openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
+                                 responses=spec.infer_responses(), route_class_override=DirectRoute)

@@ -6,7 +6,7 @@
   elements); at most ``max_image_pixels`` per image and ``max_request_pixels`` for all images
   of a request together, judged from the image headers before anything is decoded;
 - decoding runs on the event loop only when the request's images declare at most
-  ``inline_decode_max_pixels`` pixels (a 28x28 PNG takes microseconds), else in a worker thread.
+  ``inline_decode_max_pixels`` pixels (a small PNG takes microseconds), else in a worker thread.
 
 Every refusal is a 413 naming the limit and the setting that raises it.
 """

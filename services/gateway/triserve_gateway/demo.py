@@ -9,7 +9,7 @@
   readiness, routing strategy and its backends' names, protocols and health; no URL and no error
   message (those are on the management API only).
 - ``POST|PUT /demo/input/{model}[/{version}]``: the image the model receives after the gateway's
-  preprocessing, as a PNG of the input's size (28x28 for MNIST): the float tensor mapped back to
+  preprocessing, as a PNG of the input's size (the manifest's width x height): the float tensor mapped back to
   8-bit pixels (``(x * std + mean) / scale``), so inversion and resizing show as the model sees them.
 """
 
@@ -54,9 +54,10 @@ def input_png(mv: ModelVersion, x: Array) -> bytes:
     return buf.getvalue()
 
 
-async def root() -> RedirectResponse:
-    """``GET /`` and ``GET /demo``: to the page."""
-    return RedirectResponse("/demo/", status_code=307)
+async def root(request: Request) -> RedirectResponse:
+    """``GET /`` and ``GET /demo``: to the page, query kept (``/?model=fashion`` opens that model)."""
+    query = request.url.query
+    return RedirectResponse("/demo/" + (f"?{query}" if query else ""), status_code=307)
 
 
 async def page() -> FileResponse:
@@ -94,7 +95,7 @@ async def catalog(request: Request) -> JSONResponse:
     gateway = service_of(request).gateway
     models = []
     for name in gateway.routed():
-        versions = gateway.catalog.versions(name)
+        versions = gateway.served_versions(name)
         if not versions:
             continue
         route = gateway.route(name)

@@ -2,8 +2,10 @@
 
 :meth:`Gateway.infer` takes an already preprocessed float32 batch and returns the model's output:
 
-1. candidates = the model's backends that pass the active health check and whose circuit
-   breaker admits a request (a forced backend — ``X-Backend`` — is the only candidate);
+1. candidates = the model's backends that hold the requested version (:attr:`Gateway.placement`,
+   from what each backend reports), pass the active health check and whose circuit breaker admits a
+   request (a forced backend — ``X-Backend`` — is the only candidate; one that lacks the version is
+   refused naming why: 400 when it can never serve it, 503 while it does not hold it);
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
 4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
@@ -21,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from triserve_gateway.circuit import CircuitBreaker, CircuitState
 from triserve_gateway.config import ModelRoute, RoutingConfig
 from triserve_gateway.errors import (
     BackendError,
+    BackendNotServingError,
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -87,6 +90,15 @@ class RouteState:
 
 
 @dataclass(frozen=True)
+class Absence:
+    """Why a backend of a model's route does not serve one of its versions."""
+
+    reason: str
+    permanent: bool = False
+    """True when it never can (the manifest rules it out), False while it does not hold it now."""
+
+
+@dataclass(frozen=True)
 class Target:
     """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
 
@@ -115,6 +127,7 @@ class RoutedResult:
 _FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
     (BackendUnavailableError, "unavailable"),
     (BackendTimeoutError, "timeout"),
+    (BackendNotServingError, "not_serving"),
     (BackendRejectedError, "rejected"),
     (BackendError, "error"),
 )
@@ -152,6 +165,10 @@ class Gateway:
             self.add_route(model, route)
         self.placement: dict[tuple[str, str], frozenset[str]] = {}
         """(model, version) → backends holding it, when known (else every backend of the route)."""
+        self.absent: dict[tuple[str, str], dict[str, Absence]] = {}
+        """(model, version) → why each backend of the route outside its placement does not serve it."""
+        self.settling: Callable[[], bool] | None = None
+        """True while healthy backends are still loading the start set (the model manager's)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
         self._health_task: asyncio.Task[None] | None = None
         for state in self.backends.values():
@@ -208,7 +225,35 @@ class Gateway:
     async def forget(self, model: str, version: str) -> None:
         """Drop the batchers and placement of an unregistered version."""
         self.placement.pop((model, version), None)
+        self.absent.pop((model, version), None)
         await self._batchers.drop(lambda key: key[0] == model and key[1] == version)
+
+    def place(self, model: str, version: str, holders: frozenset[str], absent: dict[str, Absence]) -> None:
+        """Route ``model`` ``version`` to ``holders`` only; ``absent`` says why the others do not serve it."""
+        self.placement[(model, version)] = holders
+        self.absent[(model, version)] = absent
+
+    def unplace(self, model: str, version: str, backend: str, reason: str) -> None:
+        """Stop routing ``version`` to ``backend`` (it answered that it lacks it) until it is placed again."""
+        key = (model, version)
+        route = self._routes.get(model)
+        held = self.placement.get(key)
+        if held is None:
+            held = frozenset(route.by_name) if route is not None else frozenset()
+        self.placement[key] = held - {backend}
+        self.absent.setdefault(key, {})[backend] = Absence(reason)
+
+    def serving(self, model: str, version: str) -> list[str]:
+        """Backends of ``model``'s route holding ``version`` (every backend when placement is unknown)."""
+        route = self._routes.get(model)
+        if route is None:
+            return []
+        placed = self.placement.get((model, version))
+        return [c.name for c in route.candidates if placed is None or c.name in placed]
+
+    def served_versions(self, model: str) -> list[str]:
+        """Versions of ``model`` some backend of its route holds (or may hold: placement unknown)."""
+        return [v for v in self.catalog.versions(model) if self.serving(model, v)]
 
     def routed(self) -> list[str]:
         """The routed models."""
@@ -230,7 +275,10 @@ class Gateway:
         )
 
     def ready(self) -> bool:
-        """Every registered model has a routable backend (true with none registered, as TorchServe)."""
+        """Every registered model has a routable backend (true with none registered, as TorchServe), and
+        the backends are done loading the start set (:attr:`settling`)."""
+        if self.settling is not None and self.settling():
+            return False
         return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
     # ------------------------------------------------------------------ inference
@@ -253,7 +301,7 @@ class Gateway:
                 tried.append(cand.name)
                 continue
             if last_exc is not None:
-                self.metrics.failovers.labels(target.model, tried[-1]).inc()
+                self.metrics.failovers.labels(target.model, target.mv.version, tried[-1]).inc()
             tried.append(cand.name)
             try:
                 value, queue_s, backend_s = await self._attempt(target, state, x, request_id)
@@ -284,10 +332,17 @@ class Gateway:
             return pool, r.config.max_attempts or len(pool)
         cand = r.by_name.get(backend)
         if cand is None or (placed is not None and backend not in placed):
-            choices = [n for n in r.by_name if placed is None or n in placed]
-            raise UnknownBackendError(
-                f"backend '{clip(backend)}' does not serve model '{target.model}' version {target.version} "
-                f"(choose from: {', '.join(choices) or 'none'})"
+            choices = ", ".join(n for n in r.by_name if placed is None or n in placed) or "none"
+            what = f"model '{target.model}' version {target.version}"
+            absence = self.absent.get((target.model, target.mv.version), {}).get(backend)
+            if cand is None or absence is None or absence.permanent:
+                why = f": {absence.reason}" if absence is not None else ""
+                raise UnknownBackendError(
+                    f"backend '{clip(backend)}' does not serve {what}{why} (choose from: {choices})"
+                )
+            raise ModelNotReadyError(
+                f"backend '{backend}' does not hold {what} now: {absence.reason} "
+                f"(choose from: {choices})"
             )
         return [cand], 1
 
@@ -300,12 +355,15 @@ class Gateway:
             if target.route.config.batching.enabled:
                 key = (target.model, target.version, state.name)
                 outcome = await self._batchers.get(key).submit(x, request_id)
-                return outcome.value, outcome.queue_s, outcome.run_s
-            start = time.perf_counter()
-            value = await self._call(state, target.mv, target.version, x, [request_id])
-            return value, 0.0, time.perf_counter() - start
+                value, queue_s, run_s = outcome.value, outcome.queue_s, outcome.run_s
+            else:
+                start = time.perf_counter()
+                value = await self._call(state, target.mv, target.version, x, [request_id])
+                queue_s, run_s = 0.0, time.perf_counter() - start
         finally:
             state.stats.outstanding -= 1
+        state.stats.observe_latency(queue_s + run_s)  # what this request saw there: routing's signal
+        return value, queue_s, run_s
 
     def _check_input(self, mv: ModelVersion, x: Array) -> None:
         expected = mv.input.shape
@@ -326,7 +384,7 @@ class Gateway:
         state = self.backends[backend]
         cfg = self._routes[model].config.batching
         mv = self.catalog.get(model, version)
-        histogram = self.metrics.batch_size.labels(model, backend)
+        histogram = self.metrics.batch_size.labels(model, mv.version, backend)
 
         async def run(x: Array, tags: list[Any]) -> Array:
             return await self._call(state, mv, version, x, tags)
@@ -343,10 +401,9 @@ class Gateway:
     async def _call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
     ) -> Array:
-        """One backend call (one batch): breaker bookkeeping, latency stats, failure metrics."""
+        """One backend call (one batch): breaker bookkeeping, failure metrics."""
         ids = [t for t in tags if t]
         request_id = ",".join(ids) if ids else None
-        start = time.perf_counter()
         try:
             y = await state.client.infer(mv.name, version, x, request_id, mv.input.name, mv.output.name)
             if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
@@ -354,6 +411,10 @@ class Gateway:
                     f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
                     f"({len(mv.labels)} classes expected)"
                 )
+        except BackendNotServingError as exc:  # it lacks the version: placement was stale, not its failure
+            self._record_failure(state, exc)
+            self.unplace(mv.name, mv.version, state.name, exc.message)
+            raise
         except TriserveError as exc:
             self._record_failure(state, exc)
             raise
@@ -362,7 +423,6 @@ class Gateway:
             self._record_failure(state, err)
             raise err from exc
         state.breaker.record_success()
-        state.stats.observe_latency(time.perf_counter() - start)
         self._publish_up(state)
         return y.astype(np.float32, copy=False)
 

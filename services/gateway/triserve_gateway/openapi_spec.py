@@ -159,9 +159,11 @@ def model_ready_responses() -> Responses:
     return {**ok(MODEL_READY, "Ready"), 503: _json(MODEL_READY, "Not ready"), **errors(V2_ERROR, (404,))}
 
 
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+"""A 1x1 black grayscale PNG, base64: any model's preprocessing resizes it to its own input."""
 INFER_EXAMPLE: dict[str, Any] = {
     "id": "example",
-    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}],
+    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [EXAMPLE_PNG]}],
     "outputs": [{"name": "label"}, {"name": "probabilities"}],
 }
 
@@ -172,8 +174,8 @@ def infer_request_body() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "description": "OIP v2 inference request: JSON, or JSON header + binary tensors "
-            "(Inference-Header-Content-Length). One input: FP32 images ([N,1,28,28], [N,28,28], "
-            "[N,784], [28,28]) or BYTES [N] / [-1] encoded images.",
+            "(Inference-Header-Content-Length). One input: FP32 images (the model input [N,C,H,W] of its "
+            "metadata, or [N,H,W], [N,H*W], [H,W]) or BYTES [N] / [-1] encoded images.",
             "content": {
                 "application/json": {"schema": schema_of(v2.InferenceRequest), "example": INFER_EXAMPLE},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

@@ -21,14 +21,14 @@ from triserve_common.errors import TriserveError, UnprocessableError
 from triserve_common.tensor_checks import DecodeLimits
 from triserve_gateway.budget import RequestBudget
 from triserve_gateway.gateway import Gateway, RoutedResult
-from triserve_gateway.metrics import GatewayMetrics
+from triserve_gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
 from triserve_gateway.shadow import ShadowTraffic
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]
-UNKNOWN_MODEL = "_unknown"
+UNKNOWN_MODEL = UNKNOWN_LABEL
 """``model`` label for requests naming a model that is not routed (bounded label cardinality)."""
 
 
@@ -105,9 +105,19 @@ class InferenceService:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
         return model if self.gateway.is_routed(model) else UNKNOWN_MODEL
 
-    def track(self, model: str, start: float) -> RequestTrack:
-        """Context manager accounting for one request (in-flight, count by status, total latency)."""
-        return RequestTrack(self.metrics, self.model_label(model), start)
+    def version_label(self, model: str, version: str | None) -> str:
+        """``version`` as a metrics label: the version a request gets (the default when it names
+        none), :data:`UNKNOWN_LABEL` when that is not a registered version of a routed model."""
+        if not self.gateway.is_routed(model):
+            return UNKNOWN_LABEL
+        catalog = self.gateway.catalog
+        resolved = catalog.default_version(model) if version in (None, "") else version
+        return resolved if resolved is not None and resolved in catalog.versions(model) else UNKNOWN_LABEL
+
+    def track(self, model: str, start: float, version: str | None = None) -> RequestTrack:
+        """Context manager accounting for one request of ``model`` ``version`` (None = its default):
+        in-flight, count by status, total latency."""
+        return RequestTrack(self.metrics, self.model_label(model), start, self.version_label(model, version))
 
     async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
         """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
@@ -125,10 +135,10 @@ class InferenceService:
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
         self.metrics.torchserve.count_inference(track.model, request.version, served.total_s, result.queue_s)
-        stage = self.metrics.stage_latency
-        stage.labels(track.model, result.backend, "preprocess").observe(preprocess_s)
-        stage.labels(track.model, result.backend, "queue").observe(result.queue_s)
-        stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
+        stage, version = self.metrics.stage_latency, track.version
+        stage.labels(track.model, version, result.backend, "preprocess").observe(preprocess_s)
+        stage.labels(track.model, version, result.backend, "queue").observe(result.queue_s)
+        stage.labels(track.model, version, result.backend, "backend").observe(result.backend_s)
         return served
 
     async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
@@ -159,16 +169,19 @@ class RequestTrack:
     Status is 200 on normal exit, the error's status for a :class:`TriserveError`, else 500.
     """
 
-    __slots__ = ("backend", "metrics", "model", "start")
+    __slots__ = ("backend", "metrics", "model", "start", "version")
 
-    def __init__(self, metrics: GatewayMetrics, model: str, start: float) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, model: str, start: float, version: str = UNKNOWN_LABEL
+    ) -> None:
         self.metrics = metrics
         self.model = model
+        self.version = version
         self.start = start
         self.backend = "none"
 
     def __enter__(self) -> RequestTrack:
-        self.metrics.in_flight.labels(self.model).inc()
+        self.metrics.in_flight.labels(self.model, self.version).inc()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -178,6 +191,7 @@ class RequestTrack:
             status = str(exc.status_code)
         else:
             status = "500"
-        self.metrics.in_flight.labels(self.model).dec()
-        self.metrics.requests.labels(self.model, self.backend, status).inc()
-        self.metrics.latency.labels(self.model, self.backend).observe(time.perf_counter() - self.start)
+        self.metrics.in_flight.labels(self.model, self.version).dec()
+        self.metrics.requests.labels(self.model, self.version, self.backend, status).inc()
+        elapsed = time.perf_counter() - self.start
+        self.metrics.latency.labels(self.model, self.version, self.backend).observe(elapsed)

@@ -58,7 +58,7 @@ class CheckResult:
                 "failures": self.failures}
 
 
-def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float = 30.0) -> CheckResult:
+def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float = 120.0) -> CheckResult:
     """Send every digit once over ``path``; transient errors (connection, 503) are retried for ``retry_s``."""
     answers: list[int] = []
     failures: list[str] = []

@@ -17,7 +17,7 @@ from triserve_cli.bench import cpu, report, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
 from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
-from triserve_cli.bench.stack import Instance, Stack, free_port
+from triserve_cli.bench.stack import Instance, Stack, TorchServeTuning, free_port
 from triserve_cli.launcher import ServiceSpec
 from triserve_common.paths import REPO_ROOT
 
@@ -43,6 +43,8 @@ class BenchConfig:
     """Cores used by other processes above which a measurement is repeated."""
     retries: int = 2
     """How many times a disturbed measurement is repeated."""
+    torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
+    """Per-model config of the ``torchserve-tuned`` instance."""
     progress: bool = True
     command: str = ""
 
@@ -118,7 +120,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     digits = load_digits(SWEEP_INDICES, config.mnist_dir, config.model_store)
     load_digit = next(d for d in digits if d.index == LOAD_INDEX)
     services = sorted({p.service for p in config.paths})
-    stack = Stack(services, work, config.model_store)
+    stack = Stack(services, work, config.model_store, torchserve_tuning=config.torchserve_tuning)
     trivial = _trivial_instance(work, load_digit)
     document: dict[str, Any] = {
         "started_at": started.isoformat(timespec="seconds"),
@@ -132,6 +134,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
             "wrk_threads": config.threads, "wrk_timeout_s": config.timeout_s,
             "max_foreign_cpu": config.max_foreign_cpu, "retries": config.retries,
             "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
+            "torchserve_tuned": asdict(config.torchserve_tuning),
         },
         "paths": [asdict(p) | {"headers": dict(p.headers)} for p in config.paths],
     }

@@ -14,14 +14,16 @@ from triserve_common.paths import REPO_ROOT
 from triserve_common.repository import ALL, parse_model_list
 
 
-def torchserve_store(model_store: Path, model: str = "mnist") -> Path:
-    """The folder TorchServe loads ``<model>.mar`` from: the highest version that has one."""
+def torchserve_store(model_store: Path, model: str = "mnist", version: str | None = None) -> Path:
+    """The folder TorchServe loads ``<model>.mar`` from: ``version``'s, else the highest with one."""
     versions = sorted(
         (p.parent for p in model_store.glob(f"{model}/*/{model}.mar") if p.parent.name.isdigit()),
         key=lambda p: int(p.name),
     )
+    if version is not None:
+        versions = [p for p in versions if p.name == version]
     if not versions:
-        raise PlatformError(f"no {model}/<version>/{model}.mar in model store {model_store}")
+        raise PlatformError(f"no {model}/{version or '<version>'}/{model}.mar in model store {model_store}")
     return versions[-1]
 
 
