@@ -32,9 +32,12 @@ def readme_curl_line() -> tuple[str, int]:
     return match.group(0).strip(), int(match.group(2))
 
 
-def predict(client: httpx.Client, stack: Stack, png: bytes, backend: str | None = None) -> tuple[int, str]:
+def predict(
+    client: httpx.Client, stack: Stack, png: bytes, backend: str | None = None, version: str | None = None
+) -> tuple[int, str]:
     headers = {"X-Backend": backend} if backend else {}
-    resp = client.put(f"{stack.gateway_url}/predictions/mnist", content=png, headers=headers)
+    path = "/predictions/mnist" + (f"/{version}" if version else "")
+    resp = client.put(f"{stack.gateway_url}{path}", content=png, headers=headers)
     assert resp.status_code == 200, resp.text
     served = resp.headers["x-backend"]
     assert backend is None or served == backend
@@ -159,7 +162,10 @@ def test_trainer_publishes_a_version_the_services_serve_after_restart(
     stack: Stack, mnist_dir: Path, report: dict[str, Any]
 ) -> None:
     """The trainer profile writes the next version into the model-store volume; after a restart every
-    backend serves it, as the default version, with the new weights (its logits differ from the old)."""
+    backend serves it (with new weights: its logits differ from the default version's), and the default
+    version is what routing.yaml says (its ``default_version``, else the highest)."""
+    from triserve_gateway.config import load_routing
+
     images = [pick(mnist_dir, index=i) for i in range(20)]
     # The README's preprocessed FP32 request: answered with the logits.
     x = (images[0].pixels.astype(np.float32) / 255 - 0.1307) / 0.3081
@@ -167,7 +173,7 @@ def test_trainer_publishes_a_version_the_services_serve_after_restart(
                                "data": x.ravel().tolist()}]}
     with httpx.Client(timeout=30) as client:
         before = client.get(f"{stack.gateway_url}/v2/models/mnist").json()["versions"]
-        old_logits = {b: v2_infer(client, stack, tensor_body, b, before[-1]) for b in BACKENDS}
+        old = {b: v2_infer(client, stack, tensor_body, b) for b in BACKENDS}
         started = time.monotonic()
         trained = stack.run(
             "--profile", "train", "run", "--rm", "trainer", "--store", "/opt/triserve/model_store",
@@ -181,14 +187,18 @@ def test_trainer_publishes_a_version_the_services_serve_after_restart(
         after = client.get(f"{stack.gateway_url}/v2/models/mnist").json()["versions"]
         new = [v for v in after if v not in before]
         assert len(new) == 1, f"versions before {before}, after {after}\n{trained.stdout[-2000:]}"
+        pinned = load_routing().models["mnist"].default_version
         for backend in BACKENDS:
-            default = v2_infer(client, stack, tensor_body, backend)
-            assert default["model_version"] == new[0], f"{backend}: default {default['model_version']}"
-            assert default["outputs"] != old_logits[backend]["outputs"], f"{backend}: the old weights"
-        answers = {b: [predict(client, stack, s.png(), b)[0] for s in images] for b in BACKENDS}
+            served = v2_infer(client, stack, tensor_body, backend, new[0])
+            assert served["model_version"] == new[0]
+            assert served["outputs"] != old[backend]["outputs"], f"{backend}: {new[0]} has the old weights"
+            default = v2_infer(client, stack, tensor_body, backend)["model_version"]
+            assert default == (pinned or new[0]), f"{backend}: default version {default}"
+        answers = {b: [predict(client, stack, s.png(), b, new[0])[0] for s in images] for b in BACKENDS}
         assert answers["onnx"] == answers["paddle"] == answers["torchserve"]
         accuracy = np.mean([a == s.label for a, s in zip(answers["onnx"], images, strict=True)])
-        report["trained_version"] = {"version": new[0], "accuracy_on_20": float(accuracy)}
+        report["trained_version"] = {"version": new[0], "default_version": pinned or new[0],
+                                     "accuracy_on_20": float(accuracy)}
 
 
 def test_down_leaves_nothing(stack: Stack) -> None:
