@@ -101,14 +101,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--model-store", type=Path, help="model store (default <repo>/model_store)")
     parser.add_argument("--mnist-dir", type=Path, help="MNIST t10k IDX files (default ../shared/data/mnist)")
     parser.add_argument(
-        "--max-foreign-cpu", type=float, default=0.25,
+        "--max-foreign-cpu",
+        type=float,
+        default=0.25,
         help="cores used by other processes above which a measurement is repeated (default 0.25)",
     )
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measurements of a disturbed run (default 2)"
     )
     parser.add_argument(
-        "--torchserve-tuned", metavar="NAME=INT,...",
+        "--torchserve-tuned",
+        metavar="NAME=INT,...",
         help="the torchserve-tuned path's per-model config, e.g. workers=2,batch_size=8,max_batch_delay_ms=5 "
         "(default: the values the sweep in BENCHMARKS.md chose)",
     )

@@ -54,8 +54,13 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
-        return {"path": self.path, "labels": self.labels, "answers": self.answers, "ok": self.ok,
-                "failures": self.failures}
+        return {
+            "path": self.path,
+            "labels": self.labels,
+            "answers": self.answers,
+            "ok": self.ok,
+            "failures": self.failures,
+        }
 
 
 def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float = 120.0) -> CheckResult:

@@ -17,7 +17,15 @@ Result = dict[str, Any]
 """One measurement: ``path``, ``concurrency`` and :meth:`WrkResult.to_dict`'s fields."""
 
 PACKAGES = (
-    "torchserve", "torch", "onnxruntime", "paddlepaddle", "fastapi", "uvicorn", "aiohttp", "httpx", "numpy",
+    "torchserve",
+    "torch",
+    "onnxruntime",
+    "paddlepaddle",
+    "fastapi",
+    "uvicorn",
+    "aiohttp",
+    "httpx",
+    "numpy",
     "locust",
 )
 
@@ -31,7 +39,8 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
         mem_kb = next(
-            int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
             if line.startswith("MemTotal")
         )
     except (OSError, StopIteration, ValueError):
@@ -63,6 +72,7 @@ def versions(wrk_version: str) -> dict[str, str]:
 
 def git_state(repo: Path) -> dict[str, Any]:
     """Commit of the checkout measured and whether it had uncommitted changes under ``services/``."""
+
     def git(*args: str) -> str:
         proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
         return proc.stdout.strip()
@@ -84,8 +94,15 @@ def _target(
         met = None
     else:
         met = value >= threshold if op == ">=" else value <= threshold
-    return {"name": name, "value": value, "op": op, "threshold": threshold, "unit": unit, "met": met,
-            "detail": detail}
+    return {
+        "name": name,
+        "value": value,
+        "op": op,
+        "threshold": threshold,
+        "unit": unit,
+        "met": met,
+        "detail": detail,
+    }
 
 
 def _ratio(results: Sequence[Result], num: str, den: str, concurrency: int) -> float | None:
@@ -102,39 +119,128 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
     """The targets of issue 12, computed from this run (value None where a needed run is missing),
     then figures reported without a goal (``threshold`` None)."""
     out = [
-        _target("gateway-png vs torchserve-stock, req/s at c=32", _ratio(results, "gateway-png",
-                "torchserve-stock", 32), ">=", 5.0, "x", "gateway-png rps / torchserve-stock rps"),
-        _target("gateway-png p99 at c=32", _field(results, "gateway-png", 32, "p99_ms"), "<=", 50.0, "ms",
-                "gateway-png p99 (PNG, default routing)"),
-        _target("gateway-auto vs gateway-onnx, req/s at c=32", _ratio(results, "gateway-auto",
-                "gateway-onnx", 32), ">=", 0.9, "x", "default routing vs ONNX forced, same v2 body"),
+        _target(
+            "gateway-png vs torchserve-stock, req/s at c=32",
+            _ratio(results, "gateway-png", "torchserve-stock", 32),
+            ">=",
+            5.0,
+            "x",
+            "gateway-png rps / torchserve-stock rps",
+        ),
+        _target(
+            "gateway-png p99 at c=32",
+            _field(results, "gateway-png", 32, "p99_ms"),
+            "<=",
+            50.0,
+            "ms",
+            "gateway-png p99 (PNG, default routing)",
+        ),
+        _target(
+            "gateway-auto vs gateway-onnx, req/s at c=32",
+            _ratio(results, "gateway-auto", "gateway-onnx", 32),
+            ">=",
+            0.9,
+            "x",
+            "default routing vs ONNX forced, same v2 body",
+        ),
     ]
     g1, d1 = _field(results, "gateway-onnx", 1, "p50_ms"), _field(results, "onnx", 1, "p50_ms")
-    out.append(_target("gateway added latency, p50 at c=1 (onnx)", g1 - d1 if g1 is not None and
-                       d1 is not None else None, "<=", 1.0, "ms", "gateway-onnx p50 - onnx p50"))
-    out.append(_target("dynamic batching on vs off, req/s at c=64", _ratio(results, "gateway-batching-on",
-                       "gateway-batching-off", 64), ">=", 2.0, "x",
-                       "gateway-batching-on rps / gateway-batching-off rps"))
-    out.append(_target("gateway-png vs torchserve-tuned, req/s at c=32", _ratio(results, "gateway-png",
-                       "torchserve-tuned", 32), ">=", 2.5, "x", "gateway-png rps / torchserve-tuned rps"))
+    out.append(
+        _target(
+            "gateway added latency, p50 at c=1 (onnx)",
+            g1 - d1 if g1 is not None and d1 is not None else None,
+            "<=",
+            1.0,
+            "ms",
+            "gateway-onnx p50 - onnx p50",
+        )
+    )
+    out.append(
+        _target(
+            "dynamic batching on vs off, req/s at c=64",
+            _ratio(results, "gateway-batching-on", "gateway-batching-off", 64),
+            ">=",
+            2.0,
+            "x",
+            "gateway-batching-on rps / gateway-batching-off rps",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-png vs torchserve-tuned, req/s at c=32",
+            _ratio(results, "gateway-png", "torchserve-tuned", 32),
+            ">=",
+            2.5,
+            "x",
+            "gateway-png rps / torchserve-tuned rps",
+        )
+    )
     errors = sum(int(r["errors"]) for r in results)
-    out.append(_target("errors in every run", float(errors) if results else None, "<=", 0.0, "",
-                       "socket errors + timeouts + non-2xx + wrong digits, all runs"))
+    out.append(
+        _target(
+            "errors in every run",
+            float(errors) if results else None,
+            "<=",
+            0.0,
+            "",
+            "socket errors + timeouts + non-2xx + wrong digits, all runs",
+        )
+    )
     # reported, no goal
-    out.append(_target("gateway-png vs torchserve-stock, req/s at c=64", _ratio(results, "gateway-png",
-                       "torchserve-stock", 64), ">=", None, "x", "gateway-png rps / torchserve-stock rps"))
-    out.append(_target("gateway-png p99 at c=64", _field(results, "gateway-png", 64, "p99_ms"), "<=", None,
-                       "ms", "gateway-png p99"))
-    out.append(_target("gateway-auto p99 at c=32", _field(results, "gateway-auto", 32, "p99_ms"), "<=", None,
-                       "ms", "compare with gateway-onnx p99"))
-    out.append(_target("gateway-onnx p99 at c=32", _field(results, "gateway-onnx", 32, "p99_ms"), "<=", None,
-                       "ms", "ONNX forced"))
+    out.append(
+        _target(
+            "gateway-png vs torchserve-stock, req/s at c=64",
+            _ratio(results, "gateway-png", "torchserve-stock", 64),
+            ">=",
+            None,
+            "x",
+            "gateway-png rps / torchserve-stock rps",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-png p99 at c=64",
+            _field(results, "gateway-png", 64, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "gateway-png p99",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-auto p99 at c=32",
+            _field(results, "gateway-auto", 32, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "compare with gateway-onnx p99",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-onnx p99 at c=32",
+            _field(results, "gateway-onnx", 32, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "ONNX forced",
+        )
+    )
     for gateway, direct in ADDED_LATENCY_PAIRS:
         if direct == "onnx":
             continue
         g, d = _field(results, gateway, 1, "p50_ms"), _field(results, direct, 1, "p50_ms")
-        out.append(_target(f"gateway added latency, p50 at c=1 ({direct})", g - d if g is not None and
-                           d is not None else None, "<=", None, "ms", f"{gateway} p50 - {direct} p50"))
+        out.append(
+            _target(
+                f"gateway added latency, p50 at c=1 ({direct})",
+                g - d if g is not None and d is not None else None,
+                "<=",
+                None,
+                "ms",
+                f"{gateway} p50 - {direct} p50",
+            )
+        )
     return out
 
 
@@ -253,9 +359,13 @@ def plot(results: Sequence[Result], path: Path, title: str) -> Path:
     for i, name in enumerate(names):
         rows = sorted((r for r in results if r["path"] == name), key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in rows]
-        style = {"color": cmap(i % 20), "marker": "o", "label": name,
-                 "linestyle": "--" if name.startswith("torchserve-") else "-",
-                 "linewidth": 2.5 if name in ("torchserve-stock", "torchserve-tuned", "gateway-png") else 1.5}
+        style = {
+            "color": cmap(i % 20),
+            "marker": "o",
+            "label": name,
+            "linestyle": "--" if name.startswith("torchserve-") else "-",
+            "linewidth": 2.5 if name in ("torchserve-stock", "torchserve-tuned", "gateway-png") else 1.5,
+        }
         ax_rps.plot(xs, [r["rps"] for r in rows], **style)
         ax_p99.plot(xs, [r["p99_ms"] for r in rows], **style)
     for ax, label in ((ax_rps, "throughput (req/s)"), (ax_p99, "p99 latency (ms, log)")):

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -37,6 +36,7 @@ from triserve_cli.launcher import (
 )
 from triserve_common.manifest import MANIFEST_FILE, file_entry
 from triserve_common.paths import REPO_ROOT
+from triserve_common.ports import free_port
 
 STOCK_MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n"
 """TorchServe's defaults for a model registered without options (one worker pinned, as the issue asks)."""
@@ -94,7 +94,13 @@ class TorchServeTuning:
 
 
 SERVICES = (
-    "torchserve-stock", "torchserve-tuned", "torchserve", "onnx", "paddle", "gateway", "gateway-batching",
+    "torchserve-stock",
+    "torchserve-tuned",
+    "torchserve",
+    "onnx",
+    "paddle",
+    "gateway",
+    "gateway-batching",
     "gateway-nobatching",
 )
 """Every instance a run may need, in start order (backends before gateways)."""
@@ -102,13 +108,6 @@ SERVICES = (
 
 class StackError(RuntimeError):
     """A service did not start; the message carries its log tail."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _torchserve_ports() -> dict[str, int]:
@@ -175,8 +174,13 @@ class Instance:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd, start_new_session=True,
+                self.spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
             )
 
     def ready(self) -> bool:
@@ -228,9 +232,14 @@ class Stack:
         if wanted & {"gateway", "gateway-batching", "gateway-nobatching"}:
             wanted |= {"torchserve", "onnx", "paddle"}  # a gateway needs every backend it routes to
         config = PlatformConfig.from_env(
-            run_dir=self.workdir / "platform", model_store=self.model_store,
-            gateway_port=free_port(), management_port=free_port(), metrics_port=free_port(),
-            onnx_port=free_port(), paddle_port=free_port(), **_torchserve_ports(),
+            run_dir=self.workdir / "platform",
+            model_store=self.model_store,
+            gateway_port=free_port(),
+            management_port=free_port(),
+            metrics_port=free_port(),
+            onnx_port=free_port(),
+            paddle_port=free_port(),
+            **_torchserve_ports(),
         )
         specs = {s.name: s for s in service_specs(config)}
         plan: list[tuple[Instance, dict[str, str]]] = []
@@ -252,8 +261,12 @@ class Stack:
                     extra.update(self.torchserve_tuning.env())
             elif name.startswith("gateway"):
                 port = free_port() if name != "gateway" else config.gateway_port
-                own = config if name == "gateway" else replace(  # every gateway has its own three listeners
-                    config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                own = (
+                    config
+                    if name == "gateway"
+                    else replace(  # every gateway has its own three listeners
+                        config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                    )
                 )
                 spec = {s.name: s for s in service_specs(own)}["gateway"]
                 if name != "gateway":
