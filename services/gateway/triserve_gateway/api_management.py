@@ -155,7 +155,10 @@ async def scale_version(request: Request, model_name: str, model_version: str) -
 
 async def set_default(request: Request, model_name: str, model_version: str) -> JSONResponse:
     """Make a version the default."""
-    return JSONResponse({"status": _manager(request).set_default(model_name, model_version)})
+    manager = _manager(request)
+    status = manager.set_default(model_name, model_version)
+    await manager.settled()
+    return JSONResponse({"status": status})
 
 
 async def unregister_default(request: Request, model_name: str) -> JSONResponse:

@@ -37,6 +37,7 @@ from triserve_gateway.manager import ModelManager
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
 from triserve_gateway.openapi_spec import unique_operation_ids
+from triserve_gateway.process import ProcessRole, metrics_registry
 from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
@@ -61,26 +62,29 @@ def create_app(
     clients: ClientFactory = default_clients,
     admins: AdminFactory = default_admins,
     health_checks: bool = True,
+    role: ProcessRole | None = None,
 ) -> FastAPI:
     """The gateway's inference app, with the management and metrics apps of the other two listeners
     in ``app.state`` (:func:`listeners`). ``routing``/``clients``/``admins`` default to the settings'
     routing file and real HTTP clients; tests inject fakes. Raises :class:`TriserveError` on bad config.
 
     The lifespan (run by the inference app) opens the backend clients, checks health and reconciles
-    the registered models with what each backend holds, every health interval.
+    the registered models with what each backend holds, every health interval. ``role``: which of
+    several gateway processes this is (:mod:`triserve_gateway.workers`; default: the only one).
     """
     settings = settings or GatewaySettings()
+    role = role or ProcessRole()
     # httpx logs every backend request at INFO: far too chatty (and slow) for a hot path.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     routing = routing or gateway_routing(settings)
     registry = new_registry()
-    metrics = GatewayMetrics(registry)
+    metrics = GatewayMetrics(registry, worker=role.index)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
     gateway = Gateway(routing, ModelCatalog([]), clients(routing), metrics)
     manager = ModelManager(
         gateway, ModelStore(settings.model_store), admins(routing.backends), settings.max_image_pixels,
-        drain_timeout_s=settings.graceful_shutdown_s, image_formats=settings.image_formats,
+        drain_timeout_s=settings.graceful_shutdown_s, image_formats=settings.image_formats, role=role,
     )
     manager.register_startup(settings.load_models)
     shadows = ShadowTraffic(gateway, metrics.shadow)
@@ -137,7 +141,7 @@ def create_app(
     demo.register(app)  # the web demo: GET / → /demo/
     unique_operation_ids(app)
     app.state.management_app = create_management_app(manager, management_key)
-    app.state.metrics_app = create_metrics_app(registry)
+    app.state.metrics_app = create_metrics_app(metrics_registry(registry, role))
     return app
 
 

@@ -1,4 +1,4 @@
-"""The gateway's three listeners in one process and one event loop, TorchServe's layout.
+"""The gateway's three listeners, TorchServe's layout.
 
 ====================  =====================  ==========================================
 listener              default                serves
@@ -10,7 +10,9 @@ metrics               127.0.0.1:8082         ``GET /metrics`` (Prometheus, open)
 
 One uvicorn server listens on the three sockets; :class:`PortRouter` hands each connection to the
 app of the listener it arrived on (the connection's local port), and runs the lifespan (backend
-clients, health checks, reconciliation) once, through the inference app.
+clients, health checks, reconciliation) once, through the inference app. With several gateway
+processes (:mod:`triserve_gateway.workers`) every process listens on the inference port
+(:func:`bind_shared`) and only the first also on the management and metrics ports.
 """
 
 from __future__ import annotations
@@ -76,8 +78,32 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
     return config.bind_socket()
 
 
-def serve_listeners(listeners: list[Listener], lifespan_app: ASGIApp, settings: ServiceSettings) -> None:
-    """Serve every listener from one uvicorn server (same options as :func:`triserve_common.server.serve`)."""
+def bind_shared(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket with ``SO_REUSEPORT``: every gateway process binds its own on the inference
+    port and the kernel spreads incoming connections over them (by a hash of the connection's
+    addresses); a process that exits takes only its own socket (and its queued connections) away."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_listeners(
+    listeners: list[Listener],
+    lifespan_app: ASGIApp,
+    settings: ServiceSettings,
+    sockets: dict[str, socket.socket] | None = None,
+) -> None:
+    """Serve every listener from one uvicorn server (same options as :func:`triserve_common.server.serve`);
+    ``sockets`` holds already bound sockets by listener name (the others are bound here)."""
     config = uvicorn.Config(
         PortRouter(listeners, lifespan_app),
         loop="uvloop",
@@ -88,7 +114,8 @@ def serve_listeners(listeners: list[Listener], lifespan_app: ASGIApp, settings: 
         timeout_keep_alive=75,
         backlog=4096,
     )
-    sockets = [bind(listener.host, listener.port, config.backlog) for listener in listeners]
+    bound = sockets or {}
+    socks = [bound.get(x.name) or bind(x.host, x.port, config.backlog) for x in listeners]
     for listener in listeners:
         log.info("%s API on http://%s:%d", listener.name, listener.host, listener.port)
-    uvicorn.Server(config).run(sockets=sockets)
+    uvicorn.Server(config).run(sockets=socks)

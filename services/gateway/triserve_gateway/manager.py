@@ -17,6 +17,10 @@ Models registered at start (``load_models``) are routed to a backend once it rep
 every version is routed only to the backends whose latest report (every health-check interval) has it
 ready (:mod:`triserve_gateway.reconcile`), so the gateway is ready once the backends are. The default
 version is the highest, unless the model's route in ``routing.yaml`` sets ``default_version``.
+
+With several gateway processes the manager lives in the primary; the other processes mirror what it
+routes (:mod:`triserve_gateway.registry_sync`), and a synchronous register or scale, an unregister
+and a set-default answer once every process serves the change (:meth:`ModelManager.settled`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from triserve_gateway.admin import BackendAdmin, BackendAdminError
 from triserve_gateway.config import BackendRef, BatchingConfig, ModelRoute
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
+from triserve_gateway.process import ProcessRole
 from triserve_gateway.reconcile import FAILED, LOADING, READY, UNLOADED, Reconciler, Registration, absences
+from triserve_gateway.registry_sync import RegistryFollower, RegistryPublisher
 from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 from triserve_gateway.store import ModelStore, StoreVersion
 from triserve_gateway.torchserve_errors import (
@@ -68,6 +74,7 @@ class ModelManager:
         drain_timeout_s: float = 30.0,
         image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
         settle_timeout_s: float = 180.0,
+        role: ProcessRole | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -80,6 +87,11 @@ class ModelManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.reconciler = Reconciler(self, settle_timeout_s)
         gateway.settling = self.reconciler.settling
+        role = role or ProcessRole()
+        self.publisher = RegistryPublisher(self, role) if role.multiprocess and role.primary else None
+        """Writes the registry for the other gateway processes (primary of several only)."""
+        self.follower = RegistryFollower(self, role) if not role.primary else None
+        """Mirrors the primary's registry (the other gateway processes): no reconciling, no admin calls."""
 
     # ------------------------------------------------------------------ queries
 
@@ -148,6 +160,8 @@ class ModelManager:
                             name, chosen, ", ".join(versions), versions[-1])
                 chosen = None
             self.gateway.catalog.set_default(name, chosen or versions[-1])
+        if self.publisher is not None:  # the other processes start from it
+            self.publisher.changed()
 
     # ------------------------------------------------------------------ register / unregister
 
@@ -199,6 +213,7 @@ class ModelManager:
                 f"Failed to start workers for model {name} version: {version} "
                 f"({'; '.join(reg.errors.values())})"
             )
+        await self.settled()
         workers = reg.min_workers
         return Answer(200, f'Model "{name}" Version: {version} registered with {workers} initial workers')
 
@@ -233,13 +248,14 @@ class ModelManager:
             self._background(self._scale_all(reg))
             return Answer(202, "Processing worker updates...")
         await self._scale_all(reg)
+        await self.settled()
         if min_workers > 0 and not reg.placed():
             raise InternalServerException(f"Failed to start workers for model {name} version: {reg.version}")
         suffix = f", version: {version}" if version else ""
         return Answer(200, f"Workers scaled to {min_workers} for model: {name}{suffix}")
 
     def set_default(self, name: str, version: str) -> str:
-        """TorchServe's ``PUT /models/{m}/{v}/set-default``."""
+        """TorchServe's ``PUT /models/{m}/{v}/set-default`` (every process serves it after :meth:`settled`)."""
         if name not in self.registered:
             raise ModelNotFoundException(f"Model not found: {name}")
         if version not in self.registered[name]:
@@ -250,12 +266,25 @@ class ModelManager:
     # ------------------------------------------------------------------ reconciliation
 
     async def start(self, interval_s: float, first_timeout_s: float = 5.0) -> None:
-        """The backends' first reports (at most ``first_timeout_s``), then reconcile every ``interval_s``."""
+        """The backends' first reports (at most ``first_timeout_s``), then reconcile every ``interval_s``;
+        in a follower process, the primary's registry instead."""
+        if self.follower is not None:
+            await self.follower.start()
+            return
         await self.reconciler.start(interval_s, first_timeout_s)
+        if self.publisher is not None:
+            await self.publisher.start()
 
+    async def settled(self) -> None:
+        """Once every other gateway process serves what this one does (no wait with one process)."""
+        if self.publisher is not None:
+            await self.publisher.settled()
 
     async def close(self) -> None:
-        """Stop reconciling and background work; close the admin clients."""
+        """Stop reconciling (or following) and background work; close the admin clients."""
+        for peer in (self.publisher, self.follower):
+            if peer is not None:
+                await peer.close()
         await self.reconciler.stop()
         tasks = list(self._tasks)
         for task in tasks:
@@ -332,6 +361,7 @@ class ModelManager:
         if not regs:
             self.registered.pop(reg.name, None)
             self.gateway.remove_route(reg.name)
+        await self.settled()  # the other processes stopped routing it and drained their requests
         if not await self.gateway.catalog.drained(reg.name, reg.version, self.drain_timeout_s):
             log.warning("%s version %s: requests still in flight after %.0fs; unloading anyway",
                         reg.name, reg.version, self.drain_timeout_s)

@@ -63,12 +63,12 @@ class ShadowMetrics:
         self.max_logit_diff = LabelCache(Gauge(
             "triserve_gateway_shadow_max_logit_diff",
             "Largest |logit diff| between primary and candidate seen since the gateway started.",
-            PAIR_LABELS, registry=r,
+            PAIR_LABELS, registry=r, multiprocess_mode="max",
         ))  # fmt: skip
         self.pending = LabelCache(Gauge(
             "triserve_gateway_shadows_pending",
             "Shadows running or waiting for a slot, per candidate (at most max_concurrent + max_queue).",
-            ["model", "candidate", "candidate_version"], registry=r,
+            ["model", "candidate", "candidate_version"], registry=r, multiprocess_mode="livesum",
         ))  # fmt: skip
 
 
@@ -78,9 +78,14 @@ class GatewayMetrics:
 
     Every per-request series is labelled by ``model`` and ``version``: a registered model and one of
     its versions, else :data:`UNKNOWN_LABEL` (a client cannot grow the label set); per-backend series
-    (health, failures) by ``backend``."""
+    (health, failures) by ``backend``.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    With several gateway processes (:mod:`triserve_gateway.process`) the counters and histograms sum
+    over the processes; the gauges say how: in flight and pending shadows sum over the live processes,
+    ``backend_up`` is the lowest (0 when any process has the backend down or ejected), the shadows'
+    max logit diff the highest."""
+
+    def __init__(self, registry: CollectorRegistry, worker: int = 0) -> None:
         self.registry = registry
         r = registry
         self.requests = LabelCache(Counter(
@@ -102,7 +107,7 @@ class GatewayMetrics:
         self.in_flight = LabelCache(Gauge(
             "triserve_gateway_requests_in_flight",
             "Inference requests being processed by the gateway.",
-            ["model", "version"], registry=r,
+            ["model", "version"], registry=r, multiprocess_mode="livesum",
         ))  # fmt: skip
         self.batch_size = LabelCache(Histogram(
             "triserve_gateway_batch_size",
@@ -112,7 +117,7 @@ class GatewayMetrics:
         self.backend_up = LabelCache(Gauge(
             "triserve_gateway_backend_up",
             "1 when the backend passes its active health check and its circuit is not open.",
-            ["backend"], registry=r,
+            ["backend"], registry=r, multiprocess_mode="livemin",
         ))  # fmt: skip
         self.backend_failures = LabelCache(Counter(
             "triserve_gateway_backend_failures",
@@ -125,4 +130,4 @@ class GatewayMetrics:
             ["model", "version", "backend"], registry=r,
         ))  # fmt: skip
         self.shadow = ShadowMetrics(r)
-        self.torchserve = TorchServeMetrics(r)
+        self.torchserve = TorchServeMetrics(r, worker=worker)

@@ -13,6 +13,7 @@ Every field below can override the routing file from the environment, e.g.::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -85,6 +86,11 @@ class GatewaySettings(ServiceSettings):
 
     port: int = 8080
     """Inference API port (TorchServe's and KServe v2's inference routes, health probes)."""
+    workers: int = Field(default=1, ge=0, le=64)
+    """Gateway processes serving the inference port (``SO_REUSEPORT``: the kernel spreads connections
+    over them); each has its own batchers and backend connections. The first also serves the
+    management and metrics ports and owns the model registry, which the others mirror within 0.1 s.
+    0 = one per CPU this process may run on. See docs/DEVELOPING.md ("Gateway processes")."""
     management_host: str = "127.0.0.1"
     """Address the management API binds to."""
     management_port: int = 8081
@@ -174,6 +180,10 @@ class GatewaySettings(ServiceSettings):
         if isinstance(value, list):
             return [str(v).strip().upper() for v in value]
         return value
+
+    def worker_count(self) -> int:
+        """How many gateway processes: ``workers``, or with 0 the CPUs this process may run on."""
+        return self.workers or len(os.sched_getaffinity(0))
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -19,22 +19,34 @@ series                              labels                                      
 labels it). The values only grow, as TorchServe's counters do. ``ts_inference_requests_total`` is a
 Prometheus counter; the other five are exported untyped: prometheus-client's text format renames
 every counter to ``<name>_total``, which would break the names these dashboards query.
+
+The values live in prometheus-client gauges (``multiprocess_mode="sum"``, on no registry of their
+own) so that with several gateway processes each process's counts land in the multiprocess directory
+and the metrics listener sums them; :func:`torchserve_family` gives each family its TorchServe type
+back, in one process (:meth:`TorchServeMetrics.collect`) and across processes alike. The
+``triserve_gateway_worker_responses`` counter counts the same responses by gateway process.
 """
 
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 STATUS_CLASSES = ("2XX", "4XX", "5XX")
 DEFAULT_VERSION = "default"
 """``model_version`` of a request that named no version (TorchServe's label)."""
 INFERENCE_LABELS = ("model_name", "model_version", "hostname")
+REQUESTS_SAMPLE = "ts_inference_requests_total"
+"""The gauge holding ``ts_inference_requests`` (exported as a counter of that name)."""
+UNTYPED = frozenset({
+    *(f"Requests{cls}" for cls in STATUS_CLASSES),
+    "ts_inference_latency_microseconds",
+    "ts_queue_latency_microseconds",
+})  # fmt: skip
 
 
 def status_class(status: int) -> str | None:
@@ -46,74 +58,84 @@ def status_class(status: int) -> str | None:
     return "2XX" if status >= 200 else None
 
 
+def torchserve_family(metric: Metric) -> Metric:
+    """A collected family as TorchServe exports it: untyped ``RequestsNXX`` and latencies, the
+    ``ts_inference_requests`` counter; any other family unchanged."""
+    if metric.name in UNTYPED:
+        family = Metric(metric.name, metric.documentation, "unknown")
+    elif metric.name == REQUESTS_SAMPLE:
+        family = Metric("ts_inference_requests", metric.documentation, "counter")
+    else:
+        return metric
+    family.samples = list(metric.samples)
+    return family
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...]) -> Gauge:
+    return Gauge(name, documentation, labels, registry=None, multiprocess_mode="sum")
+
+
 class TorchServeMetrics(Collector):
     """The six TorchServe frontend series (module doc), registered on the app's registry."""
 
-    def __init__(self, registry: CollectorRegistry, hostname: str | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry, hostname: str | None = None, worker: int = 0) -> None:
         self.hostname = hostname or socket.gethostname()
-        self._lock = threading.Lock()
-        self._status = dict.fromkeys(STATUS_CLASSES, 0)
-        self._inference: dict[tuple[str, str], list[float]] = {}
-        """(model, version) -> [requests, latency µs, queue µs]."""
+        status = [
+            _gauge(f"Requests{cls}", f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
+                   ("Level", "Hostname"))
+            for cls in STATUS_CLASSES
+        ]  # fmt: skip
+        self._status = {cls: g.labels("Host", self.hostname) for cls, g in zip(STATUS_CLASSES, status, strict=True)}
+        self._requests = _gauge(
+            REQUESTS_SAMPLE, "TorchServe-compatible: successful inference requests (unit: Count).", INFERENCE_LABELS
+        )
+        self._latency = _gauge(
+            "ts_inference_latency_microseconds",
+            "TorchServe-compatible: total time of successful inference requests (unit: Microseconds).",
+            INFERENCE_LABELS,
+        )
+        self._queue = _gauge(
+            "ts_queue_latency_microseconds",
+            "TorchServe-compatible: time successful inference requests waited to be batched "
+            "(unit: Microseconds).",
+            INFERENCE_LABELS,
+        )
+        self._gauges = [*status, self._requests, self._latency, self._queue]
+        self._inference: dict[tuple[str, str], tuple[Gauge, Gauge, Gauge]] = {}
+        self._worker = Counter(
+            "triserve_gateway_worker_responses",
+            "HTTP responses of the gateway by gateway process (worker index; 0 = the primary).",
+            ["worker"], registry=registry,
+        ).labels(str(worker))  # fmt: skip
         registry.register(self)
 
     def count_response(self, status: int) -> None:
         """One HTTP response of the gateway, by its status."""
         cls = status_class(status)
         if cls is not None:
-            with self._lock:
-                self._status[cls] += 1
+            self._status[cls].inc()
+            self._worker.inc()
 
     def count_inference(self, model: str, version: str | None, latency_s: float, queue_s: float) -> None:
         """One successful inference of ``model`` (``version`` as the client named it, or None)."""
         key = (model, version or DEFAULT_VERSION)
-        with self._lock:
-            row = self._inference.get(key)
-            if row is None:
-                row = self._inference[key] = [0.0, 0.0, 0.0]
-            row[0] += 1
-            row[1] += latency_s * 1e6
-            row[2] += queue_s * 1e6
+        row = self._inference.get(key)
+        if row is None:
+            labels = (*key, self.hostname)
+            row = self._inference[key] = (
+                self._requests.labels(*labels), self._latency.labels(*labels), self._queue.labels(*labels)
+            )
+        row[0].inc()
+        row[1].inc(latency_s * 1e6)
+        row[2].inc(queue_s * 1e6)
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without collecting)."""
-        return self._families(include_samples=False)
+        for gauge in self._gauges:
+            for metric in gauge.describe():
+                yield torchserve_family(metric)
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(include_samples=True)
-
-    def _families(self, include_samples: bool) -> Iterator[Metric]:
-        with self._lock:
-            status = dict(self._status) if include_samples else {}
-            inference = {k: list(v) for k, v in self._inference.items()} if include_samples else {}
-        for cls in STATUS_CLASSES:
-            family = UnknownMetricFamily(
-                f"Requests{cls}", f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
-                labels=("Level", "Hostname"),
-            )
-            if cls in status:
-                family.add_metric(["Host", self.hostname], status[cls])
-            yield family
-        requests = CounterMetricFamily(
-            "ts_inference_requests", "TorchServe-compatible: successful inference requests (unit: Count).",
-            labels=INFERENCE_LABELS,
-        )
-        latency = UnknownMetricFamily(
-            "ts_inference_latency_microseconds",
-            "TorchServe-compatible: total time of successful inference requests (unit: Microseconds).",
-            labels=INFERENCE_LABELS,
-        )
-        queue = UnknownMetricFamily(
-            "ts_queue_latency_microseconds",
-            "TorchServe-compatible: time successful inference requests waited to be batched "
-            "(unit: Microseconds).",
-            labels=INFERENCE_LABELS,
-        )
-        for (model, version), (count, latency_us, queue_us) in sorted(inference.items()):
-            labels = [model, version, self.hostname]
-            requests.add_metric(labels, count)
-            latency.add_metric(labels, latency_us)
-            queue.add_metric(labels, queue_us)
-        yield requests
-        yield latency
-        yield queue
+        for gauge in self._gauges:
+            for metric in gauge.collect():
+                yield torchserve_family(metric)
