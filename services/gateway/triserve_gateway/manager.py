@@ -255,7 +255,7 @@ class ModelManager:
         return Answer(200, f"Workers scaled to {min_workers} for model: {name}{suffix}")
 
     def set_default(self, name: str, version: str) -> str:
-        """TorchServe's ``PUT /models/{m}/{v}/set-default`` (every process serves it after :meth:`settled`)."""
+        """TorchServe's ``PUT /models/{m}/{v}/set-default`` (all processes serve it after :meth:`settled`)."""
         if name not in self.registered:
             raise ModelNotFoundException(f"Model not found: {name}")
         if version not in self.registered[name]:

@@ -58,10 +58,10 @@ class _MultiProcessView(Collector):
     TorchServe-named families given their TorchServe types back."""
 
     def __init__(self, path: Path) -> None:
-        self.collector = MultiProcessCollector(None, str(path))
+        self.collector = MultiProcessCollector(None, str(path))  # type: ignore[no-untyped-call]
 
     def collect(self) -> Iterator[Metric]:
-        for metric in self.collector.collect():
+        for metric in self.collector.collect():  # type: ignore[no-untyped-call]
             yield torchserve_family(metric)
 
 

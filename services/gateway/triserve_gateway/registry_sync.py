@@ -164,7 +164,7 @@ class RegistryFollower:
         deadline = time.monotonic() + timeout_s
         while not await self.poll():
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"no model registry snapshot from the primary in {self.path} after {timeout_s}s")
+                raise RuntimeError(f"no registry snapshot from the primary in {self.path} after {timeout_s}s")
             await asyncio.sleep(self.interval_s)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 

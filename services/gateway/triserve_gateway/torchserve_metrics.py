@@ -81,13 +81,17 @@ class TorchServeMetrics(Collector):
     def __init__(self, registry: CollectorRegistry, hostname: str | None = None, worker: int = 0) -> None:
         self.hostname = hostname or socket.gethostname()
         status = [
-            _gauge(f"Requests{cls}", f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
+            _gauge(f"Requests{cls}",
+                   f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
                    ("Level", "Hostname"))
             for cls in STATUS_CLASSES
         ]  # fmt: skip
-        self._status = {cls: g.labels("Host", self.hostname) for cls, g in zip(STATUS_CLASSES, status, strict=True)}
+        self._status = {
+            cls: g.labels("Host", self.hostname) for cls, g in zip(STATUS_CLASSES, status, strict=True)
+        }
         self._requests = _gauge(
-            REQUESTS_SAMPLE, "TorchServe-compatible: successful inference requests (unit: Count).", INFERENCE_LABELS
+            REQUESTS_SAMPLE, "TorchServe-compatible: successful inference requests (unit: Count).",
+            INFERENCE_LABELS,
         )
         self._latency = _gauge(
             "ts_inference_latency_microseconds",

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -66,7 +66,8 @@ def prepare(settings: GatewaySettings) -> ProcessRole:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from prometheus_client import values
 
-    values.ValueClass = values.get_value_class()  # in case prometheus-client was imported before
+    # in case prometheus-client was imported before: its value class as the environment now says
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return ProcessRole(0, count, run_dir, metrics_dir, os.getpid())
 
 
@@ -159,13 +160,14 @@ class Followers:
             for sentinel in ready:
                 if self._stopping.is_set():
                     return
-                index = sentinels[int(sentinel)]  # type: ignore[call-overload]
+                index = sentinels[cast(int, sentinel)]
                 proc = self.procs[index]
                 proc.join()
                 log.error("gateway process %d (pid %s) exited with %s; starting it again",
                           index, proc.pid, proc.exitcode)
                 if proc.pid is not None:
-                    mark_process_dead(proc.pid, str(self.role.metrics_dir))
-                if time.monotonic() - self.started[index] < MIN_LIFE_S and self._stopping.wait(RESTART_AFTER_S):
+                    mark_process_dead(proc.pid, str(self.role.metrics_dir))  # type: ignore[no-untyped-call]
+                short_lived = time.monotonic() - self.started[index] < MIN_LIFE_S
+                if short_lived and self._stopping.wait(RESTART_AFTER_S):
                     return
                 self._spawn(index)
