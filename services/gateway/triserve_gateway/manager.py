@@ -32,7 +32,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from triserve_common.repository import ALL, parse_model_list
 from triserve_gateway.admin import BackendAdmin, BackendAdminError
 from triserve_gateway.config import BackendRef, BatchingConfig, ModelRoute
 from triserve_gateway.gateway import Gateway
@@ -87,11 +86,9 @@ class ModelManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.reconciler = Reconciler(self, settle_timeout_s)
         gateway.settling = self.reconciler.settling
-        role = role or ProcessRole()
+        role = role or ProcessRole()  # the primary of several publishes its registry, the others follow it
         self.publisher = RegistryPublisher(self, role) if role.multiprocess and role.primary else None
-        """Writes the registry for the other gateway processes (primary of several only)."""
         self.follower = RegistryFollower(self, role) if not role.primary else None
-        """Mirrors the primary's registry (the other gateway processes): no reconciling, no admin calls."""
 
     # ------------------------------------------------------------------ queries
 
@@ -126,21 +123,7 @@ class ModelManager:
     def register_startup(self, models: str) -> None:
         """Register ``load_models`` (``all``, ``none``, ``mnist,fashion:1``) without calling any backend:
         each version is routed to a backend once its report (:meth:`reconcile`) says it holds it."""
-        try:
-            spec = parse_model_list(models)
-        except ValueError as exc:
-            raise BadRequestException(f"load_models: {exc}") from None
-        if spec == ALL:
-            wanted = [(n, v) for n in self.store.models() for v in self.store.versions(n)]
-        else:
-            assert not isinstance(spec, str)
-            wanted = []
-            for name, version in spec:
-                versions = [version] if version else self.store.versions(name)
-                if not versions:
-                    raise ModelNotFoundException(f"load_models: model '{name}' is not in the model store")
-                wanted += [(name, v) for v in versions]
-        for name, version in wanted:
+        for name, version in self.store.start_set(models):
             store_version = self.store.get(name, version)
             backends = self.eligible(name, store_version)
             if not backends:
@@ -304,23 +287,9 @@ class ModelManager:
         self, sv: StoreVersion, url: str, initial_workers: int | None, batch_size: int | None,
         max_batch_delay: int | None, response_timeout: int | None,
     ) -> Registration:
-        archive = sv.archive
-        if archive.min_workers > 0 and archive.max_workers >= archive.min_workers:
-            # the archive's config wins, as in TorchServe
-            min_w, max_w = archive.min_workers, archive.max_workers
-        else:
-            min_w = max_w = 1 if initial_workers is None else max(0, initial_workers)
-        return Registration(
-            store=sv,
-            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels, self.image_formats),
-            url=url,
-            backends=self.eligible(sv.name, sv),
-            min_workers=min_w,
-            max_workers=max_w,
-            batch_size=batch_size or archive.batch_size,
-            max_batch_delay=archive.max_batch_delay if max_batch_delay is None else max_batch_delay,
-            response_timeout=response_timeout or archive.response_timeout,
-        )
+        mv = ModelVersion.from_manifest(sv.manifest, self.max_pixels, self.image_formats)
+        return Registration.of(sv, mv, url, self.eligible(sv.name, sv), initial_workers, batch_size,
+                               max_batch_delay, response_timeout)
 
     def _install(self, reg: Registration) -> None:
         """Add ``reg`` to the catalog, routing and placement (routable once a backend holds it)."""

@@ -60,6 +60,24 @@ class Registration:
     changed_at: float = 0.0
     """When an admin call last changed a state (monotonic): older backend reports do not apply."""
 
+    @classmethod
+    def of(
+        cls, sv: StoreVersion, mv: ModelVersion, url: str, backends: list[str], initial_workers: int | None,
+        batch_size: int | None, max_batch_delay: int | None, response_timeout: int | None,
+    ) -> Registration:
+        """A new registration of a store version: the archive's worker config wins, as in TorchServe."""
+        archive = sv.archive
+        if archive.min_workers > 0 and archive.max_workers >= archive.min_workers:
+            min_w, max_w = archive.min_workers, archive.max_workers
+        else:
+            min_w = max_w = 1 if initial_workers is None else max(0, initial_workers)
+        return cls(
+            store=sv, mv=mv, url=url, backends=backends, min_workers=min_w, max_workers=max_w,
+            batch_size=batch_size or archive.batch_size,
+            max_batch_delay=archive.max_batch_delay if max_batch_delay is None else max_batch_delay,
+            response_timeout=response_timeout or archive.response_timeout,
+        )
+
     @property
     def name(self) -> str:
         return self.mv.name

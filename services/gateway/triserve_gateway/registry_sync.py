@@ -13,7 +13,7 @@ primary routes, through files in the run's registry directory:
   every ``interval_s`` (one ``stat``), applies a new generation (:class:`RegistryFollower`), waits
   for its own requests on versions the snapshot dropped (up to the drain timeout), then acknowledges.
 
-So every process serves a management change within ``2 × interval_s`` (0.1 s) plus the time to apply
+So every process serves a management change within ``2 * interval_s`` (0.1 s) plus the time to apply
 it; a synchronous register, an unregister and a set-default answer only once every follower has
 acknowledged it (:meth:`RegistryPublisher.settled`, to a deadline: a follower that does not
 acknowledge in time is logged, the answer goes out anyway).

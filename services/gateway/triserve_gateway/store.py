@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from triserve_common.manifest import Manifest, list_versions, read_manifest
-from triserve_gateway.torchserve_errors import ModelNotFoundException
+from triserve_common.repository import ALL, parse_model_list
+from triserve_gateway.torchserve_errors import BadRequestException, ModelNotFoundException
 
 _URL = re.compile(r"^(file?|https?)://", re.IGNORECASE)
 """TorchServe's test for a URL (``file?://.*|http(s)?://.*``)."""
@@ -93,6 +94,24 @@ class ModelStore:
         if version not in self.versions(name):
             raise ModelNotFoundException(f"Model not found in model store: {name} version {version}")
         return StoreVersion(read_manifest(version_dir), ArchiveConfig.of(version_dir, name))
+
+    def start_set(self, models: str) -> list[tuple[str, str]]:
+        """The (model, version) pairs ``load_models`` names (``all``, ``none``, ``mnist,fashion:1``):
+        a model alone = its every version; 400/404 naming the mistake."""
+        try:
+            spec = parse_model_list(models)
+        except ValueError as exc:
+            raise BadRequestException(f"load_models: {exc}") from None
+        if spec == ALL:
+            return [(n, v) for n in self.models() for v in self.versions(n)]
+        assert not isinstance(spec, str)
+        wanted = []
+        for name, version in spec:
+            versions = [version] if version else self.versions(name)
+            if not versions:
+                raise ModelNotFoundException(f"load_models: model '{name}' is not in the model store")
+            wanted += [(name, v) for v in versions]
+        return wanted
 
     def resolve_url(self, url: str) -> tuple[str, str]:
         """(model, version) a register ``url`` names (see module doc); 404 as TorchServe otherwise."""
