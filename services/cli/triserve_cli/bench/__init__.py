@@ -67,6 +67,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         max_foreign_cpu=args.max_foreign_cpu,
         retries=args.retries,
         torchserve_tuning=tuning,
+        gateway_workers=args.gateway_workers,
         progress=not args.no_progress,
         command=shlex.join(["triserve", *sys.argv[1:]]),
     )
@@ -114,6 +115,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME=INT,...",
         help="the torchserve-tuned path's per-model config, e.g. workers=2,batch_size=8,max_batch_delay_ms=5 "
         "(default: the values the sweep in BENCHMARKS.md chose)",
+    )
+    parser.add_argument(
+        "--gateway-workers", type=int, metavar="N",
+        help="processes of each gateway instance (default: TRISERVE_GATEWAY_WORKERS, else its default)",
     )
     parser.add_argument("--smoke", action="store_true", help="short run: levels 1,4, 1 s each, 1 s warm-up")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

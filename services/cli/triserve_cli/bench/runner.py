@@ -46,6 +46,8 @@ class BenchConfig:
     """How many times a disturbed measurement is repeated."""
     torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
     """Per-model config of the ``torchserve-tuned`` instance."""
+    gateway_workers: int | None = None
+    """Processes of each gateway instance (None: the gateway's setting)."""
     progress: bool = True
     command: str = ""
 
@@ -132,7 +134,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
     digits = load_digits(SWEEP_INDICES, config.mnist_dir, config.model_store)
     load_digit = next(d for d in digits if d.index == LOAD_INDEX)
     services = sorted({p.service for p in config.paths})
-    stack = Stack(services, work, config.model_store, torchserve_tuning=config.torchserve_tuning)
+    stack = Stack(services, work, config.model_store, torchserve_tuning=config.torchserve_tuning,
+                  gateway_workers=config.gateway_workers)
     trivial = _trivial_instance(work, load_digit)
     document: dict[str, Any] = {
         "started_at": started.isoformat(timespec="seconds"),
@@ -151,6 +154,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
             "retries": config.retries,
             "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
             "torchserve_tuned": asdict(config.torchserve_tuning),
+            "gateway_workers": stack.gateway_workers_used(),
         },
         "paths": [asdict(p) | {"headers": dict(p.headers)} for p in config.paths],
     }

@@ -221,8 +221,14 @@ class Stack:
     model_store: Path
     ready_timeout_s: float = 300.0
     torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
+    gateway_workers: int | None = None
+    """Processes of every gateway instance (None: ``TRISERVE_GATEWAY_WORKERS``, else its default)."""
     instances: dict[str, Instance] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def gateway_workers_used(self) -> int:
+        """``TRISERVE_GATEWAY_WORKERS`` of each gateway instance in this run (0 = one per CPU)."""
+        return PlatformConfig.from_env(gateway_workers=self.gateway_workers).gateway_workers
 
     def _plan(self) -> list[tuple[Instance, dict[str, str]]]:
         wanted = set(self.wanted)
@@ -237,6 +243,7 @@ class Stack:
             gateway_port=free_port(),
             management_port=free_port(),
             metrics_port=free_port(),
+            gateway_workers=self.gateway_workers,
             onnx_port=free_port(),
             paddle_port=free_port(),
             **_torchserve_ports(),

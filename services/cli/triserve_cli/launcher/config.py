@@ -71,6 +71,7 @@ def _service_defaults() -> dict[str, Any]:
         "gateway_port": gateway.port,
         "management_port": gateway.management_port,
         "metrics_port": gateway.metrics_port,
+        "gateway_workers": gateway.workers,
         "onnx_port": OnnxSettings().port,
         "paddle_port": PaddleSettings().port,
         "settle_s": routing.health.interval_s + routing.health.timeout_s,
@@ -99,6 +100,8 @@ class PlatformConfig:
     """Gateway metrics."""
     models: str = "all"
     """Start set of every service (:attr:`PlatformSettings.models`)."""
+    gateway_workers: int = 1
+    """Gateway processes (``TRISERVE_GATEWAY_WORKERS``; ``from_env``: the gateway's setting)."""
     disable_token_auth: bool = False
     ts_grpc_inference_port: int = TORCHSERVE_GRPC_PORTS[0]
     ts_grpc_management_port: int = TORCHSERVE_GRPC_PORTS[1]

@@ -140,6 +140,7 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(config.management_port),
                 "TRISERVE_GATEWAY_METRICS_HOST": config.host,
                 "TRISERVE_GATEWAY_METRICS_PORT": str(config.metrics_port),
+                "TRISERVE_GATEWAY_WORKERS": str(config.gateway_workers),
                 "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(config.management_key_file),
                 "TRISERVE_GATEWAY_DISABLE_TOKEN_AUTH": str(config.disable_token_auth).lower(),
                 "TRISERVE_GATEWAY_LOAD_MODELS": config.models,
