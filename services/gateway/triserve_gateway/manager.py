@@ -38,7 +38,7 @@ from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.process import ProcessRole
 from triserve_gateway.reconcile import FAILED, LOADING, READY, UNLOADED, Reconciler, Registration, absences
-from triserve_gateway.registry_sync import RegistryFollower, RegistryPublisher
+from triserve_gateway.registry_sync import SETTLE_TIMEOUT_S, RegistryFollower, RegistryPublisher
 from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 from triserve_gateway.store import ModelStore, StoreVersion
 from triserve_gateway.torchserve_errors import (
@@ -258,10 +258,10 @@ class ModelManager:
         if self.publisher is not None:
             await self.publisher.start()
 
-    async def settled(self) -> None:
-        """Once every other gateway process serves what this one does (no wait with one process)."""
+    async def settled(self, drain_s: float = 0.0) -> None:
+        """Once the other gateway processes serve what this one does (``drain_s``: to drain a version)."""
         if self.publisher is not None:
-            await self.publisher.settled()
+            await self.publisher.settled(SETTLE_TIMEOUT_S + drain_s)
 
     async def close(self) -> None:
         """Stop reconciling (or following) and background work; close the admin clients."""
@@ -330,7 +330,7 @@ class ModelManager:
         if not regs:
             self.registered.pop(reg.name, None)
             self.gateway.remove_route(reg.name)
-        await self.settled()  # the other processes stopped routing it and drained their requests
+        await self.settled(self.drain_timeout_s)  # the other processes stopped routing it and drained it
         if not await self.gateway.catalog.drained(reg.name, reg.version, self.drain_timeout_s):
             log.warning("%s version %s: requests still in flight after %.0fs; unloading anyway",
                         reg.name, reg.version, self.drain_timeout_s)
