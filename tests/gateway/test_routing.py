@@ -110,7 +110,7 @@ def test_p2c_cost_is_latency_times_load_over_weight() -> None:
     fast.stats.outstanding = slow.stats.outstanding = 1
     assert strategy.cost(fast, clock.now) == pytest.approx(0.004)
     assert strategy.choose([fast, slow]).name == "fast"
-    fast.stats.outstanding = 9  # 0.002 x 10 = 0.020 > 0.010 x 2: the fast one is overloaded
+    fast.stats.outstanding = 10  # 0.002 x 11 = 0.022 > 0.010 x 2: the fast one is overloaded
     assert strategy.choose([fast, slow]).name == "slow"
     heavy = Candidate(slow.stats, weight=4)  # weight scales the cost down
     assert strategy.cost(heavy, clock.now) == pytest.approx(0.005)
@@ -153,3 +153,15 @@ def test_p2c_idle_estimate_decays_so_a_slow_backend_is_probed_again() -> None:
     assert strategy.choose([fast, once_slow]).name == "once_slow"
     once_slow.stats.outstanding = 1  # busy backends do not decay
     assert strategy.choose([fast, once_slow]).name == "fast"
+
+
+def test_p2c_breaks_ties_uniformly_at_random() -> None:
+    clock = Clock()
+    strategy = P2CStrategy(random.Random(5), clock=clock)
+    cs = cands(a=1, b=1, c=1)
+    for cand in cs:
+        cand.stats.observe_latency(0.004, clock.now)
+        cand.stats.outstanding = 2
+    counts = Counter(strategy.choose(cs).name for _ in range(3000))
+    for name in "abc":
+        assert counts[name] / 3000 == pytest.approx(1 / 3, abs=0.04)

@@ -108,11 +108,25 @@ class P2CStrategy:
             i = self.rng.randrange(n)
             j = self.rng.randrange(n - 1)
             pool = (candidates[i], candidates[j + 1 if j >= i else j])
+        # one pass, no lists (this runs for every request): the cheapest, ties broken uniformly at
+        # random (reservoir sampling); cost() inlined for a busy backend, the common case under load
         now = self.clock()
-        costs = [self.cost(c, now) for c in pool]
-        low = min(costs)
-        best = [c for c, cost in zip(pool, costs, strict=True) if cost == low]
-        return best[0] if len(best) == 1 else self.rng.choice(best)
+        best = pool[0]
+        low = math.inf
+        ties = 0
+        for cand in pool:
+            stats = cand.stats
+            if stats.outstanding and stats.ewma_s is not None:
+                cost = stats.ewma_s * (stats.outstanding + 1) / max(cand.weight, 1e-9)
+            else:
+                cost = self.cost(cand, now)
+            if cost < low:
+                best, low, ties = cand, cost, 1
+            elif cost == low:
+                ties += 1
+                if self.rng.randrange(ties) == 0:
+                    best = cand
+        return best
 
 
 @dataclass
