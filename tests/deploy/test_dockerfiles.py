@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.deploy.project import (
     in_build_context,
     served_ports,
     settings_class,
+    shell_commands,
 )
 
 HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
@@ -36,19 +36,6 @@ HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
 def image_env(df: Dockerfile) -> dict[str, str]:
     """The final image's environment as the service sees it (ENV of the runtime stage)."""
     return df.runtime.env()
-
-
-def shell_commands(script: str) -> list[list[str]]:
-    """The simple commands of a shell ``RUN`` line (split at ``&&``, ``;``, ``|``), words unquoted."""
-    lexer = shlex.shlex(script.replace("${", "{"), posix=True, punctuation_chars=";&|")
-    lexer.whitespace_split = True
-    commands: list[list[str]] = [[]]
-    for token in lexer:
-        if token and set(token) <= set(";&|"):
-            commands.append([])
-        else:
-            commands[-1].append(token)
-    return [c for c in commands if c]
 
 
 def pip_local_dirs(df: Dockerfile) -> set[str]:

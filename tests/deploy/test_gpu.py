@@ -6,7 +6,6 @@ caches on a volume, and every GPU overlay (compose, Kubernetes) leaves the engin
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.deploy.project import (
     parse_dockerfile,
     run_tool,
     settings_under,
+    shell_commands,
 )
 
 CACHE_ROOT = "/var/cache/triserve"
@@ -61,19 +61,6 @@ def image_env(df: Dockerfile) -> dict[str, str]:
     for stage in reversed(chain):
         env.update(stage.env())
     return env
-
-
-def shell_commands(script: str) -> list[list[str]]:
-    """The simple commands of a shell ``RUN`` line (split at ``&&``, ``;``, ``|``), words unquoted."""
-    lexer = shlex.shlex(script.replace("${", "{"), posix=True, punctuation_chars=";&|")
-    lexer.whitespace_split = True
-    commands: list[list[str]] = [[]]
-    for token in lexer:
-        if token and set(token) <= set(";&|"):
-            commands.append([])
-        else:
-            commands[-1].append(token)
-    return [c for c in commands if c]
 
 
 def pip_installs(df: Dockerfile) -> list[list[str]]:
