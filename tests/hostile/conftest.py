@@ -9,25 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import one_per_digit
+from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
 from tests.support.stack import free_port_config, service_processes, start_platform, wait_torchserve_worker
 from triserve_common.manifest import read_manifest
 
 BACKENDS = ("onnx", "paddle", "torchserve")
-
-
-@dataclass
-class Digits:
-    """One held-out image per digit: PNGs, labels, and float32 [10, 1, 28, 28] as the model takes it."""
-
-    pngs: list[bytes]
-    labels: list[int]
-    x: np.ndarray
 
 
 @dataclass
@@ -37,6 +27,7 @@ class LivePlatform:
     """The gateway's metrics listener."""
     procs: dict[str, ServiceProcess]
     digits: Digits
+    """One held-out image per digit (``one_per_digit``)."""
 
     @property
     def gateway_pid(self) -> int:
@@ -96,8 +87,7 @@ def live(
         },
         timeout=180,
     )
-    d = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
-    digits = Digits(d.pngs, [int(v) for v in d.labels], d.x)
+    digits = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
     try:
         start_platform(config, procs, lambda url, ts: wait_torchserve_worker(url, ts, timeout=180))
         yield LivePlatform(config.url(config.gateway_port), config.url(config.metrics_port), procs, digits)
