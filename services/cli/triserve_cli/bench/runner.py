@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from triserve_cli.bench import cpu, report, wrk
+from triserve_cli.bench import cpu, report, targets, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
 from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
@@ -178,7 +178,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         stack.remove_scratch()
     document["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     document["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    document["targets"] = report.targets(document["results"])
+    document["targets"] = targets.targets(document["results"])
     report.write_json(document, out / "bench.json")
     title = (
         f"triserve bench: {document['machine']['cores']} cores ({document['machine']['cpu']}), "
