@@ -255,6 +255,16 @@ class Dockerfile:
                 args[key.strip()] = default.strip().strip('"')
         return args
 
+    def context_copies(self) -> list[tuple[str, str]]:
+        """(source, destination) of every ``COPY`` from the build context, in every stage (not ``--from``)."""
+        return [
+            (src, dest)
+            for stage in self.stages
+            for sources, dest, flags in stage.copies()
+            if "from" not in flags
+            for src in sources
+        ]
+
     def container_path_sources(self) -> dict[PurePosixPath, Path]:
         """Destination in the final image → repo path, for every ``COPY`` of the build context into it."""
         mapping: dict[PurePosixPath, Path] = {}

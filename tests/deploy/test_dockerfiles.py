@@ -66,17 +66,13 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root(image: str) -> None:
 def test_copied_paths_exist_and_are_in_the_build_context(image: str) -> None:
     df = dockerfile(image)
     rules = dockerignore_rules()
-    for stage in df.stages:
-        for sources, dest, flags in stage.copies():
-            if "from" in flags:
-                continue
-            for src in sources:
-                path = REPO / src
-                assert path.exists(), f"{df.path.name}: COPY {src} {dest}: {src} does not exist"
-                sent = [f for f in files_under(path) if in_build_context(f, rules)]
-                assert sent, f"COPY {src}: .dockerignore leaves nothing of it in the build context"
-                if path.is_file():
-                    assert sent == [src], f"COPY {src}: excluded by .dockerignore"
+    for src, dest in df.context_copies():
+        path = REPO / src
+        assert path.exists(), f"{df.path.name}: COPY {src} {dest}: {src} does not exist"
+        sent = [f for f in files_under(path) if in_build_context(f, rules)]
+        assert sent, f"COPY {src}: .dockerignore leaves nothing of it in the build context"
+        if path.is_file():
+            assert sent == [src], f"COPY {src}: excluded by .dockerignore"
     for local in pip_local_dirs(df):
         assert (REPO / local / "pyproject.toml").is_file(), f"pip install {local}: not a distribution"
         copied = {

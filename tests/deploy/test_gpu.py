@@ -97,13 +97,9 @@ def test_gpu_dockerfile_builds_what_it_copies_as_non_root(image: str) -> None:
     user = df.runtime.all("USER")[-1].args.split(":")[0]
     assert user.isdigit() and int(user) >= 1000
     rules = dockerignore_rules()
-    for stage in df.stages:
-        for sources, _dest, flags in stage.copies():
-            if "from" in flags:
-                continue
-            for src in sources:
-                sent = [f for f in files_under(REPO / src) if in_build_context(f, rules)]
-                assert sent, f"Dockerfile.gpu: COPY {src}: missing or excluded by .dockerignore"
+    for src, _dest in df.context_copies():
+        sent = [f for f in files_under(REPO / src) if in_build_context(f, rules)]
+        assert sent, f"Dockerfile.gpu: COPY {src}: missing or excluded by .dockerignore"
     # Same service, same health check and entry point as the CPU image.
     (check,) = df.runtime.all("HEALTHCHECK")
     (plain_check,) = plain.runtime.all("HEALTHCHECK")
