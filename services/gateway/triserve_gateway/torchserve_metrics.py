@@ -25,10 +25,16 @@ own) so that with several gateway processes each process's counts land in the mu
 and the metrics listener sums them; :func:`torchserve_family` gives each family its TorchServe type
 back, in one process (:meth:`TorchServeMetrics.collect`) and across processes alike. The
 ``triserve_gateway_worker_responses`` counter counts the same responses by gateway process.
+
+On the metrics listener their sample lines are written as TorchServe writes them
+(:func:`as_torchserve_writes`): labels in TorchServe's order, each followed by a comma
+(``Requests2XX{Level="Host",Hostname="h",} 3.0``) -- what TorchServe's own Postman collection
+matches. Both forms are valid Prometheus text; only the line's spelling differs.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 
@@ -39,6 +45,7 @@ from prometheus_client.registry import Collector
 STATUS_CLASSES = ("2XX", "4XX", "5XX")
 DEFAULT_VERSION = "default"
 """``model_version`` of a request that named no version (TorchServe's label)."""
+HOST_LABELS = ("Level", "Hostname")
 INFERENCE_LABELS = ("model_name", "model_version", "hostname")
 REQUESTS_SAMPLE = "ts_inference_requests_total"
 """The gauge holding ``ts_inference_requests`` (exported as a counter of that name)."""
@@ -47,6 +54,17 @@ UNTYPED = frozenset({
     "ts_inference_latency_microseconds",
     "ts_queue_latency_microseconds",
 })  # fmt: skip
+
+LABEL_ORDER: dict[str, tuple[str, ...]] = {
+    **{f"Requests{cls}": HOST_LABELS for cls in STATUS_CLASSES},
+    "ts_inference_requests_total": INFERENCE_LABELS,
+    "ts_inference_latency_microseconds": INFERENCE_LABELS,
+    "ts_queue_latency_microseconds": INFERENCE_LABELS,
+}
+"""Sample name -> its labels in TorchServe's order (the dimensions of its ``metrics.yaml``)."""
+_SAMPLE_STARTS = tuple(f"{name}{{" for name in LABEL_ORDER)
+_SAMPLE = re.compile(r"(?P<name>[^{]+)\{(?P<labels>.*)\}(?P<value> [^}]*)")
+_LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
 
 
 def status_class(status: int) -> str | None:
@@ -75,6 +93,24 @@ def _gauge(name: str, documentation: str, labels: tuple[str, ...]) -> Gauge:
     return Gauge(name, documentation, labels, registry=None, multiprocess_mode="sum")
 
 
+def as_torchserve_writes(exposition: bytes) -> bytes:
+    """``exposition`` (Prometheus text) with the sample lines of the six TorchServe series rewritten as
+    TorchServe writes them: labels in TorchServe's order, each followed by a comma (prometheus-client
+    sorts them and writes none). Every other line is left as it is."""
+    lines = exposition.decode().split("\n")
+    for i, line in enumerate(lines):
+        match = _SAMPLE.fullmatch(line) if line.startswith(_SAMPLE_STARTS) else None
+        if match is None:
+            continue
+        labels = {m["key"]: m["value"] for m in _LABEL.finditer(match["labels"])}
+        order = LABEL_ORDER[match["name"]]
+        if sorted(labels) != sorted(order):
+            continue  # not a label set of ours: leave it
+        written = "".join(f'{key}="{labels[key]}",' for key in order)
+        lines[i] = f"{match['name']}{{{written}}}{match['value']}"
+    return "\n".join(lines).encode()
+
+
 class TorchServeMetrics(Collector):
     """The six TorchServe frontend series (module doc), registered on the app's registry."""
 
@@ -83,7 +119,7 @@ class TorchServeMetrics(Collector):
         status = [
             _gauge(f"Requests{cls}",
                    f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
-                   ("Level", "Hostname"))
+                   HOST_LABELS)
             for cls in STATUS_CLASSES
         ]  # fmt: skip
         self._status = {
