@@ -25,6 +25,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -85,12 +86,20 @@ def serve_gateway(app: FastAPI, settings: GatewaySettings, role: ProcessRole) ->
     followers.start()
     log.info("gateway: %d processes on the inference port (pids %d, %s)", role.count, os.getpid(),
              ", ".join(str(p.pid) for p in followers.procs.values()))
+    # uvicorn re-raises the stop signal once it has shut down, with the handler it found: make that one
+    # end the process through this function's cleanup (a signal before uvicorn runs does the same)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     try:
         serve_listeners(listeners(app), app, settings, sockets={"inference": inference})
     finally:
         followers.stop(settings.graceful_shutdown_s + 5.0)
         if role.run_dir is not None:
             shutil.rmtree(role.run_dir, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def run_follower(settings: GatewaySettings, role: ProcessRole) -> None:
