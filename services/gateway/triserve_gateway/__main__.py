@@ -9,6 +9,7 @@ multiprocess directory.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 from fastapi import FastAPI
@@ -22,7 +23,12 @@ def _create_app(settings: GatewaySettings) -> FastAPI:
     role = prepare(settings)
     from triserve_gateway.app import create_app
 
-    app = create_app(settings, role=role)
+    try:
+        app = create_app(settings, role=role)
+    except BaseException:
+        if role.run_dir is not None:
+            shutil.rmtree(role.run_dir, ignore_errors=True)
+        raise
     app.state.role = role
     return app
 

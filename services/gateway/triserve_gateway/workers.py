@@ -80,18 +80,21 @@ def serve_gateway(app: FastAPI, settings: GatewaySettings, role: ProcessRole) ->
     if not role.multiprocess:
         serve_listeners(listeners(app), app, settings)
         return
-    bind(settings.host, settings.port, BACKLOG).close()  # fails (and exits) if anything holds the port
-    inference = bind_shared(settings.host, settings.port, BACKLOG)
     followers = Followers(settings, role)
-    followers.start()
-    log.info("gateway: %d processes on the inference port (pids %d, %s)", role.count, os.getpid(),
-             ", ".join(str(p.pid) for p in followers.procs.values()))
-    # uvicorn re-raises the stop signal once it has shut down, with the handler it found: make that one
-    # end the process through this function's cleanup (a signal before uvicorn runs does the same)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_cleanly)
     try:
-        serve_listeners(listeners(app), app, settings, sockets={"inference": inference})
+        # every port first (a port in use ends the start here, before any follower): the inference port
+        # exclusively for a moment, so that one held by anything else is an error rather than shared
+        bind(settings.host, settings.port, BACKLOG).close()
+        sockets = {"inference": bind_shared(settings.host, settings.port, BACKLOG)}
+        sockets.update((x.name, bind(x.host, x.port, BACKLOG)) for x in listeners(app)[1:])
+        followers.start()
+        log.info("gateway: %d processes on the inference port (pids %d, %s)", role.count, os.getpid(),
+                 ", ".join(str(p.pid) for p in followers.procs.values()))
+        # uvicorn re-raises the stop signal once it has shut down, with the handler it found: make that
+        # one end the process through this cleanup (a signal before uvicorn runs does the same)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
+        serve_listeners(listeners(app), app, settings, sockets=sockets)
     finally:
         followers.stop(settings.graceful_shutdown_s + 5.0)
         if role.run_dir is not None:
