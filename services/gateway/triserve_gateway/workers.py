@@ -74,11 +74,11 @@ def prepare(settings: GatewaySettings) -> ProcessRole:
 
 def serve_gateway(app: FastAPI, settings: GatewaySettings, role: ProcessRole) -> None:
     """Serve the gateway: one process as before, or the primary of ``role.count`` (module doc)."""
-    from triserve_gateway.app import listeners
+    from triserve_gateway.app import listeners, serve
     from triserve_gateway.listeners import bind, bind_shared, serve_listeners
 
     if not role.multiprocess:
-        serve_listeners(listeners(app), app, settings)
+        serve(app, settings)
         return
     followers = Followers(settings, role)
     try:
