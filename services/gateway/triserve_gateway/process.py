@@ -39,10 +39,12 @@ class ProcessRole:
 
     @property
     def primary(self) -> bool:
+        """Whether this process serves management and metrics and owns the registry."""
         return self.index == 0
 
     @property
     def multiprocess(self) -> bool:
+        """Whether the gateway runs as several processes."""
         return self.count > 1
 
     @property
