@@ -17,7 +17,7 @@ from triserve_gateway.errors import (
     BackendUnavailableError,
     UnknownBackendError,
 )
-from triserve_gateway.gateway import Gateway
+from triserve_gateway.gateway import Gateway, RoutedResult
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.preprocess import ImagePreprocessor
 
@@ -30,6 +30,14 @@ def batch(*digits: int) -> np.ndarray:
 
 def labels(y: np.ndarray) -> list[int]:
     return [int(i) for i in y.argmax(axis=1)]
+
+
+async def infer(
+    gw: Gateway, model: str, version: str | None, x: np.ndarray, request_id: str | None = None,
+    backend: str | None = None,
+) -> RoutedResult:
+    """Resolve, then infer: the gateway's one way in, as the inference service calls it."""
+    return await gw.infer(gw.resolve(model, version), x, request_id, backend)
 
 
 def make(backends: dict[str, FakeBackend], **kw: object) -> tuple[Gateway, GatewayMetrics]:
@@ -46,11 +54,11 @@ async def test_forced_backend_is_used_and_unknown_backend_is_400() -> None:
     fb = fakes()
     gw, _ = make(fb)
     for name in ("onnx", "paddle", "torchserve"):
-        res = await gw.infer("mnist", None, batch(3), "rid", backend=name)
+        res = await infer(gw, "mnist", None, batch(3), "rid", backend=name)
         assert res.backend == name and labels(res.value) == [3]
         assert fb[name].calls == [1]
     with pytest.raises(UnknownBackendError, match="choose from"):
-        await gw.infer("mnist", None, batch(3), backend="tensorflow")
+        await infer(gw, "mnist", None, batch(3), backend="tensorflow")
     await gw.close()
 
 
@@ -58,13 +66,13 @@ async def test_weights_route_traffic_and_zero_weight_is_failover_only() -> None:
     fb = fakes()
     gw, _ = make(fb, weights={"onnx": 3, "paddle": 1, "torchserve": 0}, batching=False)
     for _ in range(400):
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     assert len(fb["torchserve"].calls) == 0
     assert 0.65 < len(fb["onnx"].calls) / 400 < 0.85
     # weight 0 still serves when the others fail
     fb["onnx"].fail_with = BackendUnavailableError("down")
     fb["paddle"].fail_with = BackendUnavailableError("down")
-    res = await gw.infer("mnist", None, batch(2))
+    res = await infer(gw, "mnist", None, batch(2))
     assert res.backend == "torchserve" and res.attempts == 3
     await gw.close()
 
@@ -77,7 +85,7 @@ async def test_retry_on_another_backend_after_retryable_error(error: Exception) 
     fb = fakes()
     gw, metrics = make(fb, strategy="round-robin")
     fb["onnx"].fail_with = error
-    results = [await gw.infer("mnist", None, batch(d), f"r{d}") for d in range(10)]
+    results = [await infer(gw, "mnist", None, batch(d), f"r{d}") for d in range(10)]
     assert [labels(r.value)[0] for r in results] == list(range(10))
     assert all(r.backend != "onnx" for r in results)
     assert sample(metrics, "triserve_gateway_failovers_total", model="mnist", backend="onnx") >= 1
@@ -90,7 +98,7 @@ async def test_client_error_from_backend_is_not_retried() -> None:
     for f in fb.values():
         f.fail_with = BackendRejectedError("bad tensor", status_code=400)
     with pytest.raises(BackendRejectedError) as info:
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     assert info.value.status_code == 400
     assert sum(len(f.calls) for f in fb.values()) == 1
     await gw.close()
@@ -102,14 +110,14 @@ async def test_all_backends_failing_returns_last_status_and_none_healthy_503() -
     for f in fb.values():
         f.fail_with = BackendTimeoutError("too slow")
     with pytest.raises(BackendTimeoutError, match="tried backends") as info:
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     assert info.value.status_code == 504
     for f in fb.values():
         f.healthy = False
     await gw.check_health()
     assert not gw.ready()
     with pytest.raises(ModelNotReadyError, match="no healthy backend") as info2:
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     assert info2.value.status_code == 503
     await gw.close()
 
@@ -119,16 +127,16 @@ async def test_breaker_ejects_then_half_open_probe_readmits() -> None:
     gw, metrics = make(fb, strategy="round-robin", weights={"onnx": 1, "paddle": 1})
     fb["onnx"].fail_with = BackendUnavailableError("refused")
     for _ in range(6):
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     onnx_calls = len(fb["onnx"].calls)
     assert onnx_calls == 2  # failure_threshold=2, then ejected
     assert sample(metrics, "triserve_gateway_backend_up", backend="onnx") == 0.0
     for _ in range(4):
-        await gw.infer("mnist", None, batch(1))
+        await infer(gw, "mnist", None, batch(1))
     assert len(fb["onnx"].calls) == onnx_calls  # still ejected
     fb["onnx"].fail_with = None
     await asyncio.sleep(0.25)  # open_s=0.2 → half-open probe
-    served = [(await gw.infer("mnist", None, batch(1))).backend for _ in range(6)]
+    served = [(await infer(gw, "mnist", None, batch(1))).backend for _ in range(6)]
     assert "onnx" in served
     assert gw.backends["onnx"].health_label() == "healthy"
     assert sample(metrics, "triserve_gateway_backend_up", backend="onnx") == 1.0
@@ -143,12 +151,12 @@ async def test_active_health_check_removes_and_readds_backend() -> None:
     await asyncio.sleep(0.15)
     assert sample(metrics, "triserve_gateway_backend_up", backend="paddle") == 0.0
     for _ in range(9):
-        assert (await gw.infer("mnist", None, batch(1))).backend != "paddle"
+        assert (await infer(gw, "mnist", None, batch(1))).backend != "paddle"
     with pytest.raises(ModelNotReadyError):
-        await gw.infer("mnist", None, batch(1), backend="paddle")
+        await infer(gw, "mnist", None, batch(1), backend="paddle")
     fb["paddle"].healthy = True
     await asyncio.sleep(0.15)
-    used = {(await gw.infer("mnist", None, batch(1))).backend for _ in range(9)}
+    used = {(await infer(gw, "mnist", None, batch(1))).backend for _ in range(9)}
     assert "paddle" in used
     await gw.close()
     assert all(f.closed for f in fb.values())
@@ -159,7 +167,7 @@ async def test_concurrent_requests_are_batched_per_backend_with_own_answers() ->
     gw, metrics = make(fb, weights={"onnx": 1}, max_batch_size=16, max_queue_delay_ms=20,
                        max_concurrent_batches=1)
     digits = [i % 10 for i in range(64)]
-    calls_ = (gw.infer("mnist", None, batch(d), f"id{i}") for i, d in enumerate(digits))
+    calls_ = (infer(gw, "mnist", None, batch(d), f"id{i}") for i, d in enumerate(digits))
     results = await asyncio.gather(*calls_)
     assert [labels(r.value)[0] for r in results] == digits
     calls = fb["onnx"].calls
@@ -174,7 +182,7 @@ async def test_concurrent_requests_are_batched_per_backend_with_own_answers() ->
 async def test_batching_off_sends_each_request_alone() -> None:
     fb = fakes(delay=0.005)
     gw, _ = make(fb, weights={"onnx": 1}, batching=False)
-    await asyncio.gather(*(gw.infer("mnist", None, batch(1)) for _ in range(20)))
+    await asyncio.gather(*(infer(gw, "mnist", None, batch(1)) for _ in range(20)))
     assert fb["onnx"].calls == [1] * 20
     await gw.close()
 
@@ -184,7 +192,7 @@ async def test_failed_batch_fails_over_each_request() -> None:
     gw, _ = make(fb, weights={"onnx": 1, "paddle": 0}, max_concurrent_batches=1, max_queue_delay_ms=20)
     fb["onnx"].fail_with = BackendError("500")
     fb["onnx"].fail_times = 1
-    results = await asyncio.gather(*(gw.infer("mnist", None, batch(i % 10)) for i in range(20)))
+    results = await asyncio.gather(*(infer(gw, "mnist", None, batch(i % 10)) for i in range(20)))
     assert [labels(r.value)[0] for r in results] == [i % 10 for i in range(20)]
     assert {r.backend for r in results} <= {"onnx", "paddle"}
     assert len(fb["paddle"].calls) >= 1
@@ -195,13 +203,13 @@ async def test_version_and_shape_checks() -> None:
     fb = fakes()
     gw, _ = make(fb)
     with pytest.raises(ModelNotFoundError):
-        await gw.infer("mnist", "7", batch(1))
+        await infer(gw, "mnist", "7", batch(1))
     with pytest.raises(ModelNotFoundError):
-        await gw.infer("cifar", None, batch(1))
+        await infer(gw, "cifar", None, batch(1))
     from triserve_common.errors import BadRequestError
 
     with pytest.raises(BadRequestError, match="FP32"):
-        await gw.infer("mnist", None, np.zeros((1, 28, 28), np.float32))
-    res = await gw.infer("mnist", "1", batch(4), backend="onnx")
+        await infer(gw, "mnist", None, np.zeros((1, 28, 28), np.float32))
+    res = await infer(gw, "mnist", "1", batch(4), backend="onnx")
     assert res.model_version == "1" and fb["onnx"].versions == ["1"]
     await gw.close()

@@ -4,7 +4,7 @@
 metadata, routes ``name``/``version`` (404 when not served), validates request tensors against the
 model's input spec (400 naming expected vs received), runs the batch in a worker thread pool and
 encodes the response (JSON or binary tensors), counting every inference request in Prometheus.
-The REST layer (:mod:`triserve_common.rest`) only maps HTTP onto these calls.
+The REST layer (:func:`triserve_common.rest.build_app`) only maps HTTP onto these calls.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class DataPlaneMetrics:
 
 
 @dataclass
-class InferResult:
+class EncodedResponse:
     """Encoded inference response: body bytes and the headers the codec asks for."""
 
     body: bytes
@@ -249,7 +249,7 @@ class DataPlane:
         version: str | None,
         read_body: BodyReader,
         header_length: str | None,
-    ) -> InferResult:
+    ) -> EncodedResponse:
         """Handle one inference request end to end, counting it in the metrics whatever the outcome.
 
         ``header_length``: the raw ``Inference-Header-Content-Length`` value (None for JSON).
@@ -273,7 +273,7 @@ class DataPlane:
 
     async def _infer(
         self, name: str, version: str | None, read_body: BodyReader, header_length: str | None, label: str
-    ) -> InferResult:
+    ) -> EncodedResponse:
         self.check_model(name, version)
         length = codec.parse_header_length(header_length)
         body = await read_body()
@@ -293,7 +293,7 @@ class DataPlane:
         body_out, headers = codec.encode_response(
             self.runtime.name, self.runtime.version, decoded.request.id, selected, binary=binary
         )
-        return InferResult(body_out, headers)
+        return EncodedResponse(body_out, headers)
 
     def _run(self, tensors: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
         started = time.perf_counter()

@@ -1,13 +1,93 @@
-"""Run a FastAPI app with uvicorn the same way in every service."""
+"""HTTP plumbing every service shares (gateway and runtimes alike), free of the data plane.
+
+- :class:`RequestIdMiddleware`: ``X-Request-Id`` echoed (or generated) on every response;
+- :func:`read_body`: the request body under a byte limit (413 above); :func:`model_target`;
+- :func:`serve` / :func:`run_service`: uvicorn with the same options everywhere, and the body of
+  each service's console script (settings, logging, app, clear exit on bad config).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triserve_common.errors import BadRequestError, PayloadTooLargeError, TriserveError
 from triserve_common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_VALID_REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Echo the client's ``X-Request-Id`` (or a generated one) on every HTTP response (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == _REQUEST_ID_KEY:
+                request_id = value if _VALID_REQUEST_ID.match(value) else None
+                break
+        rid = request_id or uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = rid.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (_REQUEST_ID_KEY, rid)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def model_target(request: Request) -> tuple[str, str | None]:
+    """Model name and requested version (None = latest) from an OIP/TorchServe-style path."""
+    params = request.path_params
+    return params["model_name"], params.get("model_version")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) a declared or streamed size over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequestError(f"invalid Content-Length '{declared}'") from None
+        if size > limit:
+            raise PayloadTooLargeError(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
 
 
 def configure_logging(level: str) -> None:
@@ -31,3 +111,29 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         timeout_keep_alive=75,
         backlog=4096,
     )
+
+
+def run_service(
+    server_name: str,
+    make_settings: Callable[[], S],
+    make_app: Callable[[S], FastAPI],
+) -> int:
+    """Console-script body of a runtime service: settings, logging, app, uvicorn.
+
+    A bad setting or a model that cannot be loaded (missing, tampered: ``ArtifactIntegrityError``)
+    ends the process with one clear log line and exit status 2 or 1, not a traceback.
+    """
+    try:
+        settings = make_settings()
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"{server_name}: invalid settings: {errors}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        app = make_app(settings)
+    except TriserveError as exc:
+        log.critical("%s: cannot start: %s", server_name, exc.message)
+        return 1
+    serve(app, settings)
+    return 0

@@ -1,8 +1,10 @@
 """Settings base for every service: pydantic-settings, one env prefix per service.
 
-A service subclasses :class:`ServiceSettings` and sets its own ``env_prefix``::
+:class:`ServiceSettings` is what every HTTP service has (the gateway uses it as is);
+:class:`RuntimeSettings` adds the model a runtime service serves. A service subclasses one and
+sets its own ``env_prefix``::
 
-    class OnnxSettings(ServiceSettings):
+    class OnnxSettings(RuntimeSettings):
         model_config = SettingsConfigDict(env_prefix="TRISERVE_ONNX_")
         port: int = 8001
 """
@@ -29,10 +31,6 @@ class ServiceSettings(BaseSettings):
     """Python/uvicorn log level."""
     model_store: Path = Path("model_store")
     """Model store root (``<store>/<model>/<version>/manifest.json``)."""
-    model_name: str = "mnist"
-    """Model to serve."""
-    model_version: str | None = None
-    """Version to serve; None = the highest in the store."""
     max_body_bytes: int = 16 * MIB
     """Largest request body accepted (413 above)."""
     graceful_shutdown_s: float = 30.0
@@ -42,3 +40,12 @@ class ServiceSettings(BaseSettings):
         """URL this service answers on (for clients and probes)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+
+class RuntimeSettings(ServiceSettings):
+    """Settings of a runtime service (ONNX, Paddle): which model version it serves."""
+
+    model_name: str = "mnist"
+    """Model to serve."""
+    model_version: str | None = None
+    """Version to serve; None = the highest in the store."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from triserve_common.rest import run_service
+from triserve_common.server import run_service
 from triserve_gateway.app import create_app
 from triserve_gateway.settings import GatewaySettings
 

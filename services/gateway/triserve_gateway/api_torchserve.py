@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from enum import Enum
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,14 +31,22 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from triserve_common.errors import BadRequestError
-from triserve_common.rest import read_body
-from triserve_gateway.gateway import Gateway
+from triserve_common.server import model_target, read_body
+from triserve_gateway.api_common import (
+    JSON,
+    class_count,
+    forced_backend,
+    predicted_labels,
+    request_id_of,
+    service_of,
+    topk_of,
+)
+from triserve_gateway.describe import model_description
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.service import InferenceService
-from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.service import InferenceCall, Payload
 
 Array = np.ndarray[Any, Any]
-JSON = "application/json"
+TAGS: list[str | Enum] = ["TorchServe inference API"]
 
 _PREDICTIONS_BODY: dict[str, Any] = {
     "requestBody": {
@@ -60,34 +70,22 @@ _PREDICTIONS_BODY: dict[str, Any] = {
 }
 
 
-def label_value(mv: ModelVersion, index: int) -> Any:
+def label_value(label: str) -> Any:
     """A label as TorchServe's MNIST handler answers it: numeric labels as JSON numbers."""
-    label = mv.labels[index] if index < len(mv.labels) else str(index)
     return int(label) if label.isdigit() else label
-
-
-def topk_of(mv: ModelVersion, logits: Array, k: int) -> list[dict[str, float]]:
-    """Per row: the k most probable labels → softmax probability, most probable first."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    labels = mv.labels or [str(i) for i in range(logits.shape[1])]
-    return [{labels[i]: float(p[i]) for i in row} for p, row in zip(probs, order, strict=True)]
 
 
 def render_predictions(mv: ModelVersion, logits: Array, topk: int | None, several: bool) -> bytes:
     """The body TorchServe would answer (see module doc)."""
     if topk is None:
-        values = [label_value(mv, int(i)) for i in logits.argmax(axis=1)]
+        values = [label_value(label) for label in predicted_labels(mv, logits)]
         return json.dumps(values if several else values[0]).encode()
     ranked = topk_of(mv, logits, topk)
     return json.dumps(ranked if several else ranked[0], indent=2).encode()
 
 
-def parse_topk(request: Request, classes: int) -> int | None:
-    raw = request.query_params.get("topk") or request.headers.get("x-topk")
+def parse_topk(raw: str | None, classes: int) -> int | None:
+    """``?topk=`` / ``X-TopK`` as an int in ``[1, classes]`` (400 otherwise); None when absent."""
     if raw is None:
         return None
     try:
@@ -99,10 +97,15 @@ def parse_topk(request: Request, classes: int) -> int | None:
     return k
 
 
-def forced_backend(request: Request) -> str | None:
-    """Backend named by ``X-Backend`` or ``?backend=`` (lower-cased), if any."""
-    value = request.headers.get("x-backend") or request.query_params.get("backend")
-    return value.strip().lower() if value else None
+def raw_topk(request: Request) -> str | None:
+    """The ``topk`` the client asked for, unparsed."""
+    return request.query_params.get("topk") or request.headers.get("x-topk")
+
+
+def images_payload(images: list[bytes], topk: str | None, mv: ModelVersion) -> Payload:
+    """The images as the payload, once ``topk`` is checked against the model's classes."""
+    parse_topk(topk, class_count(mv))
+    return Payload(images=images, what="request body" if len(images) == 1 else "form part")
 
 
 async def form_images(request: Request, body: bytes) -> list[bytes]:
@@ -133,59 +136,61 @@ async def form_images(request: Request, body: bytes) -> list[bytes]:
     return images
 
 
-def register(app: FastAPI, settings: GatewaySettings, service: InferenceService, gateway: Gateway) -> None:
+async def request_images(request: Request, limit: int) -> list[bytes]:
+    """The images of a predictions request: the raw body, or each file part of a form."""
+    body = await read_body(request, limit)
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return await form_images(request, body)
+    return [body]
+
+
+async def predictions(request: Request) -> Response:
+    """Classify the image(s) of one request and answer as TorchServe does (see module doc)."""
+    start = time.perf_counter()
+    service = service_of(request)
+    model, version = model_target(request)
+    topk = raw_topk(request)
+    with service.track(model, start) as track:
+        images = await request_images(request, service.settings.max_body_bytes)
+        prepare = partial(images_payload, images, topk)
+        call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
+        served = await service.infer(track, call)
+    k = parse_topk(topk, class_count(served.mv))
+    content = render_predictions(served.mv, served.result.value, k, len(images) > 1)
+    return Response(content, media_type=JSON, headers=served.headers())
+
+
+async def ping(request: Request) -> Response:
+    """Health, as TorchServe answers it: Healthy (200) when every model has a routable backend."""
+    healthy = service_of(request).gateway.ready()
+    body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2) + "\n"
+    return Response(body, status_code=200 if healthy else 500, media_type=JSON)
+
+
+async def list_models(request: Request) -> JSONResponse:
+    """The routed models, TorchServe management style."""
+    models = sorted(service_of(request).gateway.routing.models)
+    return JSONResponse({"models": [{"modelName": name, "modelUrl": name} for name in models]})
+
+
+async def describe_model(request: Request, model_name: str) -> JSONResponse:
+    """One routed model with live per-backend details (see :mod:`triserve_gateway.describe`)."""
+    return JSONResponse([await model_description(service_of(request).gateway, model_name)])
+
+
+def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
-    limit = settings.max_body_bytes
-
-    async def predictions(request: Request) -> Response:
-        start = time.perf_counter()
-        params = request.path_params
-        model: str = params["model_name"]
-        version: str | None = params.get("model_version")
-        request_id: str | None = getattr(request.state, "request_id", None)
-        with service.track(model, start) as track:
-            body = await read_body(request, limit)
-            content_type = request.headers.get("content-type", "")
-            if content_type.lower().startswith("multipart/form-data"):
-                images = await form_images(request, body)
-            else:
-                images = [body]
-            mv = gateway.catalog.get(model, version)
-            topk = parse_topk(request, len(mv.labels) or mv.output.shape[-1])
-            what = "request body" if len(images) == 1 else "form part"
-            served = await service.run(
-                track, model, version, request_id, forced_backend(request), images=images, what=what
-            )
-        content = render_predictions(served.mv, served.result.value, topk, len(images) > 1)
-        return Response(content, media_type=JSON, headers=served.headers())
-
     for path, suffix in (
         ("/predictions/{model_name}", ""),
         ("/predictions/{model_name}/{model_version}", "_version"),
     ):
         for method in ("POST", "PUT"):
             app.add_api_route(
-                path, predictions, methods=[method], tags=["TorchServe inference API"],
+                path, predictions, methods=[method], tags=TAGS,
                 summary="Classify image(s) (TorchServe-compatible)", openapi_extra=_PREDICTIONS_BODY,
                 operation_id=f"predictions{suffix}_{method.lower()}",
             )
-
-    async def ping() -> Response:
-        healthy = gateway.ready()
-        body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2) + "\n"
-        return Response(body, status_code=200 if healthy else 500, media_type=JSON)
-
-    app.add_api_route("/ping", ping, methods=["GET"], tags=["TorchServe inference API"],
-                      summary="Health, as TorchServe answers it")
-
-    async def list_models() -> JSONResponse:
-        return JSONResponse(
-            {"models": [{"modelName": name, "modelUrl": name} for name in sorted(gateway.routing.models)]}
-        )
-
-    async def describe_model(model_name: str) -> JSONResponse:
-        return JSONResponse([await gateway.describe(model_name)])
-
+    app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it")
     app.add_api_route("/models", list_models, methods=["GET"], tags=["Management"],
                       summary="List models (TorchServe management style)")
     app.add_api_route("/models/{model_name}", describe_model, methods=["GET"], tags=["Management"],

@@ -17,25 +17,33 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from enum import Enum
+from functools import partial
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from triserve_common import codec
+from triserve_common import codec, v2
 from triserve_common.errors import BadRequestError
-from triserve_common.rest import read_body
+from triserve_common.server import model_target, read_body
 from triserve_gateway import __version__
-from triserve_gateway.api_torchserve import forced_backend
-from triserve_gateway.gateway import Gateway
+from triserve_gateway.api_common import (
+    class_count,
+    forced_backend,
+    predicted_labels,
+    request_id_of,
+    service_of,
+    softmax,
+)
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.service import InferenceService
-from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.service import InferenceCall, Payload
 
 Array = np.ndarray[Any, Any]
 SERVER_NAME = "triserve-gateway"
 EXTRA_OUTPUTS = ("probabilities", "label")
+TAGS: list[str | Enum] = ["OIP v2"]
 
 _INFER_BODY: dict[str, Any] = {
     "requestBody": {
@@ -73,16 +81,9 @@ def images_of(name: str, arr: Array, binary: bool) -> list[bytes]:
     return out
 
 
-def softmax(logits: Array) -> Array:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: Array = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
 def model_metadata(mv: ModelVersion, versions: list[str], backends: list[str]) -> dict[str, Any]:
     """OIP v2 model metadata as the gateway serves the model."""
-    classes = len(mv.labels) or mv.output.shape[-1]
+    classes = class_count(mv)
     return {
         "name": mv.name,
         "versions": versions,
@@ -104,106 +105,114 @@ def model_metadata(mv: ModelVersion, versions: list[str], backends: list[str]) -
     }
 
 
-def register(app: FastAPI, settings: GatewaySettings, service: InferenceService, gateway: Gateway) -> None:
+def wanted_outputs(request: v2.InferenceRequest, mv: ModelVersion) -> list[str]:
+    """Names of the outputs asked for (default: the model's), 400 naming any unknown one."""
+    wanted = [o.name for o in request.outputs] if request.outputs else [mv.output.name]
+    known = (mv.output.name, *EXTRA_OUTPUTS)
+    unknown = [o for o in wanted if o not in known]
+    if unknown:
+        raise BadRequestError(f"unknown output(s) {', '.join(unknown)} (outputs: {', '.join(known)})")
+    return wanted
+
+
+def tensor_payload(decoded: codec.DecodedRequest, mv: ModelVersion) -> Payload:
+    """The one input of a v2 request as the payload: BYTES images or the model's FP32 tensor."""
+    req = decoded.request
+    if len(req.inputs) != 1:
+        raise BadRequestError(
+            f"expected exactly one input (FP32 '{mv.input.name}' {mv.input.shape} or BYTES "
+            f"encoded images), got {len(req.inputs)}"
+        )
+    inp = req.inputs[0]
+    arr = decoded.tensors[inp.name]
+    wanted_outputs(req, mv)
+    if inp.datatype == "BYTES":
+        return Payload(images=images_of(inp.name, arr, _is_binary(inp)), what=f"input '{inp.name}' image")
+    if inp.datatype == mv.input.datatype:
+        return Payload(tensor=np.ascontiguousarray(arr, dtype=np.float32))
+    raise BadRequestError(
+        f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} "
+        "tensors or BYTES encoded images"
+    )
+
+
+def outputs_of(mv: ModelVersion, logits: Array, wanted: list[str]) -> dict[str, Array]:
+    """The requested outputs computed from the model's logits."""
+    outputs: dict[str, Array] = {}
+    for out in wanted:
+        if out == mv.output.name:
+            outputs[out] = logits
+        elif out == "probabilities":
+            outputs[out] = softmax(logits).astype(np.float32)
+        else:
+            label_arr = np.empty(logits.shape[0], dtype=object)
+            label_arr[:] = [label.encode() for label in predicted_labels(mv, logits)]
+            outputs[out] = label_arr
+    return outputs
+
+
+async def live() -> JSONResponse:
+    """Liveness: the gateway process answers."""
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: every routed model has a routable backend (503 otherwise)."""
+    ok = service_of(request).gateway.ready()
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+async def server_metadata() -> JSONResponse:
+    """OIP v2 server metadata."""
+    return JSONResponse({"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+async def metadata(request: Request) -> JSONResponse:
+    """OIP v2 metadata of a model version as the gateway serves it."""
+    gateway = service_of(request).gateway
+    target = gateway.resolve(*model_target(request))
+    backends = [b.name for b in target.route.config.backends]
+    return JSONResponse(model_metadata(target.mv, gateway.catalog.versions(target.model), backends))
+
+
+async def model_ready(request: Request) -> JSONResponse:
+    """Model readiness: a routable backend serves it (503 otherwise; 404 when not served)."""
+    gateway = service_of(request).gateway
+    target = gateway.resolve(*model_target(request))
+    ok = gateway.model_ready(target.model)
+    return JSONResponse({"name": target.model, "ready": ok}, status_code=200 if ok else 503)
+
+
+async def infer(request: Request) -> Response:
+    """OIP v2 inference: FP32 tensors or BYTES encoded images in, the requested outputs back."""
+    start = time.perf_counter()
+    service = service_of(request)
+    model, version = model_target(request)
+    with service.track(model, start) as track:
+        body = await read_body(request, service.settings.max_body_bytes)
+        length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
+        decoded = codec.decode_request(body, length)
+        prepare = partial(tensor_payload, decoded)
+        call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
+        served = await service.infer(track, call)
+    outputs = outputs_of(served.mv, served.result.value, wanted_outputs(decoded.request, served.mv))
+    binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
+    content, headers = codec.encode_response(
+        model, served.mv.version, decoded.request.id, outputs, binary=binary
+    )
+    headers.update(served.headers())
+    return Response(content, headers=headers)
+
+
+def register(app: FastAPI) -> None:
     """Add the OIP v2 routes to ``app``."""
-    limit = settings.max_body_bytes
-
-    async def live() -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    async def ready() -> JSONResponse:
-        ok = gateway.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    async def server_metadata() -> JSONResponse:
-        return JSONResponse(
-            {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
-        )
-
-    app.add_api_route("/v2/health/live", live, methods=["GET"], tags=["OIP v2"])
-    app.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=["OIP v2"])
-    app.add_api_route("/v2", server_metadata, methods=["GET"], tags=["OIP v2"])
-
-    def target(request: Request) -> tuple[str, str | None]:
-        params = request.path_params
-        return params["model_name"], params.get("model_version")
-
-    async def metadata(request: Request) -> JSONResponse:
-        name, version = target(request)
-        route = gateway.route(name)
-        mv = gateway.catalog.get(name, version)
-        return JSONResponse(
-            model_metadata(mv, gateway.catalog.versions(name), [b.name for b in route.backends])
-        )
-
-    async def model_ready(request: Request) -> JSONResponse:
-        name, version = target(request)
-        gateway.route(name)
-        gateway.catalog.get(name, version)
-        ok = gateway.model_ready(name)
-        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
-
-    async def infer(request: Request) -> Response:
-        start = time.perf_counter()
-        name, version = target(request)
-        request_id: str | None = getattr(request.state, "request_id", None)
-        with service.track(name, start) as track:
-            body = await read_body(request, limit)
-            decoded = codec.decode_request(
-                body, codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-            )
-            gateway.route(name)
-            mv = gateway.catalog.get(name, version)
-            req = decoded.request
-            if len(req.inputs) != 1:
-                raise BadRequestError(
-                    f"expected exactly one input (FP32 '{mv.input.name}' {mv.input.shape} or BYTES "
-                    f"encoded images), got {len(req.inputs)}"
-                )
-            inp = req.inputs[0]
-            arr = decoded.tensors[inp.name]
-            wanted = [o.name for o in req.outputs] if req.outputs else [mv.output.name]
-            known = (mv.output.name, *EXTRA_OUTPUTS)
-            unknown = [o for o in wanted if o not in known]
-            if unknown:
-                raise BadRequestError(f"unknown output(s) {', '.join(unknown)} (outputs: {', '.join(known)})")
-            backend = forced_backend(request)
-            if inp.datatype == "BYTES":
-                images = images_of(inp.name, arr, _is_binary(inp))
-                served = await service.run(
-                    track, name, version, request_id, backend, images=images, what=f"input '{inp.name}' image"
-                )
-            elif inp.datatype == mv.input.datatype:
-                tensor = np.ascontiguousarray(arr, dtype=np.float32)
-                served = await service.run(track, name, version, request_id, backend, tensor=tensor)
-            else:
-                raise BadRequestError(
-                    f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} "
-                    "tensors or BYTES encoded images"
-                )
-        logits = served.result.value
-        outputs: dict[str, Array] = {}
-        for out in wanted:
-            if out == mv.output.name:
-                outputs[out] = logits
-            elif out == "probabilities":
-                outputs[out] = softmax(logits)
-            else:
-                labels = mv.labels or [str(i) for i in range(logits.shape[1])]
-                label_arr = np.empty(logits.shape[0], dtype=object)
-                label_arr[:] = [labels[int(i)].encode() for i in logits.argmax(axis=1)]
-                outputs[out] = label_arr
-        binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
-        content, headers = codec.encode_response(
-            name, served.mv.version, req.id, outputs, binary=binary
-        )
-        headers.update(served.headers())
-        return Response(content, headers=headers)
-
+    app.add_api_route("/v2/health/live", live, methods=["GET"], tags=TAGS)
+    app.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=TAGS)
+    app.add_api_route("/v2", server_metadata, methods=["GET"], tags=TAGS)
     for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
-        app.add_api_route(prefix, metadata, methods=["GET"], tags=["OIP v2"], summary="Model metadata")
-        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=["OIP v2"],
+        app.add_api_route(prefix, metadata, methods=["GET"], tags=TAGS, summary="Model metadata")
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=TAGS,
                           summary="Model readiness (a healthy backend exists)")
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["OIP v2"],
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
                           summary="Inference: FP32 tensors or BYTES encoded images",
                           openapi_extra=_INFER_BODY)

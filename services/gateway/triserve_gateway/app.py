@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.metrics import add_metrics_route, new_registry
-from triserve_common.rest import RequestIdMiddleware
+from triserve_common.server import RequestIdMiddleware
 from triserve_gateway import __version__, api_torchserve, api_v2
 from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import RoutingConfig, gateway_routing
@@ -35,6 +35,12 @@ ClientFactory = Callable[[RoutingConfig], Mapping[str, BackendClient]]
 def default_clients(routing: RoutingConfig) -> dict[str, BackendClient]:
     """One pooled client per configured backend, by protocol."""
     return {name: make_backend_client(name, cfg) for name, cfg in routing.backends.items()}
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered as a plain 500."""
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal server error"), status_code=500)
 
 
 def create_app(
@@ -83,16 +89,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.gateway = gateway
+    app.state.service = service
     app.state.registry = registry
     install_error_handlers(app)
 
-    async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal server error"), status_code=500)
-
-    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RequestIdMiddleware)
-    api_torchserve.register(app, settings, service, gateway)
-    api_v2.register(app, settings, service, gateway)
+    api_torchserve.register(app)
+    api_v2.register(app)
     add_metrics_route(app, registry)
     return app

@@ -20,7 +20,7 @@ Other tools read backend ports from here (:func:`load_routing`), not from duplic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from triserve_common.errors import TriserveError
 from triserve_gateway.routing import StrategyName
-from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings
+from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
 Protocol = Literal["oip-v2", "torchserve"]
 
@@ -145,55 +145,43 @@ def load_routing(path: Path | None = None) -> RoutingConfig:
         raise RoutingConfigError(f"routing file {path}: {detail}") from None
 
 
-def apply_overrides(config: RoutingConfig, settings: GatewaySettings) -> RoutingConfig:
-    """A copy of ``config`` with the settings' (env) overrides applied."""
+def apply_overrides(config: RoutingConfig, settings: GatewaySettings | RoutingOverrides) -> RoutingConfig:
+    """A copy of ``config`` with the settings' (env) overrides applied, validated like the file."""
+    o = settings.routing_overrides() if isinstance(settings, GatewaySettings) else settings
     cfg = config.model_copy(deep=True)
-    urls = dict(settings.backend_urls)
-    for name, url in (
-        ("onnx", settings.onnx_url),
-        ("paddle", settings.paddle_url),
-        ("torchserve", settings.torchserve_url),
-    ):
-        if url:
-            urls[name] = url
-    for name, url in urls.items():
-        if name not in cfg.backends:
-            raise RoutingConfigError(f"URL override for undefined backend '{name}'")
-        cfg.backends[name].url = url.rstrip("/")
-    if settings.torchserve_management_url and "torchserve" in cfg.backends:
-        cfg.backends["torchserve"].management_url = settings.torchserve_management_url.rstrip("/")
-    for backend in cfg.backends.values():
-        if settings.backend_timeout_s is not None:
-            backend.timeout_s = settings.backend_timeout_s
+    unknown = [name for name in o.backend_urls if name not in cfg.backends]
+    if unknown:
+        raise RoutingConfigError(f"URL override for undefined backend '{unknown[0]}'")
+    for name, backend in cfg.backends.items():
+        if name in o.backend_urls:
+            backend.url = o.backend_urls[name].rstrip("/")
+        if name in o.management_urls:
+            backend.management_url = o.management_urls[name].rstrip("/")
+        if o.backend_timeout_s is not None:
+            backend.timeout_s = o.backend_timeout_s
     for route in cfg.models.values():
         for ref in route.backends:
-            if ref.name in settings.weights:
-                ref.weight = settings.weights[ref.name]
-        _override(route, settings, {"strategy": "strategy"})
-        _override(route.batching, settings, _BATCHING_OVERRIDES)
-    _override(cfg.health, settings, {"health_interval_s": "interval_s"})
-    _override(cfg.circuit, settings, _CIRCUIT_OVERRIDES)
+            ref.weight = o.weights.get(ref.name, ref.weight)
+        route.strategy = o.strategy or route.strategy
+        route.batching = _updated(route.batching, o.batching)
+    cfg.health = _updated(cfg.health, o.health)
+    cfg.circuit = _updated(cfg.circuit, o.circuit)
     return cfg
 
 
-_BATCHING_OVERRIDES = {
-    "batching": "enabled",
-    "max_batch_size": "max_batch_size",
-    "max_queue_delay_ms": "max_queue_delay_ms",
-    "max_concurrent_batches": "max_concurrent_batches",
-}
-"""Gateway setting → field of a route's batching config."""
-
-_CIRCUIT_OVERRIDES = {"circuit_failure_threshold": "failure_threshold", "circuit_open_s": "open_s"}
-"""Gateway setting → field of the circuit-breaker config."""
+M = TypeVar("M", bound=BaseModel)
 
 
-def _override(target: object, settings: GatewaySettings, fields: dict[str, str]) -> None:
-    """Set ``target.<field>`` from each ``settings.<setting>`` that is not None."""
-    for setting, field in fields.items():
-        value = getattr(settings, setting)
-        if value is not None:
-            setattr(target, field, value)
+def _updated(target: M, overrides: BaseModel) -> M:
+    """``target`` with the fields ``overrides`` sets (not None), validated (unknown fields fail)."""
+    changes = overrides.model_dump(exclude_none=True)
+    if not changes:
+        return target
+    try:
+        return type(target).model_validate({**target.model_dump(), **changes})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RoutingConfigError(f"invalid routing override: {detail}") from None
 
 
 def gateway_routing(settings: GatewaySettings) -> RoutingConfig:
@@ -211,6 +199,7 @@ __all__ = [
     "ModelRoute",
     "RoutingConfig",
     "RoutingConfigError",
+    "RoutingOverrides",
     "apply_overrides",
     "gateway_routing",
     "load_routing",

@@ -75,7 +75,9 @@ class BackendState:
 
 
 @dataclass
-class _Route:
+class RouteState:
+    """A routed model's config, its strategy instance and its candidate backends."""
+
     config: ModelRoute
     strategy: Strategy
     candidates: list[Candidate]
@@ -83,7 +85,18 @@ class _Route:
 
 
 @dataclass(frozen=True)
-class InferResult:
+class Target:
+    """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
+
+    model: str
+    version: str | None
+    """The version the client asked for (None = latest); part of the batching key."""
+    mv: ModelVersion
+    route: RouteState
+
+
+@dataclass(frozen=True)
+class RoutedResult:
     """The output rows of one request and how they were obtained."""
 
     value: Array
@@ -129,10 +142,10 @@ class Gateway:
             for name in routing.backends
         }
         rng = rng or random.Random()
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, RouteState] = {}
         for model, route in routing.models.items():
             cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
-            self._routes[model] = _Route(
+            self._routes[model] = RouteState(
                 route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands}
             )
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
@@ -159,7 +172,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ queries
 
-    def _route(self, model: str) -> _Route:
+    def _route(self, model: str) -> RouteState:
         r = self._routes.get(model)
         if r is None:
             known = ", ".join(sorted(self._routes))
@@ -169,6 +182,11 @@ class Gateway:
     def route(self, model: str) -> ModelRoute:
         """The routing config of ``model`` (404 if it is not routed)."""
         return self._route(model).config
+
+    def resolve(self, model: str, version: str | None = None) -> Target:
+        """Route and model version of a request (404 naming what is not served)."""
+        route = self._route(model)
+        return Target(model, version, self.catalog.get(model, version), route)
 
     def model_ready(self, model: str) -> bool:
         """Whether at least one backend of ``model`` is routable."""
@@ -182,70 +200,70 @@ class Gateway:
     # ------------------------------------------------------------------ inference
 
     async def infer(
-        self,
-        model: str,
-        version: str | None,
-        x: Array,
-        request_id: str | None = None,
-        backend: str | None = None,
-        mv: ModelVersion | None = None,
-    ) -> InferResult:
+        self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None
+    ) -> RoutedResult:
         """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
-        r = self._route(model)
-        mv = mv or self.catalog.get(model, version)
-        self._check_input(mv, x)
-        if backend:
-            cand = r.by_name.get(backend)
-            if cand is None:
-                raise UnknownBackendError(
-                    f"backend '{backend}' does not serve model '{model}' "
-                    f"(choose from: {', '.join(r.by_name)})"
-                )
-            pool = [cand]
-            attempts = 1
-        else:
-            pool = r.candidates
-            attempts = r.config.max_attempts or len(pool)
+        self._check_input(target.mv, x)
+        pool, attempts = self._pool(target, backend)
         tried: list[str] = []
         last_exc: TriserveError | None = None
         while len(tried) < attempts:
             avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
             if not avail:
                 break
-            primary = [c for c in avail if c.weight > 0] or avail
-            cand = r.strategy.choose(primary)
+            cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
             state = self.backends[cand.name]
             if not state.breaker.acquire():
                 tried.append(cand.name)
                 continue
             if last_exc is not None:
-                self.metrics.failovers.labels(model, tried[-1]).inc()
+                self.metrics.failovers.labels(target.model, tried[-1]).inc()
             tried.append(cand.name)
-            state.stats.outstanding += 1
             try:
-                if r.config.batching.enabled:
-                    outcome = await self._batchers.get((model, version, cand.name)).submit(x, request_id)
-                    value, queue_s, backend_s = outcome.value, outcome.queue_s, outcome.run_s
-                else:
-                    start = time.perf_counter()
-                    value = await self._call(state, mv, version, x, [request_id])
-                    queue_s, backend_s = 0.0, time.perf_counter() - start
+                value, queue_s, backend_s = await self._attempt(target, state, x, request_id)
             except TriserveError as exc:
                 if not is_retryable(exc):
                     raise
                 last_exc = exc
                 log.warning("request %s: backend %s failed: %s", request_id, cand.name, exc.message)
                 continue
-            finally:
-                state.stats.outstanding -= 1
-            return InferResult(value, cand.name, mv.version, queue_s, backend_s, len(tried))
+            return RoutedResult(value, cand.name, target.mv.version, queue_s, backend_s, len(tried))
         if last_exc is not None:
             if len(tried) == 1:
                 raise last_exc
             message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
             raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
         states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        raise ModelNotReadyError(f"no healthy backend for model '{model}' ({states})")
+        raise ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+
+    def _pool(self, target: Target, backend: str | None) -> tuple[list[Candidate], int]:
+        """Candidates and attempts of a request: the forced backend once, else the route's."""
+        r = target.route
+        if not backend:
+            return r.candidates, r.config.max_attempts or len(r.candidates)
+        cand = r.by_name.get(backend)
+        if cand is None:
+            raise UnknownBackendError(
+                f"backend '{backend}' does not serve model '{target.model}' "
+                f"(choose from: {', '.join(r.by_name)})"
+            )
+        return [cand], 1
+
+    async def _attempt(
+        self, target: Target, state: BackendState, x: Array, request_id: str | None
+    ) -> tuple[Array, float, float]:
+        """One try on one backend, batched or direct: (output, queue seconds, backend seconds)."""
+        state.stats.outstanding += 1
+        try:
+            if target.route.config.batching.enabled:
+                key = (target.model, target.version, state.name)
+                outcome = await self._batchers.get(key).submit(x, request_id)
+                return outcome.value, outcome.queue_s, outcome.run_s
+            start = time.perf_counter()
+            value = await self._call(state, target.mv, target.version, x, [request_id])
+            return value, 0.0, time.perf_counter() - start
+        finally:
+            state.stats.outstanding -= 1
 
     def _check_input(self, mv: ModelVersion, x: Array) -> None:
         expected = mv.input.shape
@@ -353,54 +371,3 @@ class Gateway:
                 await self.check_health()
             except Exception:  # keep checking whatever happens
                 log.exception("health check round failed")
-
-    # ------------------------------------------------------------------ describe
-
-    async def describe(self, model: str) -> dict[str, Any]:
-        """TorchServe-management-style description of ``model`` with live per-backend details."""
-        route = self.route(model)
-        r = self._routes[model]
-        names = [ref.name for ref in route.backends]
-        timeout = self.routing.health.timeout_s
-
-        async def info(name: str) -> dict[str, Any]:
-            try:
-                return await self.backends[name].client.describe(model, timeout)
-            except TriserveError as exc:
-                return {"error": exc.message}
-            except Exception as exc:
-                return {"error": f"{type(exc).__name__}: {exc}"}
-
-        infos = await asyncio.gather(*(info(n) for n in names))
-        backends = []
-        for name, detail in zip(names, infos, strict=True):
-            state = self.backends[name]
-            cfg = self.routing.backends[name]
-            ewma = state.stats.ewma_s
-            backends.append(
-                {
-                    "name": name,
-                    "protocol": cfg.protocol,
-                    "url": cfg.url,
-                    "weight": r.by_name[name].weight,
-                    "health": state.health_label(),
-                    "circuit": state.breaker.state.value,
-                    "version": detail.get("version"),
-                    "engine": detail.get("engine"),
-                    "outstanding": state.stats.outstanding,
-                    "latency_ewma_ms": None if ewma is None else round(ewma * 1e3, 3),
-                    **({"last_error": state.last_error} if state.last_error and not state.routable() else {}),
-                    **{k: v for k, v in detail.items() if k not in ("version", "engine")},
-                }
-            )
-        latest = self.catalog.get(model)
-        return {
-            "modelName": model,
-            "modelVersion": latest.version,
-            "versions": self.catalog.versions(model),
-            "ready": self.model_ready(model),
-            "strategy": route.strategy,
-            "batching": route.batching.model_dump(),
-            "labels": latest.labels,
-            "backends": backends,
-        }

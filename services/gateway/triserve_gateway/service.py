@@ -1,17 +1,25 @@
-"""Glue shared by both public APIs: preprocess → gateway → metrics, with per-request timings."""
+"""The gateway's one inference entry point, between the HTTP layer and the core.
+
+An API module parses a request into an :class:`InferenceCall` and calls
+:meth:`InferenceService.infer`, which resolves model, version and route once
+(:meth:`~triserve_gateway.gateway.Gateway.resolve`), lets the request check itself against the
+resolved model version (``prepare``), preprocesses images, runs the batch through
+:meth:`~triserve_gateway.gateway.Gateway.infer` and records per-stage timings. The API module
+renders the :class:`Served` result.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import TriserveError
-from triserve_gateway.gateway import Gateway, InferResult
+from triserve_gateway.gateway import Gateway, RoutedResult
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
@@ -22,11 +30,34 @@ UNKNOWN_MODEL = "_unknown"
 """``model`` label for requests naming a model that is not routed (bounded label cardinality)."""
 
 
+@dataclass(frozen=True)
+class Payload:
+    """The model input of one request: encoded images (preprocessed here) or a ready tensor."""
+
+    images: Sequence[bytes] | None = None
+    tensor: Array | None = None
+    what: str = "image"
+    """How error messages name one image (``request body``, ``form part``, ``input 'x' image``)."""
+
+
+@dataclass(frozen=True)
+class InferenceCall:
+    """What the HTTP layer parsed from one inference request."""
+
+    model: str
+    version: str | None
+    request_id: str | None
+    backend: str | None
+    """Backend forced by the client (``X-Backend``), if any."""
+    prepare: Callable[[ModelVersion], Payload]
+    """Checks the request against the resolved model version (raises 4xx) and gives its payload."""
+
+
 @dataclass
 class Served:
     """A successful inference: the output rows, the model version and where the time went."""
 
-    result: InferResult
+    result: RoutedResult
     mv: ModelVersion
     preprocess_s: float
     total_s: float = 0.0
@@ -51,51 +82,42 @@ class InferenceService:
     def __init__(self, gateway: Gateway, metrics: GatewayMetrics, settings: GatewaySettings) -> None:
         self.gateway = gateway
         self.metrics = metrics
-        self.inline_bytes = settings.inline_decode_max_bytes
+        self.settings = settings
 
     def model_label(self, model: str) -> str:
+        """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
         return model if model in self.gateway.routing.models else UNKNOWN_MODEL
-
-    async def preprocess(self, mv: ModelVersion, images: Sequence[bytes], what: str) -> Array:
-        """Decode inline when small (28x28 PNGs take microseconds), in a thread when big."""
-        if sum(len(i) for i in images) <= self.inline_bytes:
-            return mv.preprocessor.batch(images, what)
-        return await asyncio.to_thread(mv.preprocessor.batch, images, what)
 
     def track(self, model: str, start: float) -> RequestTrack:
         """Context manager accounting for one request (in-flight, count by status, total latency)."""
         return RequestTrack(self.metrics, self.model_label(model), start)
 
-    async def run(
-        self,
-        track: RequestTrack,
-        model: str,
-        version: str | None,
-        request_id: str | None,
-        backend: str | None,
-        images: Sequence[bytes] | None = None,
-        tensor: Array | None = None,
-        what: str = "image",
-    ) -> Served:
-        """Preprocess ``images`` (or take ``tensor`` as is) and infer; raises TriserveError."""
-        self.gateway.route(model)
-        mv = self.gateway.catalog.get(model, version)
+    async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
+        """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
+        target = self.gateway.resolve(request.model, request.version)
+        payload = request.prepare(target.mv)
         t_pre = time.perf_counter()
-        if images is not None:
-            x = await self.preprocess(mv, images, what)
-        else:
-            assert tensor is not None
-            x = tensor
+        x = await self._model_input(target.mv, payload)
         preprocess_s = time.perf_counter() - t_pre
-        result = await self.gateway.infer(model, version, x, request_id, backend, mv)
+        result = await self.gateway.infer(target, x, request.request_id, request.backend)
         track.backend = result.backend
-        served = Served(result, mv, preprocess_s)
+        served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
         stage = self.metrics.stage_latency
         stage.labels(track.model, result.backend, "preprocess").observe(preprocess_s)
         stage.labels(track.model, result.backend, "queue").observe(result.queue_s)
         stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
         return served
+
+    async def _model_input(self, mv: ModelVersion, payload: Payload) -> Array:
+        """The payload's tensor, or its images decoded: inline when small (28x28 PNGs take
+        microseconds), in a worker thread when big."""
+        if payload.images is None:
+            assert payload.tensor is not None
+            return payload.tensor
+        if sum(len(i) for i in payload.images) <= self.settings.inline_decode_max_bytes:
+            return mv.preprocessor.batch(payload.images, payload.what)
+        return await asyncio.to_thread(mv.preprocessor.batch, payload.images, payload.what)
 
 
 class RequestTrack:

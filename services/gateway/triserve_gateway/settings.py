@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
 from pydantic_settings import SettingsConfigDict
 
 from triserve_common.settings import MIB, ServiceSettings
@@ -22,6 +23,52 @@ from triserve_gateway.routing import StrategyName
 
 DEFAULT_ROUTING_FILE = Path(__file__).resolve().parent.parent / "routing.yaml"
 """``services/gateway/routing.yaml``: backends, their ports and per-model routing."""
+
+
+class _Overrides(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingOverrides(_Overrides):
+    """Fields of every model's ``batching`` config to replace (None = keep the file's value)."""
+
+    enabled: bool | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    max_concurrent_batches: int | None = None
+
+
+class HealthOverrides(_Overrides):
+    """Fields of the ``health`` config to replace."""
+
+    interval_s: float | None = None
+
+
+class CircuitOverrides(_Overrides):
+    """Fields of the ``circuit`` config to replace."""
+
+    failure_threshold: int | None = None
+    open_s: float | None = None
+
+
+class RoutingOverrides(_Overrides):
+    """What the environment changes in the routing file, shaped like the file itself.
+
+    Each nested part's fields are named as in the routing config it overrides, so it is applied
+    by validation (:func:`triserve_gateway.config.apply_overrides`), not by name tables.
+    """
+
+    backend_urls: dict[str, str] = {}
+    """Inference URL by backend name."""
+    management_urls: dict[str, str] = {}
+    """Management URL by backend name."""
+    backend_timeout_s: float | None = None
+    weights: dict[str, float] = {}
+    """Weight by backend name, for every model routing to it."""
+    strategy: StrategyName | None = None
+    batching: BatchingOverrides = BatchingOverrides()
+    health: HealthOverrides = HealthOverrides()
+    circuit: CircuitOverrides = CircuitOverrides()
 
 
 class GatewaySettings(ServiceSettings):
@@ -71,3 +118,27 @@ class GatewaySettings(ServiceSettings):
     """Override of the consecutive failures that eject a backend."""
     circuit_open_s: float | None = None
     """Override of how long an ejected backend waits before a half-open probe."""
+
+    def routing_overrides(self) -> RoutingOverrides:
+        """The override fields above, shaped like the routing file."""
+        urls = dict(self.backend_urls)
+        shortcuts = {"onnx": self.onnx_url, "paddle": self.paddle_url, "torchserve": self.torchserve_url}
+        urls.update({name: url for name, url in shortcuts.items() if url})
+        management = {"torchserve": self.torchserve_management_url} if self.torchserve_management_url else {}
+        return RoutingOverrides(
+            backend_urls=urls,
+            management_urls=management,
+            backend_timeout_s=self.backend_timeout_s,
+            weights=self.weights,
+            strategy=self.strategy,
+            batching=BatchingOverrides(
+                enabled=self.batching,
+                max_batch_size=self.max_batch_size,
+                max_queue_delay_ms=self.max_queue_delay_ms,
+                max_concurrent_batches=self.max_concurrent_batches,
+            ),
+            health=HealthOverrides(interval_s=self.health_interval_s),
+            circuit=CircuitOverrides(
+                failure_threshold=self.circuit_failure_threshold, open_s=self.circuit_open_s
+            ),
+        )

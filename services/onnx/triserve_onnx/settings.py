@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 from pydantic import field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from triserve_common.settings import ServiceSettings
+from triserve_common.settings import RuntimeSettings
 
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-class OnnxSettings(ServiceSettings):
+class OnnxSettings(RuntimeSettings):
     """``TRISERVE_ONNX_*``: where the model is, which execution providers, how many threads."""
 
     model_config = SettingsConfigDict(env_prefix="TRISERVE_ONNX_", extra="ignore", protected_namespaces=())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from triserve_common.rest import run_service
+from triserve_common.server import run_service
 from triserve_paddle.app import SERVER_NAME, create_app
 from triserve_paddle.settings import PaddleSettings
 

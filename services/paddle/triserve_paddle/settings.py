@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from triserve_common.settings import ServiceSettings
+from triserve_common.settings import RuntimeSettings
 
 
-class PaddleSettings(ServiceSettings):
+class PaddleSettings(RuntimeSettings):
     """``TRISERVE_PADDLE_*``: device, TensorRT / oneDNN options and the predictor pool."""
 
     model_config = SettingsConfigDict(env_prefix="TRISERVE_PADDLE_", extra="ignore", protected_namespaces=())
