@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def backends(model_store: Path, service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+def backends(
+    model_store: Path, service_logs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backends]:
     """TorchServe, the ONNX and the Paddle service on free ports, shared by every fault test.
 
     A test that kills or stops a backend brings it back before it ends."""

@@ -17,6 +17,8 @@ class TriserveError(Exception):
     """Base error: ``status_code`` is the HTTP status a client sees."""
 
     status_code: int = 500
+    headers: dict[str, str] | None = None
+    """Extra response headers (e.g. ``Retry-After`` on a 503 from admission control)."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -61,6 +63,12 @@ class ModelNotReadyError(TriserveError):
     status_code = 503
 
 
+class RequestTimeoutError(TriserveError):
+    """The client took too long to send its request body (408)."""
+
+    status_code = 408
+
+
 class BackendError(TriserveError):
     """A backend failed (502 unless told otherwise)."""
 
@@ -97,7 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def triserve_handler(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TriserveError)
-        return JSONResponse(error_body(exc.message), status_code=exc.status_code)
+        return JSONResponse(error_body(exc.message), status_code=exc.status_code, headers=exc.headers)
 
     async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -13,7 +13,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triserve_common.errors import BadRequestError, PayloadTooLargeError, TriserveError
+from triserve_common.limits import ServerLimits, uvicorn_options
 from triserve_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -97,19 +98,23 @@ def configure_logging(level: str) -> None:
     )
 
 
-def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Serve ``app`` on the settings' host/port (uvloop, httptools, no access log, graceful stop)."""
+def serve(app: FastAPI, settings: ServiceSettings, limits: ServerLimits | None = None) -> None:
+    """Serve ``app`` on the settings' host/port (uvloop, httptools, no access log, graceful stop);
+    with ``limits``, a connection limit and header read / keep-alive timeouts
+    (:func:`triserve_common.limits.uvicorn_options`)."""
+    options: dict[str, Any] = {"http": "httptools", "timeout_keep_alive": 75}
+    if limits is not None:
+        options.update(uvicorn_options(limits))
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        timeout_keep_alive=75,
         backlog=4096,
+        **options,
     )
 
 
@@ -117,6 +122,7 @@ def run_service(
     server_name: str,
     make_settings: Callable[[], S],
     make_app: Callable[[S], FastAPI],
+    server_limits: Callable[[S], ServerLimits] | None = None,
 ) -> int:
     """Console-script body of a runtime service: settings, logging, app, uvicorn.
 
@@ -135,5 +141,5 @@ def run_service(
     except TriserveError as exc:
         log.critical("%s: cannot start: %s", server_name, exc.message)
         return 1
-    serve(app, settings)
+    serve(app, settings, None if server_limits is None else server_limits(settings))
     return 0

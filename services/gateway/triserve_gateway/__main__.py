@@ -15,7 +15,7 @@ from triserve_gateway.settings import GatewaySettings
 
 def main() -> int:
     """Entry point of the ``triserve-gateway`` console script."""
-    return run_service("triserve-gateway", GatewaySettings, create_app)
+    return run_service("triserve-gateway", GatewaySettings, create_app, GatewaySettings.server_limits)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from triserve_common.errors import ModelNotReadyError
 from triserve_gateway.deadline import Deadline
+from triserve_gateway.limits import Limits
+from triserve_gateway.metrics import GatewayMetrics
 
 
 class OverloadedError(ModelNotReadyError):
@@ -94,10 +96,8 @@ class Admission:
             raise
 
     def _remove(self, waiter: asyncio.Future[None]) -> None:
-        try:
+        with suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
         self._changed()
 
     def release(self) -> None:
@@ -119,3 +119,20 @@ class Admission:
             yield
         finally:
             self.release()
+
+
+def metered_admission(model: str, limits: Limits, metrics: GatewayMetrics) -> Admission:
+    """``model``'s gate with ``limits``, feeding the in-flight/queue gauges and rejection counters."""
+    admitted, queued = metrics.admitted.labels(model), metrics.queued.labels(model)
+
+    def changed(in_flight: int, waiting: int) -> None:
+        admitted.set(in_flight)
+        queued.set(waiting)
+
+    def rejected(reason: str) -> None:
+        metrics.rejections.labels(model, reason).inc()
+        if reason == "deadline":
+            metrics.deadline_expired.labels(model, "admission").inc()
+
+    changed(0, 0)
+    return Admission(model, limits.max_in_flight, limits.max_queue, limits.retry_after_s, changed, rejected)

@@ -3,13 +3,17 @@ as answers (class labels, softmax probabilities, top k)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, cast
 
 import numpy as np
 from fastapi import Request
 
+from triserve_common.errors import TriserveError
+from triserve_gateway.deadline import Deadline, request_budget_s
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.service import InferenceService
+from triserve_gateway.service import InferenceCall, InferenceService, RequestTrack, Served
 
 Array = np.ndarray[Any, Any]
 JSON = "application/json"
@@ -31,6 +35,44 @@ def forced_backend(request: Request) -> str | None:
     """Backend named by ``X-Backend`` or ``?backend=`` (lower-cased), if any."""
     value = request.headers.get("x-backend") or request.query_params.get("backend")
     return value.strip().lower() if value else None
+
+
+class ClientClosedError(TriserveError):
+    """The client closed its connection before the answer (499, as nginx logs it; nobody reads it)."""
+
+    status_code = 499
+
+
+async def infer_request(request: Request, track: RequestTrack, call: InferenceCall) -> Served:
+    """Run ``call`` under the request's deadline (``request_timeout_ms``, or less when the client
+    sends ``X-Request-Timeout`` in ms; counted from the request's arrival).
+
+    A client that disconnects meanwhile cancels the call: a request still queued (admission or
+    batching) leaves its queue; work already sent to a backend completes and is dropped."""
+    service = service_of(request)
+    budget = request_budget_s(request.headers.get("x-request-timeout"), service.settings.request_timeout_ms)
+    deadline = Deadline(budget - (time.perf_counter() - track.start))
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await service.infer(track, call, deadline)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientClosedError("client closed the connection before the answer") from None
+    finally:
+        watcher.cancel()
 
 
 # ------------------------------------------------------------------ outputs

@@ -32,6 +32,7 @@ from triserve_gateway import __version__
 from triserve_gateway.api_common import (
     class_count,
     forced_backend,
+    infer_request,
     predicted_labels,
     request_id_of,
     service_of,
@@ -194,7 +195,7 @@ async def infer(request: Request) -> Response:
         decoded = codec.decode_request(body, length)
         prepare = partial(tensor_payload, decoded)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
-        served = await service.infer(track, call)
+        served = await infer_request(request, track, call)
     outputs = outputs_of(served.mv, served.result.value, wanted_outputs(decoded.request, served.mv))
     binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
     content, headers = codec.encode_response(

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from triserve_common.errors import error_body, install_error_handlers
+from triserve_common.limits import BodyTimeoutMiddleware
 from triserve_common.metrics import add_metrics_route, new_registry
 from triserve_common.server import RequestIdMiddleware
 from triserve_gateway import __version__, api_torchserve, api_v2
@@ -64,7 +65,7 @@ def create_app(
     registry = new_registry()
     metrics = GatewayMetrics(registry)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
-    gateway = Gateway(routing, catalog, clients(routing), metrics)
+    gateway = Gateway(routing, catalog, clients(routing), metrics, limits=settings.limits())
     service = InferenceService(gateway, metrics, settings)
 
     @asynccontextmanager
@@ -94,6 +95,7 @@ def create_app(
     install_error_handlers(app)
 
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestIdMiddleware)
     api_torchserve.register(app)
     api_v2.register(app)

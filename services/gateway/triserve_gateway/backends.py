@@ -76,6 +76,18 @@ def make_http_client(config: BackendConfig) -> httpx.AsyncClient:
     )
 
 
+def make_probe_client(config: BackendConfig) -> httpx.AsyncClient:
+    """The backend's own small pool for health probes and management calls: never the inference
+    pool, so probes neither wait for a free inference connection nor count its queueing."""
+    limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+    return httpx.AsyncClient(
+        base_url=config.url,
+        timeout=config.timeout_s,
+        transport=httpx.AsyncHTTPTransport(retries=0, limits=limits, http1=True, http2=False),
+        trust_env=False,
+    )
+
+
 def _error_message(content: bytes) -> str:
     try:
         body = json.loads(content)
@@ -98,6 +110,8 @@ class _HttpBackend:
         self.config = config
         self.url = config.url
         self._http = http if http is not None else make_http_client(config)
+        # an injected client (tests) serves both; real ones probe on their own small pool
+        self._probe_http = http if http is not None else make_probe_client(config)
 
     def _unavailable(self, exc: Exception) -> BackendUnavailableError:
         return BackendUnavailableError(
@@ -120,7 +134,7 @@ class _HttpBackend:
 
     async def _get(self, url: str, timeout: float) -> httpx.Response:
         try:
-            return await self._http.get(url, timeout=timeout)
+            return await self._probe_http.get(url, timeout=timeout)
         except httpx.TimeoutException:
             raise self._timed_out(timeout) from None
         except httpx.TransportError as exc:
@@ -150,6 +164,8 @@ class _HttpBackend:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._probe_http is not self._http:
+            await self._probe_http.aclose()
 
 
 class OipV2Client(_HttpBackend):

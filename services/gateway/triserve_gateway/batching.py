@@ -14,7 +14,9 @@ Dispatch policy (a batch leaves the queue when the first of these holds):
 So batches grow while the backend is busy and the queueing delay stays bounded. Errors: when
 ``run`` raises, every caller of that batch gets the exception; with ``isolate(exc)`` true and
 more than one caller, each caller's rows are re-run alone so an error reaches only the request
-it belongs to. A caller that is cancelled while queued is dropped from its batch.
+it belongs to. A caller that is cancelled (client gone, time up) while queued is removed from the
+queue; once its rows were sent, the call completes and its answer is dropped (``on_cancel``
+reports which: ``batch_queue`` or ``sent``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class _Pending:
     tag: Any
     future: asyncio.Future[BatchOutcome]
     enqueued: float
+    taken: bool = False
 
 
 class MicroBatcher:
@@ -64,6 +67,7 @@ class MicroBatcher:
         max_concurrent_batches: int = 1,
         isolate: Callable[[BaseException], bool] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        on_cancel: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size and max_concurrent_batches must be at least 1")
@@ -73,12 +77,13 @@ class MicroBatcher:
         self.max_concurrent_batches = max_concurrent_batches
         self._isolate = isolate
         self._on_batch = on_batch
+        self._on_cancel = on_cancel
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._running = 0
         self._wakeup = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches: set[asyncio.Future[Any]] = set()
         self._closed = False
 
     @property
@@ -105,21 +110,35 @@ class MicroBatcher:
         if self._collector is None or self._collector.done():
             self._collector = loop.create_task(self._collect())
         self._wakeup.set()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            if not pending.taken:
+                self._queue.remove(pending)
+                self._queued_rows -= pending.x.shape[0]
+            self._cancelled("sent" if pending.taken else "batch_queue")
+            raise
+
+    def _cancelled(self, stage: str) -> None:
+        if self._on_cancel is not None:
+            self._on_cancel(stage)
 
     async def _run_inline(self, x: Array, tag: Any) -> BatchOutcome:
-        """Fast path: nothing queued and spare capacity, so the caller runs its own batch of one."""
+        """Fast path: nothing queued and spare capacity, so the caller runs its own batch of one
+        (in its own task: a caller that leaves does not abort what was sent)."""
         rows = x.shape[0]
         self._running += 1
         start = time.perf_counter()
         if self._on_batch is not None:
             self._on_batch(rows)
+        task: asyncio.Future[Array] = asyncio.ensure_future(self._run(x, [tag]))
+        self._batches.add(task)
+        task.add_done_callback(self._inline_done)
         try:
-            y = await self._run(x, [tag])
-        finally:
-            self._running -= 1
-            if self._queue:
-                self._wakeup.set()
+            y = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._cancelled("sent")
+            raise
         if y.shape[0] != rows:
             raise RuntimeError(f"batched call returned {y.shape[0]} rows for {rows} inputs")
         return BatchOutcome(y, 0.0, time.perf_counter() - start, rows)
@@ -136,6 +155,14 @@ class MicroBatcher:
         self._queued_rows = 0
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+
+    def _inline_done(self, task: asyncio.Future[Array]) -> None:
+        self._batches.discard(task)
+        self._running -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left must not leave it "never retrieved"
+        if self._queue:
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ internals
 
@@ -188,6 +215,7 @@ class MicroBatcher:
             self._queued_rows -= n
             if head.future.done():
                 continue
+            head.taken = True
             items.append(head)
             rows += n
         return items

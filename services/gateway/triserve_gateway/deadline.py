@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from triserve_common.errors import BadRequestError, BackendTimeoutError
+from triserve_common.errors import BadRequestError, TriserveError
 
 
-class DeadlineExceededError(BackendTimeoutError):
+class DeadlineExceededError(TriserveError):
     """The request's end-to-end deadline passed (504); never retried."""
+
+    status_code = 504
 
 
 class Deadline:
@@ -54,6 +56,8 @@ def request_budget_s(header: str | None, default_ms: float) -> float:
         raise BadRequestError(
             f"X-Request-Timeout must be a number of milliseconds, got '{header[:40]}'"
         ) from None
-    if not asked > 0 or asked != asked:  # NaN, zero, negative
-        raise BadRequestError(f"X-Request-Timeout must be a positive number of milliseconds, got '{header[:40]}'")
+    if not asked > 0:  # also NaN
+        raise BadRequestError(
+            f"X-Request-Timeout must be a positive number of milliseconds, got '{header[:40]}'"
+        )
     return min(asked, default_ms) / 1000.0

@@ -7,7 +7,12 @@
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
 4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
-   up to ``max_attempts``; the breaker records one outcome per backend call.
+   up to ``max_attempts`` and while the model's retry budget allows; the breaker records one
+   outcome per backend call.
+
+Every request has one :class:`~triserve_gateway.deadline.Deadline` (504); attempts and backend calls
+are cut at each backend's attempt timeout (:mod:`triserve_gateway.attempts`); :meth:`Gateway.admit`
+bounds each model's in-flight work and queue.
 
 503 when no backend is routable, otherwise the last failure's status (502/503/504).
 """
@@ -15,21 +20,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError, TriserveError
+from triserve_gateway.admission import Admission, metered_admission
+from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
 from triserve_gateway.batching import BatcherPool, MicroBatcher
 from triserve_gateway.circuit import CircuitBreaker, CircuitState
 from triserve_gateway.config import ModelRoute, RoutingConfig
+from triserve_gateway.deadline import Deadline, DeadlineExceededError
 from triserve_gateway.errors import (
     BackendError,
     BackendRejectedError,
@@ -38,8 +46,11 @@ from triserve_gateway.errors import (
     UnknownBackendError,
     is_retryable,
 )
+from triserve_gateway.health import BackendState, HealthChecker
+from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog, ModelVersion
+from triserve_gateway.retry_budget import RetryBudget
 from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
 
 log = logging.getLogger(__name__)
@@ -50,31 +61,6 @@ BatchKey = tuple[str, str | None, str]
 
 
 @dataclass
-class BackendState:
-    """A backend's client and live state: active health, circuit breaker, routing stats."""
-
-    name: str
-    client: BackendClient
-    breaker: CircuitBreaker
-    stats: BackendStats
-    healthy: bool = True
-    """Result of the last active health check (optimistic until the first one)."""
-    last_error: str | None = None
-    checked_at: float | None = None
-
-    def routable(self) -> bool:
-        """Healthy and admitted by its circuit breaker."""
-        return self.healthy and self.breaker.available()
-
-    def health_label(self) -> str:
-        if not self.healthy:
-            return "unhealthy"
-        if self.breaker.state is CircuitState.CLOSED:
-            return "healthy"
-        return "ejected" if self.breaker.state is CircuitState.OPEN else "probing"
-
-
-@dataclass
 class RouteState:
     """A routed model's config, its strategy instance and its candidate backends."""
 
@@ -82,6 +68,8 @@ class RouteState:
     strategy: Strategy
     candidates: list[Candidate]
     by_name: dict[str, Candidate] = field(default_factory=dict)
+    admission: Admission | None = None
+    budget: RetryBudget = field(default_factory=RetryBudget)
 
 
 @dataclass(frozen=True)
@@ -125,10 +113,13 @@ class Gateway:
         clients: Mapping[str, BackendClient],
         metrics: GatewayMetrics,
         rng: random.Random | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.routing = routing
         self.catalog = catalog
         self.metrics = metrics
+        self.limits = limits = limits or Limits()
+        self.attempts = AttemptTimeouts(limits.attempt_timeout_min_s, limits.attempt_timeout_max_s)
         missing = sorted(set(routing.backends) - set(clients))
         if missing:
             raise ValueError(f"no client for backend(s) {', '.join(missing)}")
@@ -146,10 +137,12 @@ class Gateway:
         for model, route in routing.models.items():
             cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
             self._routes[model] = RouteState(
-                route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands}
+                route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands},
+                metered_admission(model, self.limits, metrics),
+                RetryBudget(limits.retry_budget_percent, limits.retry_budget_min_per_s),
             )
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
-        self._health_task: asyncio.Task[None] | None = None
+        self.health = HealthChecker(self.backends, routing.health, metrics)
         for state in self.backends.values():
             self._publish_up(state)
 
@@ -158,15 +151,12 @@ class Gateway:
     async def start(self, health_checks: bool = True) -> None:
         """First health check (so routing starts informed), then the periodic check task."""
         if health_checks:
-            await self.check_health()
-            self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+            await self.health.check()
+            self.health.start()
 
     async def close(self) -> None:
         """Stop health checks, drain batchers, close backend clients."""
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        await self.health.stop()
         await self._batchers.close()
         await asyncio.gather(*(s.client.aclose() for s in self.backends.values()), return_exceptions=True)
 
@@ -199,12 +189,31 @@ class Gateway:
 
     # ------------------------------------------------------------------ inference
 
+    @asynccontextmanager
+    async def admit(self, model: str, deadline: Deadline) -> AsyncIterator[None]:
+        """Hold one of ``model``'s in-flight slots (:class:`~triserve_gateway.admission.Admission`)."""
+        gate = self._route(model).admission
+        assert gate is not None
+        try:
+            await gate.acquire(deadline)
+        except asyncio.CancelledError:
+            self.metrics.cancelled.labels(model, "admission_queue").inc()
+            raise
+        try:
+            yield
+        finally:
+            gate.release()
+
     async def infer(
-        self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None
+        self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None,
+        deadline: Deadline | None = None,
     ) -> RoutedResult:
         """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
         self._check_input(target.mv, x)
+        deadline = deadline or Deadline(self.limits.request_timeout_s)
         pool, attempts = self._pool(target, backend)
+        budget = target.route.budget
+        budget.deposit()
         tried: list[str] = []
         last_exc: TriserveError | None = None
         while len(tried) < attempts:
@@ -217,10 +226,19 @@ class Gateway:
                 tried.append(cand.name)
                 continue
             if last_exc is not None:
+                if not budget.try_withdraw():
+                    self.metrics.retry_budget_exhausted.labels(target.model).inc()
+                    log.warning("request %s: retry budget of model %s spent, not retrying",
+                                request_id, target.model)
+                    break
+                self.metrics.retries.labels(target.model).inc()
                 self.metrics.failovers.labels(target.model, tried[-1]).inc()
             tried.append(cand.name)
             try:
-                value, queue_s, backend_s = await self._attempt(target, state, x, request_id)
+                value, queue_s, backend_s = await self._attempt(target, state, x, request_id, deadline)
+            except DeadlineExceededError:
+                self.metrics.deadline_expired.labels(target.model, "backend").inc()
+                raise
             except TriserveError as exc:
                 if not is_retryable(exc):
                     raise
@@ -250,22 +268,39 @@ class Gateway:
         return [cand], 1
 
     async def _attempt(
-        self, target: Target, state: BackendState, x: Array, request_id: str | None
+        self, target: Target, state: BackendState, x: Array, request_id: str | None, deadline: Deadline
     ) -> tuple[Array, float, float]:
-        """One try on one backend, batched or direct: (output, queue seconds, backend seconds)."""
+        """One try, batched or direct: (output, queue s, backend s). Waits at most 1.5x the backend's
+        attempt timeout and never past ``deadline``; what was sent runs on (answer dropped)."""
+        cap = 1.5 * self.attempts.timeout(state.name)
+        remaining = deadline.remaining()
         state.stats.outstanding += 1
         try:
-            if target.route.config.batching.enabled:
-                key = (target.model, target.version, state.name)
-                outcome = await self._batchers.get(key).submit(x, request_id)
-                return outcome.value, outcome.queue_s, outcome.run_s
-            start = time.perf_counter()
-            value = await self._call(state, target.mv, target.version, x, [request_id])
-            return value, 0.0, time.perf_counter() - start
+            async with asyncio.timeout(min(cap, remaining)):
+                if target.route.config.batching.enabled:
+                    key = (target.model, target.version, state.name)
+                    outcome = await self._batchers.get(key).submit(x, request_id)
+                    return outcome.value, outcome.queue_s, outcome.run_s
+                start = time.perf_counter()
+                call = asyncio.ensure_future(self._call(state, target.mv, target.version, x, [request_id]))
+                call.add_done_callback(_retrieve)
+                try:
+                    value = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    self.metrics.cancelled.labels(target.model, "sent").inc()
+                    raise
+                return value, 0.0, time.perf_counter() - start
+        except TimeoutError:
+            if remaining <= cap:
+                raise deadline.exceeded(f"waiting for backend '{state.name}'") from None
+            raise BackendTimeoutError(
+                f"backend '{state.name}' did not answer within {cap * 1e3:.0f} ms"
+            ) from None
         finally:
             state.stats.outstanding -= 1
 
     def _check_input(self, mv: ModelVersion, x: Array) -> None:
+        """400 unless ``x`` is FP32 shaped like the model input."""
         expected = mv.input.shape
         ok = (
             x.dtype == np.float32
@@ -296,17 +331,29 @@ class Gateway:
             max_concurrent_batches=cfg.max_concurrent_batches,
             isolate=lambda exc: isinstance(exc, BackendRejectedError),
             on_batch=histogram.observe,
+            on_cancel=lambda stage: self.metrics.cancelled.labels(model, stage).inc(),
         )
 
     async def _call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
     ) -> Array:
-        """One backend call (one batch): breaker bookkeeping, latency stats, failure metrics."""
+        """One backend call (one batch), cut at the backend's attempt timeout: breaker
+        bookkeeping, latency stats, failure metrics."""
         ids = [t for t in tags if t]
         request_id = ",".join(ids) if ids else None
+        timeout = self.attempts.timeout(state.name)
         start = time.perf_counter()
         try:
-            y = await state.client.infer(mv.name, version, x, request_id, mv.input.name, mv.output.name)
+            try:
+                async with asyncio.timeout(timeout):
+                    y = await state.client.infer(
+                        mv.name, version, x, request_id, mv.input.name, mv.output.name
+                    )
+            except TimeoutError:
+                raise BackendTimeoutError(
+                    f"backend '{state.name}' did not answer within its attempt timeout of "
+                    f"{timeout * 1e3:.0f} ms"
+                ) from None
             if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
                 raise BackendError(
                     f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
@@ -319,8 +366,11 @@ class Gateway:
             err = BackendError(f"backend '{state.name}' failed: {type(exc).__name__}: {exc}")
             self._record_failure(state, err)
             raise err from exc
+        elapsed = time.perf_counter() - start
         state.breaker.record_success()
-        state.stats.observe_latency(time.perf_counter() - start)
+        state.stats.observe_latency(elapsed)
+        self.attempts.observe(state.name, elapsed)
+        self.metrics.attempt_timeout.labels(state.name).set(self.attempts.timeout(state.name))
         self._publish_up(state)
         return y.astype(np.float32, copy=False)
 
@@ -334,6 +384,7 @@ class Gateway:
         before = state.breaker.state
         state.breaker.record_failure()
         if before is not CircuitState.OPEN and state.breaker.state is CircuitState.OPEN:
+            self.metrics.ejections.labels(state.name, reason).inc()
             log.warning("backend %s ejected after %d consecutive failures: %s",
                         state.name, state.breaker.consecutive_failures, exc.message)
         self._publish_up(state)
@@ -341,33 +392,13 @@ class Gateway:
     # ------------------------------------------------------------------ health
 
     def _publish_up(self, state: BackendState) -> None:
-        up = state.healthy and state.breaker.state is not CircuitState.OPEN
-        self.metrics.backend_up.labels(state.name).set(1.0 if up else 0.0)
+        self.health.publish_up(state)
 
     async def check_health(self) -> None:
-        """Probe every backend once, concurrently, and update their ``healthy`` flags."""
-        timeout = self.routing.health.timeout_s
-        states = list(self.backends.values())
-        results = await asyncio.gather(*(s.client.health(timeout) for s in states), return_exceptions=True)
-        now = time.monotonic()
-        for state, result in zip(states, results, strict=True):
-            ok = result is True
-            if ok != state.healthy:
-                if ok:
-                    log.info("backend %s passes its health check again", state.name)
-                else:
-                    log.warning("backend %s fails its health check", state.name)
-            state.healthy = ok
-            state.checked_at = now
-            if not ok:
-                failed = isinstance(result, BaseException)
-                state.last_error = repr(result) if failed else "health check failed"
-            self._publish_up(state)
+        """Probe every backend once, concurrently (see :class:`HealthChecker`)."""
+        await self.health.check()
 
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.routing.health.interval_s)
-            try:
-                await self.check_health()
-            except Exception:  # keep checking whatever happens
-                log.exception("health check round failed")
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # seen: its caller may have left

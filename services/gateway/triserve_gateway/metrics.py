@@ -28,7 +28,9 @@ class LabelCache(Generic[M]):
 
 
 class GatewayMetrics:
-    """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers."""
+    """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers,
+    and the overload protections: admission (in flight, queued, rejections), deadlines, retries
+    and their budget, ejections, cancellations."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -72,4 +74,52 @@ class GatewayMetrics:
             "triserve_gateway_failovers",
             "Requests retried on another backend after a failure of this one.",
             ["model", "backend"], registry=r,
+        ))  # fmt: skip
+        self.admitted = LabelCache(Gauge(
+            "triserve_gateway_admission_in_flight",
+            "Requests of the model admitted into the core (preprocessing, batching, backend calls).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.queued = LabelCache(Gauge(
+            "triserve_gateway_admission_queue_depth",
+            "Requests of the model waiting for admission (bounded by max_queue).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.rejections = LabelCache(Counter(
+            "triserve_gateway_rejections",
+            "Requests refused by admission control, by reason (queue_full: 503 at once; "
+            "deadline: 504 while queued).",
+            ["model", "reason"], registry=r,
+        ))  # fmt: skip
+        self.deadline_expired = LabelCache(Counter(
+            "triserve_gateway_deadline_expired",
+            "Requests whose end-to-end deadline passed (504), by where they were (admission, backend).",
+            ["model", "stage"], registry=r,
+        ))  # fmt: skip
+        self.retries = LabelCache(Counter(
+            "triserve_gateway_retries",
+            "Retries on another backend (each withdrew one token from the retry budget).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.retry_budget_exhausted = LabelCache(Counter(
+            "triserve_gateway_retry_budget_exhausted",
+            "Retries refused because the retry budget was spent (the request kept its error).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.ejections = LabelCache(Counter(
+            "triserve_gateway_ejections",
+            "Backends taken out of rotation, by cause (timeout, unavailable, error: consecutive "
+            "failures of calls; health_check: the active probe failed).",
+            ["backend", "cause"], registry=r,
+        ))  # fmt: skip
+        self.attempt_timeout = LabelCache(Gauge(
+            "triserve_gateway_attempt_timeout_seconds",
+            "Current per-attempt timeout of the backend (from its observed latency).",
+            ["backend"], registry=r,
+        ))  # fmt: skip
+        self.cancelled = LabelCache(Counter(
+            "triserve_gateway_cancelled",
+            "Requests whose client went away, by where they were: admission or batch queue "
+            "(removed), sent (the backend's answer is dropped).",
+            ["model", "stage"], registry=r,
         ))  # fmt: skip

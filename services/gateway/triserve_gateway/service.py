@@ -3,9 +3,11 @@
 An API module parses a request into an :class:`InferenceCall` and calls
 :meth:`InferenceService.infer`, which resolves model, version and route once
 (:meth:`~triserve_gateway.gateway.Gateway.resolve`), lets the request check itself against the
-resolved model version (``prepare``), preprocesses images, runs the batch through
-:meth:`~triserve_gateway.gateway.Gateway.infer` and records per-stage timings. The API module
-renders the :class:`Served` result.
+resolved model version (``prepare``), waits for admission
+(:meth:`~triserve_gateway.gateway.Gateway.admit`: bounded in-flight work and queue per model),
+preprocesses images, runs the batch through :meth:`~triserve_gateway.gateway.Gateway.infer` within
+the request's deadline and records per-stage timings. The API module renders the :class:`Served`
+result.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from triserve_common.errors import TriserveError
+from triserve_gateway.deadline import Deadline
 from triserve_gateway.gateway import Gateway, RoutedResult
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelVersion
@@ -92,14 +95,19 @@ class InferenceService:
         """Context manager accounting for one request (in-flight, count by status, total latency)."""
         return RequestTrack(self.metrics, self.model_label(model), start)
 
-    async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
-        """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
+    async def infer(
+        self, track: RequestTrack, request: InferenceCall, deadline: Deadline | None = None
+    ) -> Served:
+        """Resolve, check, admit, preprocess and infer ``request`` before ``deadline`` (default: the
+        gateway's ``request_timeout_ms``); raises TriserveError (see module doc)."""
+        deadline = deadline or Deadline(self.settings.request_timeout_ms / 1000.0)
         target = self.gateway.resolve(request.model, request.version)
         payload = request.prepare(target.mv)
-        t_pre = time.perf_counter()
-        x = await self._model_input(target.mv, payload)
-        preprocess_s = time.perf_counter() - t_pre
-        result = await self.gateway.infer(target, x, request.request_id, request.backend)
+        async with self.gateway.admit(target.model, deadline):
+            t_pre = time.perf_counter()
+            x = await self._model_input(target.mv, payload)
+            preprocess_s = time.perf_counter() - t_pre
+            result = await self.gateway.infer(target, x, request.request_id, request.backend, deadline)
         track.backend = result.backend
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
