@@ -54,6 +54,10 @@ class AttemptTimeouts:
         est.rttvar += self.beta * (abs(est.srtt - seconds) - est.rttvar)
         est.srtt += self.alpha * (seconds - est.srtt)
 
+    def reset(self, backend: str) -> None:
+        """Forget ``backend``'s estimate (it came back: measure it afresh, from ``max_s``)."""
+        self._estimates.pop(backend, None)
+
     def timeout(self, backend: str) -> float:
         """Seconds the next attempt on ``backend`` may take."""
         est = self._estimates.get(backend)

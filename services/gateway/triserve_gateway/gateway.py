@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from triserve_common.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError, TriserveError
+from triserve_common.errors import ModelNotFoundError, ModelNotReadyError, TriserveError
 from triserve_gateway.admission import Admission, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
@@ -49,7 +49,7 @@ from triserve_gateway.errors import (
 from triserve_gateway.health import BackendState, HealthChecker
 from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
-from triserve_gateway.models import ModelCatalog, ModelVersion
+from triserve_gateway.models import ModelCatalog, ModelVersion, check_input
 from triserve_gateway.retry_budget import RetryBudget
 from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
 
@@ -142,7 +142,7 @@ class Gateway:
                 RetryBudget(limits.retry_budget_percent, limits.retry_budget_min_per_s),
             )
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
-        self.health = HealthChecker(self.backends, routing.health, metrics)
+        self.health = HealthChecker(self.backends, routing.health, metrics, self.attempts.reset)
         for state in self.backends.values():
             self._publish_up(state)
 
@@ -209,7 +209,7 @@ class Gateway:
         deadline: Deadline | None = None,
     ) -> RoutedResult:
         """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
-        self._check_input(target.mv, x)
+        check_input(target.mv, x)
         deadline = deadline or Deadline(self.limits.request_timeout_s)
         pool, attempts = self._pool(target, backend)
         budget = target.route.budget
@@ -234,8 +234,12 @@ class Gateway:
                 self.metrics.retries.labels(target.model).inc()
                 self.metrics.failovers.labels(target.model, tried[-1]).inc()
             tried.append(cand.name)
+            # with nowhere left to fail over to, waiting longer beats giving up
+            last = len(tried) >= attempts or budget.balance() < 1.0 or not any(
+                c.name not in tried and self.backends[c.name].routable() for c in pool
+            )
             try:
-                value, queue_s, backend_s = await self._attempt(target, state, x, request_id, deadline)
+                value, queue_s, backend_s = await self._attempt(target, state, x, request_id, deadline, last)
             except DeadlineExceededError:
                 self.metrics.deadline_expired.labels(target.model, "backend").inc()
                 raise
@@ -268,12 +272,13 @@ class Gateway:
         return [cand], 1
 
     async def _attempt(
-        self, target: Target, state: BackendState, x: Array, request_id: str | None, deadline: Deadline
+        self, target: Target, state: BackendState, x: Array, request_id: str | None, deadline: Deadline,
+        last: bool,
     ) -> tuple[Array, float, float]:
         """One try, batched or direct: (output, queue s, backend s). Waits at most 1.5x the backend's
-        attempt timeout and never past ``deadline``; what was sent runs on (answer dropped)."""
-        cap = 1.5 * self.attempts.timeout(state.name)
+        attempt timeout (until ``deadline`` when ``last``); what was sent runs on (answer dropped)."""
         remaining = deadline.remaining()
+        cap = remaining if last else 1.5 * self.attempts.timeout(state.name)
         state.stats.outstanding += 1
         try:
             async with asyncio.timeout(min(cap, remaining)):
@@ -299,21 +304,6 @@ class Gateway:
         finally:
             state.stats.outstanding -= 1
 
-    def _check_input(self, mv: ModelVersion, x: Array) -> None:
-        """400 unless ``x`` is FP32 shaped like the model input."""
-        expected = mv.input.shape
-        ok = (
-            x.dtype == np.float32
-            and x.ndim == len(expected)
-            and x.shape[0] > 0
-            and all(e < 0 or e == d for e, d in zip(expected[1:], x.shape[1:], strict=True))
-        )
-        if not ok:
-            raise BadRequestError(
-                f"input '{mv.input.name}' must be FP32 {expected} with at least one row, "
-                f"got {x.dtype} {list(x.shape)}"
-            )
-
     def _make_batcher(self, key: BatchKey) -> MicroBatcher:
         model, version, backend = key
         state = self.backends[backend]
@@ -337,11 +327,11 @@ class Gateway:
     async def _call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
     ) -> Array:
-        """One backend call (one batch), cut at the backend's attempt timeout: breaker
-        bookkeeping, latency stats, failure metrics."""
+        """One backend call (one batch), cut after twice the longest attempt timeout (a hung
+        backend): breaker bookkeeping, latency stats, failure metrics."""
         ids = [t for t in tags if t]
         request_id = ",".join(ids) if ids else None
-        timeout = self.attempts.timeout(state.name)
+        timeout = 2 * self.attempts.max_s
         start = time.perf_counter()
         try:
             try:
@@ -351,8 +341,7 @@ class Gateway:
                     )
             except TimeoutError:
                 raise BackendTimeoutError(
-                    f"backend '{state.name}' did not answer within its attempt timeout of "
-                    f"{timeout * 1e3:.0f} ms"
+                    f"backend '{state.name}' did not answer within {timeout * 1e3:.0f} ms"
                 ) from None
             if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
                 raise BackendError(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from triserve_gateway.backends import BackendClient
@@ -53,9 +53,16 @@ class HealthChecker:
     """Periodic concurrent probes of every backend (see module doc)."""
 
     def __init__(
-        self, backends: Mapping[str, BackendState], config: HealthConfig, metrics: GatewayMetrics
+        self,
+        backends: Mapping[str, BackendState],
+        config: HealthConfig,
+        metrics: GatewayMetrics,
+        on_recovered: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_recovered(name)`` runs when a backend passes its probe again (e.g. forget its
+        latency estimate: a restarted backend warms up)."""
         self.backends = backends
+        self.on_recovered = on_recovered
         self.config = config
         self.metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -76,6 +83,8 @@ class HealthChecker:
             if ok != state.healthy:
                 if ok:
                     log.info("backend %s passes its health check again", state.name)
+                    if self.on_recovered is not None:
+                        self.on_recovered(state.name)
                 else:
                     self.metrics.ejections.labels(state.name, "health_check").inc()
                     log.warning("backend %s fails its health check", state.name)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from triserve_common.errors import ModelNotFoundError
+import numpy as np
+
+from triserve_common.errors import BadRequestError, ModelNotFoundError
 from triserve_common.manifest import (
     Manifest,
     TensorSpec,
@@ -15,6 +18,8 @@ from triserve_common.manifest import (
     version_sort_key,
 )
 from triserve_gateway.preprocess import ImagePreprocessor
+
+Array = np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -95,3 +100,19 @@ class ModelCatalog:
             known = ", ".join(self.versions(name))
             raise ModelNotFoundError(f"version '{version}' of model '{name}' not found (versions: {known})")
         return mv
+
+
+def check_input(mv: ModelVersion, x: Array) -> None:
+    """400 unless ``x`` is FP32 shaped like the model input."""
+    expected = mv.input.shape
+    ok = (
+        x.dtype == np.float32
+        and x.ndim == len(expected)
+        and x.shape[0] > 0
+        and all(e < 0 or e == d for e, d in zip(expected[1:], x.shape[1:], strict=True))
+    )
+    if not ok:
+        raise BadRequestError(
+            f"input '{mv.input.name}' must be FP32 {expected} with at least one row, "
+            f"got {x.dtype} {list(x.shape)}"
+        )
