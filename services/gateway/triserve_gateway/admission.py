@@ -57,6 +57,19 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiters)
 
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused (no slot, queue full)."""
+        return self.in_flight >= self.max_in_flight and len(self._waiters) >= self.max_queue
+
+    def refuse(self) -> OverloadedError:
+        """Count a refusal and build its 503."""
+        self._reject("queue_full")
+        return OverloadedError(
+            f"model '{self.model}' is overloaded: {self.in_flight} requests in flight and "
+            f"{len(self._waiters)} queued (limits {self.max_in_flight} + {self.max_queue}); retry later",
+            self.retry_after_s,
+        )
+
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self.in_flight, len(self._waiters))
@@ -72,12 +85,7 @@ class Admission:
             self._changed()
             return
         if len(self._waiters) >= self.max_queue:
-            self._reject("queue_full")
-            raise OverloadedError(
-                f"model '{self.model}' is overloaded: {self.in_flight} requests in flight and "
-                f"{len(self._waiters)} queued (limits {self.max_in_flight} + {self.max_queue}); retry later",
-                self.retry_after_s,
-            )
+            raise self.refuse()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._changed()

@@ -27,6 +27,7 @@ from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.shedding import LoadSheddingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(LoadSheddingMiddleware, gateway=gateway)
     api_torchserve.register(app)
     api_v2.register(app)
     add_metrics_route(app, registry)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from triserve_common.errors import ModelNotFoundError, ModelNotReadyError, TriserveError
-from triserve_gateway.admission import Admission, metered_admission
+from triserve_gateway.admission import Admission, OverloadedError, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
 from triserve_gateway.batching import BatcherPool, MicroBatcher
@@ -188,6 +188,14 @@ class Gateway:
         return bool(self._routes) and all(self.model_ready(m) for m in self._routes)
 
     # ------------------------------------------------------------------ inference
+
+    def overloaded(self, model: str) -> OverloadedError | None:
+        """The 503 a request for ``model`` would get from admission right now, if any (counted):
+        lets the HTTP layer shed load before reading or parsing the request."""
+        r = self._routes.get(model)
+        if r is None or r.admission is None or not r.admission.full():
+            return None
+        return r.admission.refuse()
 
     @asynccontextmanager
     async def admit(self, model: str, deadline: Deadline) -> AsyncIterator[None]:
