@@ -74,7 +74,13 @@ def start_backends(config: PlatformConfig, log_dir: Path) -> Backends:
 
 
 def base_url(proc: ServiceProcess) -> str:
+    """The gateway's inference URL."""
     return proc.ready_url.split("/v2/")[0]
+
+
+def metrics_url(proc: ServiceProcess) -> str:
+    """Where the gateway's Prometheus metrics are served."""
+    return f"{base_url(proc)}/metrics"
 
 
 def metric_values(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.faults.load import Load
 from tests.faults.stack import BACKENDS, Backends, Watch, base_url, metric, running
+from tests.faults.stack import metrics_url as stack_metrics_url
 from tests.support.mnist import Digits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,7 +39,7 @@ def test_kill9_backend_under_load_loses_no_request(
     duration = 75.0 if victim == "torchserve" else 30.0
     with running(gateway):
         url = base_url(gateway)
-        metrics_url = f"{url}/metrics"
+        metrics_url = stack_metrics_url(gateway)
         with Load(url, digits.pngs[7], 7, tmp_path, connections=CLIENTS, duration_s=duration) as load:
             time.sleep(5)
             before = served_by(metrics_url, victim)
@@ -68,7 +69,7 @@ def test_sigstopped_backend_costs_under_a_second_and_is_readmitted(
     gateway = backends.gateway(service_logs, {})
     with running(gateway):
         url = base_url(gateway)
-        metrics_url = f"{url}/metrics"
+        metrics_url = stack_metrics_url(gateway)
         ejected = Watch(lambda: metric(metrics_url, UP, backend=victim) == 0.0, period_s=0.05)
         with Load(url, digits.pngs[7], 7, tmp_path, connections=CLIENTS, duration_s=32) as load:
             time.sleep(5)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.faults.stack import Backends, Watch, base_url, metric, running
+from tests.faults.stack import metrics_url as stack_metrics_url
 from tests.support.mnist import Digits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,7 +47,7 @@ def test_disconnected_clients_leave_the_batch_queue_and_deadlines_give_504(
     png = digits.pngs[7]
     with running(gateway):
         url = base_url(gateway)
-        metrics_url = f"{url}/metrics"
+        metrics_url = stack_metrics_url(gateway)
         assert httpx.put(f"{url}/predictions/mnist", content=png, headers={"X-Backend": "onnx"}).text == "7"
         backends.signal("onnx", signal.SIGSTOP)
         try:

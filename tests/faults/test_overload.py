@@ -38,7 +38,11 @@ def test_overload_at_ten_times_capacity_is_refused_fast(
         # overload: 64 connections, each pausing so that together they offer ~15x capacity
         connections = 64
         pace_ms = max(0, int(connections / (15 * rate) * 1000) - 2)
-        with ProcSampler(gateway.proc.pid) as proc, Prober(f"{url}/v2/health/live") as live:
+        with (
+            ProcSampler(gateway.proc.pid) as proc,
+            Prober(f"{url}/v2/health/live") as live,
+            Prober(f"{url}/v2/health/ready", period_s=0.2) as ready,
+        ):
             baseline_kib = proc.samples[0][1]
             overload = Load(
                 url, png, 7, tmp_path / "over", connections=connections, duration_s=20,
@@ -49,7 +53,8 @@ def test_overload_at_ten_times_capacity_is_refused_fast(
         capacity_per_s=round(rate, 1), capacity=capacity.figures(), pace_ms=pace_ms,
         connections=connections, offered_per_s=round(offered, 1),
         offered_x_capacity=round(offered / rate, 1), overload=overload.figures(),
-        live=live.summary(), rss_kib={"before": baseline_kib, "max": proc.max_rss_kib()},
+        live=live.summary(), ready=ready.summary(),
+        rss_kib={"before": baseline_kib, "max": proc.max_rss_kib()},
     )
     assert offered >= 10 * rate, report
     rejected_p99 = overload.rejected.percentile(99)
@@ -60,6 +65,7 @@ def test_overload_at_ten_times_capacity_is_refused_fast(
     live_p99 = live.summary()["p99_ms"]
     assert isinstance(live_p99, float) and live_p99 <= 100.0 and live.summary()["non_200"] == 0, report
     assert proc.max_rss_kib() <= baseline_kib + 64 * 1024, report  # bounded: no queue grows
+    assert ready.summary()["non_200"] == 0, report  # load alone never makes the backends look down
 
 
 def test_slow_loris_sockets_do_not_stop_normal_clients(
