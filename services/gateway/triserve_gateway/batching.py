@@ -114,8 +114,12 @@ class MicroBatcher:
             return await pending.future
         except asyncio.CancelledError:
             if not pending.taken:
-                self._queue.remove(pending)
-                self._queued_rows -= pending.x.shape[0]
+                try:
+                    self._queue.remove(pending)
+                except ValueError:
+                    pass  # the collector already dropped it (its future was cancelled first)
+                else:
+                    self._queued_rows -= pending.x.shape[0]
             self._cancelled("sent" if pending.taken else "batch_queue")
             raise
 
