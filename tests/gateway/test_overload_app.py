@@ -106,3 +106,16 @@ def test_shedding_recognises_inference_paths_only() -> None:
     assert inference_model("GET", "/predictions/mnist") is None
     assert inference_model("POST", "/v2/models/mnist") is None
     assert inference_model("GET", "/v2/health/live") is None
+
+
+async def test_when_every_backend_is_slow_hedges_lose_nothing(tmp_path: Path) -> None:
+    backends = fakes()
+    async with gateway(tmp_path, backends, attempt_timeout_min_ms=10, attempt_timeout_max_ms=150) as (app, c):
+        for _ in range(30):  # fast answers: every backend's attempt timeout drops to 10 ms
+            assert (await c.put("/predictions/mnist", content=digit_png(1))).status_code == 200
+        for b in backends.values():
+            b.delay = 0.2  # now all slower than their attempt timeouts (but not hung)
+        r = await c.put("/predictions/mnist", content=digit_png(8))
+        assert r.status_code == 200 and r.text == "8"  # hedges started, the first answer won
+        assert metric(app, "triserve_gateway_retries_total", model="mnist") == 2
+        await until(lambda: metric(app, "triserve_gateway_cancelled_total", model="mnist") == 2)

@@ -25,19 +25,18 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import ModelNotFoundError, ModelNotReadyError, TriserveError
-from triserve_gateway.admission import Admission, OverloadedError, metered_admission
+from triserve_gateway.admission import OverloadedError, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
 from triserve_gateway.batching import BatcherPool, MicroBatcher
 from triserve_gateway.circuit import CircuitBreaker, CircuitState
 from triserve_gateway.config import ModelRoute, RoutingConfig
-from triserve_gateway.deadline import Deadline, DeadlineExceededError
+from triserve_gateway.deadline import Deadline
 from triserve_gateway.errors import (
     BackendError,
     BackendRejectedError,
@@ -51,48 +50,14 @@ from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog, ModelVersion, check_input
 from triserve_gateway.retry_budget import RetryBudget
-from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
+from triserve_gateway.routing import BackendStats, Candidate, make_strategy
+from triserve_gateway.targets import RoutedResult, RouteState, Target
 
 log = logging.getLogger(__name__)
 
 Array = np.ndarray[Any, Any]
 BatchKey = tuple[str, str | None, str]
 """(model, requested version or None, backend)."""
-
-
-@dataclass
-class RouteState:
-    """A routed model's config, its strategy instance and its candidate backends."""
-
-    config: ModelRoute
-    strategy: Strategy
-    candidates: list[Candidate]
-    by_name: dict[str, Candidate] = field(default_factory=dict)
-    admission: Admission | None = None
-    budget: RetryBudget = field(default_factory=RetryBudget)
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
-
-    model: str
-    version: str | None
-    """The version the client asked for (None = latest); part of the batching key."""
-    mv: ModelVersion
-    route: RouteState
-
-
-@dataclass(frozen=True)
-class RoutedResult:
-    """The output rows of one request and how they were obtained."""
-
-    value: Array
-    backend: str
-    model_version: str
-    queue_s: float
-    backend_s: float
-    attempts: int
 
 
 _FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
@@ -216,48 +181,51 @@ class Gateway:
         self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None,
         deadline: Deadline | None = None,
     ) -> RoutedResult:
-        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
+        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc.
+
+        An attempt that fails (retryable) is retried on another backend at once; one that is still
+        running after 1.5x its backend's attempt timeout gets a *hedge* on another backend, and
+        the first answer wins (Finagle's backup requests): a hung backend costs ~1.5x its attempt
+        timeout, while a machine that is merely slow loses nothing. Retries and hedges spend the
+        model's retry budget; everything ends at ``deadline`` (504)."""
         check_input(target.mv, x)
         deadline = deadline or Deadline(self.limits.request_timeout_s)
         pool, attempts = self._pool(target, backend)
         budget = target.route.budget
         budget.deposit()
         tried: list[str] = []
+        running: dict[asyncio.Future[tuple[Array, float, float]], str] = {}
         last_exc: TriserveError | None = None
-        while len(tried) < attempts:
-            avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
-            if not avail:
-                break
-            cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
-            state = self.backends[cand.name]
-            if not state.breaker.acquire():
-                tried.append(cand.name)
-                continue
-            if last_exc is not None:
-                if not budget.try_withdraw():
-                    self.metrics.retry_budget_exhausted.labels(target.model).inc()
-                    log.warning("request %s: retry budget of model %s spent, not retrying",
-                                request_id, target.model)
+        start_next = True
+        try:
+            while True:
+                state = self._next(target, pool, tried, attempts, retry=bool(tried)) if start_next else None
+                if state is not None:
+                    running[asyncio.ensure_future(self._attempt(target, state, x, request_id))] = state.name
+                if not running:
                     break
-                self.metrics.retries.labels(target.model).inc()
-                self.metrics.failovers.labels(target.model, tried[-1]).inc()
-            tried.append(cand.name)
-            # with nowhere left to fail over to, waiting longer beats giving up
-            last = len(tried) >= attempts or budget.balance() < 1.0 or not any(
-                c.name not in tried and self.backends[c.name].routable() for c in pool
-            )
-            try:
-                value, queue_s, backend_s = await self._attempt(target, state, x, request_id, deadline, last)
-            except DeadlineExceededError:
-                self.metrics.deadline_expired.labels(target.model, "backend").inc()
-                raise
-            except TriserveError as exc:
-                if not is_retryable(exc):
-                    raise
-                last_exc = exc
-                log.warning("request %s: backend %s failed: %s", request_id, cand.name, exc.message)
-                continue
-            return RoutedResult(value, cand.name, target.mv.version, queue_s, backend_s, len(tried))
+                wait_s = deadline.remaining()
+                if self._can_add(pool, tried, attempts, budget):
+                    newest = next(reversed(running.values()))
+                    wait_s = min(wait_s, 1.5 * self.attempts.timeout(newest))
+                done, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if not done and deadline.expired():
+                    self.metrics.deadline_expired.labels(target.model, "backend").inc()
+                    raise deadline.exceeded(f"waiting for backend(s) {', '.join(running.values())}")
+                start_next = True  # a hedge when nothing is done yet, a retry after a failure
+                for fut in done:
+                    name = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is None:
+                        value, queue_s, backend_s = fut.result()
+                        return RoutedResult(value, name, target.mv.version, queue_s, backend_s, len(tried))
+                    if not isinstance(exc, TriserveError) or not is_retryable(exc):
+                        raise exc
+                    last_exc = exc
+                    log.warning("request %s: backend %s failed: %s", request_id, name, exc.message)
+        finally:
+            for fut in running:
+                fut.cancel()  # the losers: queued ones leave their queue, sent ones are dropped
         if last_exc is not None:
             if len(tried) == 1:
                 raise last_exc
@@ -265,6 +233,37 @@ class Gateway:
             raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
         states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
         raise ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+
+    def _can_add(self, pool: list[Candidate], tried: list[str], attempts: int, budget: RetryBudget) -> bool:
+        """Whether another attempt could start: one left, a routable backend untried, budget left."""
+        return len(tried) < attempts and budget.balance() >= 1.0 and any(
+            c.name not in tried and self.backends[c.name].routable() for c in pool
+        )
+
+    def _next(
+        self, target: Target, pool: list[Candidate], tried: list[str], attempts: int, retry: bool
+    ) -> BackendState | None:
+        """The next backend to try, its breaker acquired (a retry also takes a budget token);
+        None when no backend is left or the retry budget is spent."""
+        while len(tried) < attempts:
+            avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
+            if not avail:
+                return None
+            if retry and target.route.budget.balance() < 1.0:
+                self.metrics.retry_budget_exhausted.labels(target.model).inc()
+                log.warning("retry budget of model %s spent, not retrying", target.model)
+                return None
+            cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
+            state = self.backends[cand.name]
+            if not state.breaker.acquire():
+                tried.append(cand.name)
+                continue
+            if retry and target.route.budget.try_withdraw():
+                self.metrics.retries.labels(target.model).inc()
+                self.metrics.failovers.labels(target.model, tried[-1]).inc()
+            tried.append(cand.name)
+            return state
+        return None
 
     def _pool(self, target: Target, backend: str | None) -> tuple[list[Candidate], int]:
         """Candidates and attempts of a request: the forced backend once, else the route's."""
@@ -280,35 +279,25 @@ class Gateway:
         return [cand], 1
 
     async def _attempt(
-        self, target: Target, state: BackendState, x: Array, request_id: str | None, deadline: Deadline,
-        last: bool,
+        self, target: Target, state: BackendState, x: Array, request_id: str | None
     ) -> tuple[Array, float, float]:
-        """One try, batched or direct: (output, queue s, backend s). Waits at most 1.5x the backend's
-        attempt timeout (until ``deadline`` when ``last``); what was sent runs on (answer dropped)."""
-        remaining = deadline.remaining()
-        cap = remaining if last else 1.5 * self.attempts.timeout(state.name)
+        """One try, batched or direct: (output, queue s, backend s). Cancelled, it leaves its batch
+        queue, or, once sent, lets the call complete and drops its answer."""
         state.stats.outstanding += 1
         try:
-            async with asyncio.timeout(min(cap, remaining)):
-                if target.route.config.batching.enabled:
-                    key = (target.model, target.version, state.name)
-                    outcome = await self._batchers.get(key).submit(x, request_id)
-                    return outcome.value, outcome.queue_s, outcome.run_s
-                start = time.perf_counter()
-                call = asyncio.ensure_future(self._call(state, target.mv, target.version, x, [request_id]))
-                call.add_done_callback(_retrieve)
-                try:
-                    value = await asyncio.shield(call)
-                except asyncio.CancelledError:
-                    self.metrics.cancelled.labels(target.model, "sent").inc()
-                    raise
-                return value, 0.0, time.perf_counter() - start
-        except TimeoutError:
-            if remaining <= cap:
-                raise deadline.exceeded(f"waiting for backend '{state.name}'") from None
-            raise BackendTimeoutError(
-                f"backend '{state.name}' did not answer within {cap * 1e3:.0f} ms"
-            ) from None
+            if target.route.config.batching.enabled:
+                key = (target.model, target.version, state.name)
+                outcome = await self._batchers.get(key).submit(x, request_id)
+                return outcome.value, outcome.queue_s, outcome.run_s
+            start = time.perf_counter()
+            call = asyncio.ensure_future(self._call(state, target.mv, target.version, x, [request_id]))
+            call.add_done_callback(_retrieve)
+            try:
+                value = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                self.metrics.cancelled.labels(target.model, "sent").inc()
+                raise
+            return value, 0.0, time.perf_counter() - start
         finally:
             state.stats.outstanding -= 1
 

@@ -22,10 +22,11 @@ import numpy as np
 
 from triserve_common.errors import TriserveError
 from triserve_gateway.deadline import Deadline
-from triserve_gateway.gateway import Gateway, RoutedResult
+from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.targets import RoutedResult
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]

@@ -1,0 +1,55 @@
+"""What a request runs on and what it gets back: a routed model's live route (:class:`RouteState`),
+the resolved :class:`Target` of one request, and its :class:`RoutedResult` (HTTP-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from triserve_gateway.admission import Admission
+from triserve_gateway.config import ModelRoute
+from triserve_gateway.models import ModelVersion
+from triserve_gateway.retry_budget import RetryBudget
+from triserve_gateway.routing import Candidate, Strategy
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass
+class RouteState:
+    """A routed model's config, its strategy instance and its candidate backends."""
+
+    config: ModelRoute
+    strategy: Strategy
+    candidates: list[Candidate]
+    by_name: dict[str, Candidate] = field(default_factory=dict)
+    admission: Admission | None = None
+    budget: RetryBudget = field(default_factory=RetryBudget)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
+
+    model: str
+    version: str | None
+    """The version the client asked for (None = latest); part of the batching key."""
+    mv: ModelVersion
+    route: RouteState
+
+
+@dataclass(frozen=True)
+class RoutedResult:
+    """The output rows of one request and how they were obtained."""
+
+    value: Array
+    backend: str
+    model_version: str
+    queue_s: float
+    backend_s: float
+    attempts: int
+
+
+__all__ = ["RouteState", "RoutedResult", "Target"]
