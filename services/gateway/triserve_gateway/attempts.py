@@ -7,8 +7,9 @@ attempt is given::
 
     timeout = clamp(srtt + k * rttvar, min_s, max_s)
 
-(``max_s`` until the first measurement). An attempt that runs past it fails as a timeout, which
-counts towards the backend's ejection, and the request fails over within its deadline.
+(``max_s`` until the first measurement). The gateway core hedges an attempt that runs 1.5x past
+it on another backend (first answer wins) and abandons a backend call after ``2 * max_s``, which
+counts as a timeout towards the backend's ejection.
 
 Interface for the gateway core (and any future transport or routing strategy):
 :meth:`AttemptTimeouts.timeout` before a call, :meth:`AttemptTimeouts.observe` after a success.

@@ -7,8 +7,9 @@
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
 4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
-   up to ``max_attempts`` and while the model's retry budget allows; the breaker records one
-   outcome per backend call.
+   and an attempt slower than 1.5x its backend's attempt timeout gets a hedge elsewhere (first
+   answer wins), up to ``max_attempts`` and while the model's retry budget allows; the breaker
+   records one outcome per backend call.
 
 Every request has one :class:`~triserve_gateway.deadline.Deadline` (504); attempts and backend calls
 are cut at each backend's attempt timeout (:mod:`triserve_gateway.attempts`); :meth:`Gateway.admit`
