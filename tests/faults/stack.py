@@ -105,7 +105,7 @@ class Watch:
     """Polls a condition in a thread; records the first time it held after :meth:`arm`."""
 
     check: Callable[[], bool]
-    period_s: float = 0.1
+    period_s: float = 0.25
     armed_at: float | None = None
     seen_at: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)

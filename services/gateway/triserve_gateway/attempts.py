@@ -8,8 +8,8 @@ attempt is given::
     timeout = clamp(srtt + k * rttvar, min_s, max_s)
 
 (``max_s`` until the first measurement). The gateway core hedges an attempt that runs 1.5x past
-it on another backend (first answer wins) and abandons a backend call after ``2 * max_s``, which
-counts as a timeout towards the backend's ejection.
+it on another backend (first answer wins), so a hung backend costs a client about 1.5x its
+attempt timeout; the backend call itself ends at the backend's configured ``timeout_s``.
 
 Interface for the gateway core (and any future transport or routing strategy):
 :meth:`AttemptTimeouts.timeout` before a call, :meth:`AttemptTimeouts.observe` after a success.
@@ -31,8 +31,8 @@ class AttemptTimeouts:
 
     def __init__(
         self,
-        min_s: float = 0.2,
-        max_s: float = 0.8,
+        min_s: float = 0.1,
+        max_s: float = 0.4,
         k: float = 4.0,
         alpha: float = 0.125,
         beta: float = 0.25,

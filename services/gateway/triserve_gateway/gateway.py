@@ -325,11 +325,11 @@ class Gateway:
     async def _call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
     ) -> Array:
-        """One backend call (one batch), cut after twice the longest attempt timeout (a hung
-        backend): breaker bookkeeping, latency stats, failure metrics."""
+        """One backend call (one batch), cut after the backend's ``timeout_s`` (routing file):
+        breaker bookkeeping, latency stats, failure metrics."""
         ids = [t for t in tags if t]
         request_id = ",".join(ids) if ids else None
-        timeout = 2 * self.attempts.max_s
+        timeout = self.routing.backends[state.name].timeout_s
         start = time.perf_counter()
         try:
             try:

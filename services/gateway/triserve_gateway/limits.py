@@ -19,5 +19,5 @@ class Limits:
     request_timeout_s: float = 5.0
     retry_budget_percent: float = 0.2
     retry_budget_min_per_s: float = 10.0
-    attempt_timeout_min_s: float = 0.2
-    attempt_timeout_max_s: float = 0.6
+    attempt_timeout_min_s: float = 0.1
+    attempt_timeout_max_s: float = 0.4

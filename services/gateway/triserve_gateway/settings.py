@@ -135,12 +135,11 @@ class GatewaySettings(ServiceSettings):
     """Retries and hedges on another backend may add at most this share of requests (over 10 s)..."""
     retry_budget_min_per_s: float = Field(default=10.0, ge=0)
     """...plus this many retries a second, so that a quiet gateway can still fail over."""
-    attempt_timeout_min_ms: float = Field(default=200.0, gt=0)
+    attempt_timeout_min_ms: float = Field(default=100.0, gt=0)
     """Floor of the per-attempt timeout derived from a backend's observed latency (an attempt
     running 1.5x longer gets a hedge on another backend)."""
-    attempt_timeout_max_ms: float = Field(default=600.0, gt=0)
-    """Ceiling of the per-attempt timeout (and its value before a backend's first answer); a
-    backend call is abandoned after twice this."""
+    attempt_timeout_max_ms: float = Field(default=400.0, gt=0)
+    """Ceiling of the per-attempt timeout (and its value before a backend's first answer)."""
     max_connections: int = Field(default=2048, ge=1)
     """Open client connections (and running requests) the inference listener accepts; above it
     uvicorn answers 503."""
