@@ -73,7 +73,7 @@ lint: install ## ruff + mypy (strict)
 	$(BIN)/mypy
 
 readme: install ## regenerate README.md's configuration reference from the settings classes
-	$(BIN)/python -m triserve_cli.platform --write-readme README.md
+	$(BIN)/python -m triserve_cli.config_reference --write-readme README.md
 
 clean: down ## stop the platform and delete run/ (logs included)
 	rm -rf run

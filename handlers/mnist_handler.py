@@ -27,10 +27,12 @@ worker keeps running.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,17 @@ DEFAULT_SPEC: dict[str, Any] = {
     "mean": [0.1307],
     "std": [0.3081],
 }
+
+
+def select_device(gpu_id: Any, cuda_available: bool) -> str:
+    """``cuda:<gpu_id>`` when TorchServe gave this worker a GPU and torch sees CUDA, else ``cpu``.
+
+    TorchServe sets ``context.system_properties["gpu_id"]`` when it has GPUs to hand out (None or
+    absent on CPU-only hosts), like its own BaseHandler reads it.
+    """
+    if not cuda_available or gpu_id is None or int(gpu_id) < 0:
+        return "cpu"
+    return f"cuda:{int(gpu_id)}"
 
 
 def _request_error(code: int, message: str) -> ValueError:
@@ -160,6 +173,7 @@ class MnistHandler:
 
     def __init__(self) -> None:
         self.model: torch.jit.ScriptModule | None = None
+        self.device = torch.device("cpu")
         self.spec: dict[str, Any] = dict(DEFAULT_SPEC)
         self.initialized = False
 
@@ -172,7 +186,8 @@ class MnistHandler:
         model_path = os.path.join(model_dir, serialized)
         if not os.path.isfile(model_path):
             raise RuntimeError(f"TorchScript model {model_path} not found in the archive")
-        self.model = torch.jit.load(model_path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        self.device = torch.device(select_device(props.get("gpu_id"), torch.cuda.is_available()))
+        self.model = torch.jit.load(model_path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
         spec_path = os.path.join(model_dir, PREPROCESS_FILE)
         if os.path.isfile(spec_path):
             with open(spec_path) as fh:
@@ -180,8 +195,9 @@ class MnistHandler:
         else:
             logger.warning("%s not in the archive; using the default MNIST spec", PREPROCESS_FILE)
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        threading.Thread(target=preload_captum, name="captum-preload", daemon=True).start()
         self.initialized = True
-        logger.info("loaded %s; preprocessing %s", model_path, self.spec)
+        logger.info("loaded %s on %s; preprocessing %s", model_path, self.device, self.spec)
 
     def _parse(self, request: Any) -> tuple[np.ndarray, bool]:
         """(inputs [n,1,28,28], is_npy) of one request."""
@@ -193,8 +209,8 @@ class MnistHandler:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         assert self.model is not None
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(x))
-        return np.asarray(logits.numpy(), dtype=np.float32)
+            logits = self.model(torch.from_numpy(x).to(self.device))
+        return np.asarray(logits.cpu().numpy(), dtype=np.float32)
 
     def handle(self, data: list[Any] | None, context: Any) -> list[Any] | None:
         if data is None:  # TorchServe's warm-up call with no data
@@ -202,17 +218,18 @@ class MnistHandler:
         if not self.initialized:
             self.initialize(context)
         results: list[Any] = [None] * len(data)
+        explain = explain_indices(context, len(data))
+        for idx in explain:  # requests that came through /explanations (see "Explanations" below)
+            results[idx] = self._explain(data[idx], context, idx)
         parsed: list[tuple[int, np.ndarray, bool]] = []
         for idx, request in enumerate(data):
+            if idx in explain:
+                continue
             try:
                 x, is_npy = self._parse(request)
                 parsed.append((idx, x, is_npy))
             except Exception as exc:  # one bad request must not fail the batch
-                if isinstance(exc, ValueError) and len(exc.args) == 2 and isinstance(exc.args[0], int):
-                    code, message = exc.args[0], str(exc.args[1])
-                else:
-                    code, message = 422, f"cannot process request body: {exc}"
-                results[idx] = self._error(context, idx, code, message)
+                results[idx] = self._error(context, idx, *_error_of(exc))
         if parsed:
             batch = np.concatenate([x for _, x, _ in parsed])
             try:
@@ -235,6 +252,19 @@ class MnistHandler:
                     results[idx] = int(part[0].argmax())
         return results
 
+    def _explain(self, request: Any, context: Any, idx: int) -> Any:
+        """One /explanations request: Integrated Gradients of its images, or its 4xx error."""
+        assert self.model is not None
+        try:
+            x, _ = self._parse(request)
+            return explain_images(self.model, x, self.spec, context, idx, self.device)
+        except Exception as exc:  # one bad request must not fail the batch
+            code, message = _error_of(exc)
+            if not isinstance(exc, ValueError):
+                logger.exception("explanation failed")
+                message = f"cannot explain request: {type(exc).__name__}: {exc}"
+            return self._error(context, idx, code, message)
+
     @staticmethod
     def _error(context: Any, idx: int, code: int, message: str) -> dict[str, Any]:
         logger.info("request %d rejected (%d): %s", idx, code, message)
@@ -244,7 +274,142 @@ class MnistHandler:
         return {"code": code, "type": _TYPES.get(code, "Error"), "message": message}
 
 
+def _error_of(exc: Exception) -> tuple[int, str]:
+    """(status, message) of a request's failure: our 4xx ValueError(code, message), else 422."""
+    if isinstance(exc, ValueError) and len(exc.args) == 2 and isinstance(exc.args[0], int):
+        return exc.args[0], str(exc.args[1])
+    return 422, f"cannot process request body: {exc}"
+
+
 def _set_content_type(context: Any, idx: int, value: str) -> None:
     if context is not None and hasattr(context, "set_response_content_type"):
         with contextlib.suppress(AttributeError, IndexError, TypeError):
             context.set_response_content_type(idx, value)
+
+
+# =====================================================================================================
+# Explanations: TorchServe's ``POST /explanations/{model}`` answered with Captum Integrated Gradients
+# =====================================================================================================
+#
+# TorchServe's frontend marks each request that came in through ``/explanations`` with the request
+# header ``explain: True``; ``handle`` answers those here, per request (explanations and predictions
+# may share a batch). The body is an image or a ``.npy`` float32 [N,1,28,28], as for predictions, with
+# at most MAX_EXPLAIN_IMAGES images. Optional request headers:
+#
+# * ``X-Explain-Steps``: Integrated Gradients steps, 1..MAX_EXPLAIN_STEPS (default DEFAULT_EXPLAIN_STEPS);
+# * ``X-Explain-Target``: the class index to explain (default: each image's predicted class).
+#
+# Cost is bounded: steps x images forward+backward passes, run in chunks of EXPLAIN_INTERNAL_BATCH rows.
+# The baseline is the input's background (pixel value 0 after preprocessing: ``-mean / std``).
+# The answer is JSON::
+#
+#     {"method": "integrated_gradients", "steps": 32, "baseline": [-0.4242],
+#      "explanations": [{"target": 7, "logits": [10 floats], "attributions": [C][H][W] floats,
+#                        "convergence_delta": 0.0012}]}
+#
+# captum (~3 s to import, matplotlib included) is imported by a background thread when the worker starts,
+# so neither predictions nor the first explanation wait for it.
+
+EXPLAIN_HEADER = "explain"
+EXPLAIN_STEPS_HEADER = "x-explain-steps"
+EXPLAIN_TARGET_HEADER = "x-explain-target"
+DEFAULT_EXPLAIN_STEPS = 32
+MAX_EXPLAIN_STEPS = 256
+MAX_EXPLAIN_IMAGES = 4
+EXPLAIN_INTERNAL_BATCH = 64
+
+
+def preload_captum() -> None:
+    """Import captum off the request path (the first explanation would otherwise pay for it)."""
+    try:
+        importlib.import_module("captum.attr")
+    except Exception:  # explanations will answer the error; predictions do not need captum
+        logger.warning("captum cannot be imported: explanations will fail", exc_info=True)
+
+
+def _request_header(context: Any, idx: int, name: str) -> str | None:
+    """Request header ``name`` (case-insensitive) of request ``idx``, if TorchServe passed it."""
+    getter = getattr(context, "get_all_request_header", None)
+    if getter is None:
+        return None
+    try:
+        headers = getter(idx) or {}
+    except (IndexError, KeyError, AttributeError, TypeError):
+        return None
+    for key, value in headers.items():
+        if isinstance(key, str) and isinstance(value, str) and key.lower() == name:
+            return value
+    return None
+
+
+def explain_indices(context: Any, count: int) -> set[int]:
+    """Indices of the batch's requests that came in through ``/explanations``."""
+    return {idx for idx in range(count) if _request_header(context, idx, EXPLAIN_HEADER) == "True"}
+
+
+def _int_header(context: Any, idx: int, name: str, low: int, high: int, default: int | None) -> int | None:
+    raw = _request_header(context, idx, name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _request_error(400, f"header {name} must be an integer, got '{raw[:40]}'") from None
+    if not low <= value <= high:
+        raise _request_error(400, f"header {name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def explain_images(
+    model: torch.jit.ScriptModule,
+    x: np.ndarray,
+    spec: dict[str, Any],
+    context: Any,
+    idx: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Integrated Gradients attributions of the images ``x`` (float32 [N,C,H,W]) for request ``idx``."""
+    if x.shape[0] > MAX_EXPLAIN_IMAGES:
+        raise _request_error(
+            413, f"explanations take at most {MAX_EXPLAIN_IMAGES} images per request, got {x.shape[0]}"
+        )
+    steps = _int_header(context, idx, EXPLAIN_STEPS_HEADER, 1, MAX_EXPLAIN_STEPS, DEFAULT_EXPLAIN_STEPS)
+    assert steps is not None
+    from captum.attr import IntegratedGradients  # preloaded by preload_captum()
+
+    inputs = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    with torch.no_grad():
+        logits = model(inputs)
+    classes = int(logits.shape[1])
+    chosen = _int_header(context, idx, EXPLAIN_TARGET_HEADER, 0, classes - 1, None)
+    targets = [int(t) for t in logits.argmax(dim=1)] if chosen is None else [chosen] * x.shape[0]
+    channels = x.shape[1]
+    mean = [float(m) for m in spec["mean"]] * (channels if len(spec["mean"]) == 1 else 1)
+    std = [float(s) for s in spec["std"]] * (channels if len(spec["std"]) == 1 else 1)
+    baseline = [-m / s for m, s in zip(mean, std, strict=True)]
+    baselines = torch.tensor(baseline, dtype=inputs.dtype, device=device).view(1, channels, 1, 1)
+    attributions, delta = IntegratedGradients(model).attribute(
+        inputs.requires_grad_(),
+        baselines=baselines.expand_as(inputs).contiguous(),
+        target=targets,
+        n_steps=steps,
+        internal_batch_size=EXPLAIN_INTERNAL_BATCH,
+        return_convergence_delta=True,
+    )
+    _set_content_type(context, idx, "application/json")
+    return {
+        "method": "integrated_gradients",
+        "steps": steps,
+        "baseline": baseline,
+        "explanations": [
+            {
+                "target": target,
+                "logits": [float(v) for v in row],
+                "attributions": attr.detach().cpu().float().numpy().tolist(),
+                "convergence_delta": float(d),
+            }
+            for target, row, attr, d in zip(
+                targets, logits.cpu().float().numpy(), attributions, delta, strict=True
+            )
+        ],
+    }

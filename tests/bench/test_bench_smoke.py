@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,23 @@ from triserve_cli.bench.paths import PATHS
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LEVELS = [1, 4]
-Smoke = tuple[subprocess.CompletedProcess[str], Path, float]
+Smoke = tuple[subprocess.CompletedProcess[str], Path]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Smoke:
     out = tmp_path_factory.mktemp("bench")
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "triserve_cli", "bench", "--smoke", "--no-progress", "--out", str(out),
          "--mnist-dir", str(mnist_dir)],
         capture_output=True, text=True, timeout=300, check=False,
     )
-    return proc, out, time.monotonic() - started
+    return proc, out
 
 
 def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
-    proc, out, seconds = smoke
+    proc, out = smoke
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    assert seconds < 180
     for path in PATHS:
         assert f"| {path.name} | 1 |" in proc.stdout
         assert f"| {path.name} | 4 |" in proc.stdout
@@ -51,7 +48,7 @@ def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
 
 
 def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
-    _, out, _ = smoke
+    _, out = smoke
     doc = json.loads((out / "bench.json").read_text())
     for key in ("machine", "versions", "git", "settings", "paths", "precheck", "generator", "calibration",
                 "results", "targets"):
@@ -71,7 +68,7 @@ def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
 
 
 def test_every_path_named_every_digit(smoke: Smoke) -> None:
-    _, out, _ = smoke
+    _, out = smoke
     doc = json.loads((out / "bench.json").read_text())
     assert [c["path"] for c in doc["precheck"]] == [p.name for p in PATHS]
     for check in doc["precheck"]:
@@ -80,8 +77,13 @@ def test_every_path_named_every_digit(smoke: Smoke) -> None:
         assert check["answers"] == check["labels"]
 
 
-def test_generator_has_headroom(smoke: Smoke) -> None:
-    _, out, _ = smoke
+def test_generator_headroom_is_measured_and_reported(smoke: Smoke) -> None:
+    """The 10x headroom is a target the tool reports (ok / NOT ENOUGH); speed is never asserted here."""
+    proc, out = smoke
     gen = json.loads((out / "bench.json").read_text())["generator"]
-    assert gen["ok"], gen
-    assert gen["trivial_rps"] >= 10 * gen["best_path"]["rps"]
+    best = gen["best_path"]
+    assert gen["trivial_rps"] > 0 and best["rps"] > 0 and best["path"] in {p.name for p in PATHS}
+    assert gen["ratio"] == pytest.approx(gen["trivial_rps"] / best["rps"])
+    assert gen["ok"] == (gen["ratio"] >= 10.0)
+    verdict = "ok" if gen["ok"] else "NOT ENOUGH"
+    assert f"{gen['ratio']:.1f}x headroom ({verdict}, need >= 10x)" in proc.stdout

@@ -8,7 +8,6 @@ garbage (or the wrong digit) under load cannot pass the benchmark.
 from __future__ import annotations
 
 import contextlib
-import io
 import socket
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.encode import npy
 from tests.support.procs import ServiceProcess, free_port
 from triserve_cli.bench import wrk
 from triserve_cli.bench.trivial import reply_bytes
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.slow
 LOGITS = np.array([[0.1, -2.0, 0.3, 1.0, -1.0, 0.0, 0.2, 5.0, 0.4, 0.5]], dtype=np.float32)  # names a 7
 
 
-def _npy() -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, LOGITS)
-    return buf.getvalue()
-
-
 def _v2(binary: bool) -> bytes:
     body, headers = codec.encode_response("mnist", "1", None, {"logits": LOGITS}, binary=binary)
     return reply_bytes(body, headers)
@@ -41,7 +35,7 @@ def _v2(binary: bool) -> bytes:
 
 CANNED: dict[str, tuple[wrk.Answer, bytes]] = {
     "text": ("text", reply_bytes(b"7")),
-    "npy": ("npy", reply_bytes(_npy(), {"content-type": "application/octet-stream"})),
+    "npy": ("npy", reply_bytes(npy(LOGITS), {"content-type": "application/octet-stream"})),
     "v2-binary": ("v2", _v2(binary=True)),
     "v2-json": ("v2", _v2(binary=False)),
 }

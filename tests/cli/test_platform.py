@@ -19,18 +19,14 @@ import pytest
 
 from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
-from triserve_cli.platform import (
+from triserve_cli.config_reference import (
     README_BEGIN,
     README_END,
-    Platform,
-    PlatformConfig,
-    PlatformError,
-    ServiceSpec,
     config_reference,
-    marked_processes,
     readme_with_reference,
     settings_classes,
 )
+from triserve_cli.launcher import Platform, PlatformConfig, PlatformError, ServiceSpec, marked_processes
 
 
 def config(tmp_path: Path, **overrides: object) -> PlatformConfig:
@@ -137,7 +133,7 @@ def test_second_start_is_refused_while_running(tmp_path: Path) -> None:
 
 
 def test_config_defaults_come_from_the_service_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo_root: Path
 ) -> None:
     from triserve_gateway.config import load_routing
     from triserve_gateway.settings import GatewaySettings
@@ -155,7 +151,9 @@ def test_config_defaults_come_from_the_service_settings(
         int(url.rsplit(":", 1)[1])
         for url in (torchserve.url, torchserve.management_url, torchserve.metrics_url)
     ]
-    assert cfg.run_dir == Path("run").resolve()
+    assert cfg.run_dir == repo_root / "run"
+    monkeypatch.chdir(tmp_path)  # from another folder: still the run dir of this checkout
+    assert PlatformConfig.from_env().run_dir == repo_root / "run"
     monkeypatch.setenv("TRISERVE_ONNX_PORT", "18001")
     monkeypatch.setenv("TRISERVE_PLATFORM_RUN_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("TRISERVE_GATEWAY_TORCHSERVE_URL", "http://127.0.0.1:18085")

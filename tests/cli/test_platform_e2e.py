@@ -20,7 +20,7 @@ import pytest
 
 from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
-from triserve_cli.platform import marked_processes
+from triserve_cli.launcher import marked_processes
 from triserve_cli.sample import pick
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -88,11 +88,9 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
     # The README's two lines, as written (sample from ../shared or $TRISERVE_MNIST_DIR).
     sample = triserve("sample", "0", "--data-dir", str(mnist_dir), "-o", str(tmp_path / "0.png"))
     assert sample.returncode == 0, sample.stderr
-    if shutil.which("curl"):
-        answer = subprocess.run(
-            curl_line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30
-        )
-        assert answer.stdout == "0", answer
+    assert shutil.which("curl"), "the README's try-it line needs curl: apt-get install -y curl"
+    answer = subprocess.run(curl_line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert answer.stdout == "0", answer
     # Every backend, forced, on a typical image of every digit.
     with httpx.Client(base_url=gateway, timeout=30) as client:
         for digit in range(10):

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.common.runtime_fakes import FakeRuntime, expected_logits
+from tests.support.encode import v2_input, v2_request, v2_tensor
 from triserve_common import codec
 from triserve_common.rest import build_app
 from triserve_common.settings import ServiceSettings
@@ -33,9 +34,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def json_body(shape: list[int], datatype: str = "FP32", name: str = "input") -> dict[str, object]:
-    return {
-        "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [0.5] * int(np.prod(shape))}]
-    }
+    return v2_request(v2_input(name, shape, datatype, fill=0.5))
 
 
 async def test_health_and_metadata(client: httpx.AsyncClient) -> None:
@@ -69,9 +68,7 @@ async def test_json_and_binary_infer_agree(client: httpx.AsyncClient) -> None:
     binary = await client.post(INFER, content=body, headers=headers)
     assert binary.status_code == 200 and binary.headers["content-type"] == codec.BINARY_CONTENT_TYPE
     out_b = codec.decode_response(binary.content, int(binary.headers[codec.HEADER_LENGTH])).outputs["logits"]
-    as_json = {
-        "inputs": [{"name": "input", "shape": [4, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]
-    }
+    as_json = v2_request(v2_tensor("input", x))
     resp = await client.post("/v2/models/mnist/versions/1/infer", json=as_json)
     assert resp.status_code == 200
     out_j = codec.decode_response(resp.content, None).outputs["logits"]

@@ -23,9 +23,10 @@ from unittest import mock
 
 import yaml
 
+from triserve_common.paths import REPO_ROOT
 from triserve_common.settings import ServiceSettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SERVICES = ("gateway", "onnx", "paddle", "torchserve")
 """The long-running services (each has a Deployment, a Service, a compose service)."""
 BACKENDS = ("onnx", "paddle", "torchserve")

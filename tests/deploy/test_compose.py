@@ -160,24 +160,7 @@ def test_trainer_is_a_one_shot_job_under_a_profile(compose: dict[str, Any]) -> N
     assert dockerfile("trainer").runtime.env()["TRISERVE_MNIST_DIR"] in targets
 
 
-def test_gpu_override_reserves_gpus_and_builds_gpu_images(compose_gpu: dict[str, Any]) -> None:
-    for name in BACKENDS:
-        svc = compose_gpu["services"][name]
-        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        assert svc["image"].endswith(":gpu")
-        declared = dockerfile(name).declared_args()
-        assert set(svc["build"]["args"]) <= set(declared), "build args the Dockerfile does not declare"
-        assert "cuda" in svc["build"]["args"]["BASE_IMAGE"]
-    assert compose_gpu["services"]["onnx"]["build"]["args"]["ORT_PACKAGE"] == "onnxruntime-gpu"
-    assert compose_gpu["services"]["paddle"]["build"]["args"]["PADDLE_PACKAGE"] == "paddlepaddle-gpu"
-    assert "/cu" in compose_gpu["services"]["torchserve"]["build"]["args"]["TORCH_INDEX_URL"]
-    assert "deploy" not in compose_gpu["services"]["gateway"]
-    # The env the override sets is valid for the services' settings.
-    from tests.deploy.project import settings_under
-
-    for name in ("onnx", "paddle"):
-        settings_under(name, container_env(name, compose_gpu))
+# The GPU override (docker-compose.gpu.yml -> services/*/Dockerfile.gpu): tests/deploy/test_gpu.py.
 
 
 # --------------------------------------------------------------------------- Prometheus

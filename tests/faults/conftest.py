@@ -12,6 +12,7 @@ import pytest
 from tests.faults.stack import Backends, start_backends
 from tests.support.mnist import Digits, one_per_digit
 from tests.support.stack import free_port_config
+from triserve_common.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ def backends(
 
 
 @pytest.fixture(scope="session")
-def digits(mnist_dir: Path) -> Digits:
-    return one_per_digit(mnist_dir)
+def digits(mnist_dir: Path, model_store: Path) -> Digits:
+    return one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
 
 
 @pytest.fixture

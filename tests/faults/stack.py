@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import service_processes, wait_torchserve_worker
-from triserve_cli.platform import PlatformConfig
+from triserve_cli.launcher import PlatformConfig
 
 BACKENDS = ("onnx", "paddle", "torchserve")
 

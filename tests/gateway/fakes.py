@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tests.support.encode import png
 from triserve_common.manifest import (
     Artifact,
     DataSplit,
@@ -29,10 +29,8 @@ SPEC = PreprocessSpec()
 
 def gray_png(value: int, size: tuple[int, int] = (28, 28), mode: str = "L") -> bytes:
     """A uniform image of gray ``value`` encoded as PNG."""
-    buf = io.BytesIO()
     color: Any = value if mode in ("L", "I") else (value,) * len(mode)
-    Image.new(mode, size, color).save(buf, format="PNG")
-    return buf.getvalue()
+    return png(Image.new(mode, size, color))
 
 
 def digit_png(d: int, **kw: Any) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.gateway.fakes import FakeBackend, digit_png, fakes, gray_png, routing, write_store
+from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
 from triserve_common import codec
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
@@ -198,12 +198,7 @@ async def test_v2_health_and_metadata(client: httpx.AsyncClient) -> None:
 
 async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient) -> None:
     pngs = [digit_png(d) for d in (3, 8, 1)]
-    req = {
-        "id": "q1",
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
-                    "data": [base64.b64encode(p).decode() for p in pngs]}],
-        "outputs": [{"name": "logits"}, {"name": "label"}, {"name": "probabilities"}],
-    }
+    req = v2_request(v2_images("image", pngs), outputs=["logits", "label", "probabilities"], id="q1")
     r = await client.post("/v2/models/mnist/infer", json=req)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -213,9 +208,7 @@ async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient
     logits_json = np.asarray(outs["logits"]["data"], np.float32).reshape(outs["logits"]["shape"])
 
     # binary BYTES (raw PNGs), binary output
-    items = np.empty(3, dtype=object)
-    items[:] = pngs
-    data, headers = codec.encode_request({"image": items}, outputs=["logits"])
+    data, headers = codec.encode_request({"image": bytes_items(pngs)}, outputs=["logits"])
     r = await client.post("/v2/models/mnist/infer", content=data, headers=headers)
     assert r.status_code == 200, r.text
     dec = codec.decode_response(r.content, int(r.headers[codec.HEADER_LENGTH]))
@@ -236,16 +229,12 @@ async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient
 @pytest.mark.parametrize(
     ("req", "status", "needle"),
     [
-        ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]},
-         400, "FP32"),
-        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["!!notbase64"]}]},
-         400, "base64"),
-        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                      "data": [base64.b64encode(b"text").decode()]}]}, 415, "not an image"),
-        ({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}]}, 400, "INT32"),
-        ({"inputs": []}, 400, "exactly one input"),
-        ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}],
-          "outputs": [{"name": "nope"}]}, 400, "unknown output"),
+        (v2_request(v2_input("input", [1, 28, 28], fill=0.0)), 400, "FP32"),
+        (v2_request(v2_input("image", [1], "BYTES", ["!!notbase64"])), 400, "base64"),
+        (v2_request(v2_images("image", [b"text"])), 415, "not an image"),
+        (v2_request(v2_input("x", [1], "INT32", [1])), 400, "INT32"),
+        (v2_request(), 400, "exactly one input"),
+        (v2_request(v2_input("input", [1, 1, 28, 28], fill=0.0), outputs=["nope"]), 400, "unknown output"),
         ({"bogus": 1}, 400, "invalid"),
     ],
 )

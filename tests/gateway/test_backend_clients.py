@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support.encode import npy
 from triserve_common import codec
 from triserve_gateway.backends import OipV2Client, TorchServeClient
 from triserve_gateway.config import BackendConfig
@@ -95,9 +96,7 @@ async def test_torchserve_client_exchanges_npy() -> None:
             return httpx.Response(200, json={"status": "Healthy"})
         seen["path"] = request.url.path
         seen["x"] = np.load(io.BytesIO(request.content), allow_pickle=False)
-        buf = io.BytesIO()
-        np.save(buf, Y)
-        return httpx.Response(200, content=buf.getvalue())
+        return httpx.Response(200, content=npy(Y))
 
     client = ts(httpx.MockTransport(handle))
     y = await client.infer("mnist", None, X, "r")
@@ -123,9 +122,8 @@ async def _npy_server(close_after_answer: bool) -> tuple[asyncio.Server, list[in
     With ``close_after_answer`` it drops each connection right after answering, without saying
     ``Connection: close`` — the stale keep-alive connection a pool must not reuse blindly.
     """
-    buf = io.BytesIO()
-    np.save(buf, Y)
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(buf.getvalue()), buf.getvalue())
+    body = npy(Y)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     connections: list[int] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

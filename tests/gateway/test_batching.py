@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 
+from tests.support.wait import DEADLINE_S, eventually
 from triserve_gateway.batching import BatcherPool, MicroBatcher
 
 
@@ -36,10 +36,10 @@ def rows(value: float, n: int = 1) -> np.ndarray:
 
 async def test_lone_request_is_not_delayed() -> None:
     run = Runner()
-    b = MicroBatcher(run, max_batch_size=8, max_queue_delay_s=0.5)
-    t0 = time.perf_counter()
-    out = await b.submit(rows(1))
-    assert time.perf_counter() - t0 < 0.1  # idle backend: dispatched at once, not after 0.5 s
+    b = MicroBatcher(run, max_batch_size=8, max_queue_delay_s=3600.0)
+    # idle backend: dispatched at once, not after the (hour-long) queue delay
+    out = await asyncio.wait_for(b.submit(rows(1)), DEADLINE_S)
+    assert out.queue_s == 0.0 and run.batches == [1]
     np.testing.assert_array_equal(out.value, rows(2))
     await b.close()
 
@@ -68,15 +68,21 @@ async def test_max_batch_size_is_respected() -> None:
 
 
 async def test_queue_delay_bounds_waiting_while_backend_busy() -> None:
-    run = Runner(delay=0.3)
+    release = asyncio.Event()
+
+    async def run(x: np.ndarray, tags: list[object]) -> np.ndarray:
+        if 0 in tags:
+            await release.wait()  # the first batch stays busy until the test releases it
+        return x * 2
+
     b = MicroBatcher(run, max_batch_size=100, max_queue_delay_s=0.02, max_concurrent_batches=1)
-    first = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.01)  # the first batch is now running for 0.3 s
-    t0 = time.perf_counter()
-    second = await b.submit(rows(1))
-    # dispatched after ~max_queue_delay, concurrently with the busy batch (not after 0.3 s)
-    assert time.perf_counter() - t0 < 0.3 + 0.15
-    assert second.queue_s < 0.1
+    first = asyncio.ensure_future(b.submit(rows(0), tag=0))
+    await eventually(lambda: b.running_batches == 1, "the first batch runs")
+    # dispatched once it waited max_queue_delay, concurrently with the busy batch (not after it)
+    second = await asyncio.wait_for(b.submit(rows(1), tag=1), DEADLINE_S)
+    assert not first.done() and second.queue_s >= 0.02
+    np.testing.assert_array_equal(second.value, rows(2))
+    release.set()
     await first
     await b.close()
 

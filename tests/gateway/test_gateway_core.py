@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.gateway.fakes import SPEC, FakeBackend, catalog, digit_png, fakes, routing
+from tests.support.wait import eventually
 from triserve_common.errors import BackendTimeoutError, ModelNotFoundError, ModelNotReadyError
 from triserve_common.metrics import new_registry
 from triserve_gateway.errors import (
@@ -136,7 +137,7 @@ async def test_breaker_ejects_then_half_open_probe_readmits() -> None:
         await infer(gw, "mnist", None, batch(1))
     assert len(fb["onnx"].calls) == onnx_calls  # still ejected
     fb["onnx"].fail_with = None
-    await asyncio.sleep(0.25)  # open_s=0.2 → half-open probe
+    await eventually(gw.backends["onnx"].breaker.available, "open_s=0.2 passes: half-open probe due")
     served = [(await infer(gw, "mnist", None, batch(1))).backend for _ in range(6)]
     assert "onnx" in served
     assert gw.backends["onnx"].health_label() == "healthy"
@@ -149,14 +150,14 @@ async def test_active_health_check_removes_and_readds_backend() -> None:
     gw, metrics = make(fb, strategy="round-robin")
     await gw.start()
     fb["paddle"].healthy = False
-    await asyncio.sleep(0.15)
+    await eventually(lambda: not gw.backends["paddle"].healthy, "a health check sees paddle down")
     assert sample(metrics, "triserve_gateway_backend_up", backend="paddle") == 0.0
     for _ in range(9):
         assert (await infer(gw, "mnist", None, batch(1))).backend != "paddle"
     with pytest.raises(ModelNotReadyError):
         await infer(gw, "mnist", None, batch(1), backend="paddle")
     fb["paddle"].healthy = True
-    await asyncio.sleep(0.15)
+    await eventually(lambda: gw.backends["paddle"].healthy, "a health check sees paddle back")
     used = {(await infer(gw, "mnist", None, batch(1))).backend for _ in range(9)}
     assert "paddle" in used
     await gw.close()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.gateway.fakes import SPEC, gray_png
+from tests.support.encode import image_bytes
 from triserve_common.errors import (
     PayloadTooLargeError,
     UnprocessableError,
@@ -18,15 +17,9 @@ from triserve_common.manifest import PreprocessSpec
 from triserve_gateway.preprocess import ImagePreprocessor
 
 
-def encode(img: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def test_png_matches_reference_normalisation() -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
-    x = ImagePreprocessor(SPEC)(encode(Image.fromarray(pixels, "L"), "PNG"))
+    x = ImagePreprocessor(SPEC)(image_bytes(Image.fromarray(pixels, "L"), "PNG"))
     expected = ((pixels.astype(np.float32) / 255.0) - 0.1307) / 0.3081
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, 0], expected, rtol=1e-6, atol=1e-6)
@@ -35,7 +28,7 @@ def test_png_matches_reference_normalisation() -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "BMP", "GIF", "TIFF", "WEBP"])
 def test_any_pillow_format_colour_and_size_is_accepted(fmt: str) -> None:
     img = Image.new("RGB", (56, 40), (200, 200, 200))
-    x = ImagePreprocessor(SPEC)(encode(img, fmt))
+    x = ImagePreprocessor(SPEC)(image_bytes(img, fmt))
     assert x.shape == (1, 1, 28, 28)
     assert abs(float(x.mean()) - (200 / 255 - 0.1307) / 0.3081) < 0.05
 
@@ -61,7 +54,7 @@ def test_truncated_image_is_422() -> None:
 
 def test_pixel_limit_is_413_before_decoding() -> None:
     # A 10000x10000 PNG of zeros compresses to a few KB: a decompression bomb in miniature.
-    bomb = encode(Image.new("L", (10000, 10000)), "PNG")
+    bomb = image_bytes(Image.new("L", (10000, 10000)), "PNG")
     assert len(bomb) < 200_000
     with pytest.raises(PayloadTooLargeError, match="pixels"):
         ImagePreprocessor(SPEC, max_pixels=1_000_000)(bomb)

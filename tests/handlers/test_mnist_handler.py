@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.mnist import npy, png, preprocess
+from tests.support.encode import npy, png
+from tests.support.mnist import held_out, preprocess
 from tests.support.procs import REPO_ROOT
-from triserve_common.idx import load_split
-from triserve_common.manifest import PreprocessSpec
+from triserve_common.manifest import PreprocessSpec, read_manifest
 
 
 def _load_handler_module() -> ModuleType:
@@ -57,9 +57,10 @@ def handler_env(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    pair = load_split(mnist_dir, "t10k")
-    return pair.images[:64], pair.labels[:64]
+def digits(mnist_dir: Path, model_store: Path) -> tuple[np.ndarray, np.ndarray]:
+    """64 held-out t10k digits (never seen in training) and their labels."""
+    d = held_out(mnist_dir, read_manifest(model_store / "mnist" / "1"))[:64]
+    return d.images, d.labels
 
 
 def normalised(images: np.ndarray) -> np.ndarray:
@@ -123,7 +124,7 @@ def test_committed_mar_is_current(model_store: Path) -> None:
     """The committed archive carries today's handler and verifies against its manifest."""
     import zipfile
 
-    from triserve_common.manifest import read_manifest, verify_artifact
+    from triserve_common.manifest import verify_artifact
 
     vdir = model_store / "mnist" / "1"
     manifest = read_manifest(vdir)

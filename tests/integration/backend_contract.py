@@ -26,22 +26,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import preprocess
+from tests.support.encode import v2_input, v2_request, v2_tensor
+from tests.support.mnist import Digits, held_out
 from tests.support.procs import ServiceProcess, free_port, python_exe
 from triserve_common import codec
-from triserve_common.idx import load_split
 from triserve_common.manifest import Manifest, read_manifest
 
 MAX_BODY = 1 << 20
 """Body limit the services are started with (a 256-image binary batch is ~800 KB)."""
-
-
-@dataclass
-class Digits:
-    """Preprocessed MNIST digits and their labels."""
-
-    x: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass
@@ -64,10 +56,7 @@ def infer_binary(url: str, x: np.ndarray, **headers: str) -> tuple[httpx.Respons
 
 
 def infer_json(url: str, x: np.ndarray) -> np.ndarray:
-    payload = {
-        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
-    }
-    resp = httpx.post(f"{url}/v2/models/mnist/infer", json=payload, timeout=30)
+    resp = httpx.post(f"{url}/v2/models/mnist/infer", json=v2_request(v2_tensor("input", x)), timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     out = resp.json()["outputs"][0]
@@ -86,10 +75,7 @@ def request_count(url: str, model: str, status: str) -> float:
 
 
 def json_input(shape: list[int], datatype: str = "FP32", name: str = "input") -> bytes:
-    count = int(np.prod(shape))
-    return json.dumps(
-        {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [0] * count}]}
-    ).encode()
+    return json.dumps(v2_request(v2_input(name, shape, datatype))).encode()
 
 
 def _binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -205,9 +191,8 @@ class BackendContract:
     @pytest.fixture(scope="class")
     @classmethod
     def digits(cls, mnist_dir: Path, service: Running) -> Digits:
-        pair = load_split(mnist_dir, "t10k")
-        x = preprocess(pair.images[:64], service.manifest.preprocessing)
-        return Digits(x, pair.labels[:64].astype(np.int64))
+        """64 held-out t10k digits (never seen in training)."""
+        return held_out(mnist_dir, service.manifest)[:64]
 
     # ------------------------------------------------------------------ tests
 

@@ -7,8 +7,6 @@ One stack per module (TorchServe's JVM start is the slow part).
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import one_per_digit, preprocess
+from tests.support import encode
+from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
+from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
 from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common import codec
@@ -33,9 +33,6 @@ pytestmark = pytest.mark.integration
 BACKENDS = ("onnx", "paddle", "torchserve")
 MAX_BODY = 1 << 20
 MAX_PIXELS = 1_000_000
-
-
-Digits = tuple[list[bytes], np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -51,10 +48,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> Digits:
-    """PNGs of the most typical t10k image of each digit 0..9, their labels and the raw uint8 images."""
-    d = one_per_digit(mnist_dir)
-    return d.pngs, d.labels, d.images
+def digits(mnist_dir: Path, model_store: Path) -> Digits:
+    """The most typical held-out t10k image of each digit 0..9 (PNGs, labels, raw uint8 images)."""
+    return one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +91,7 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
 
 
 def test_every_digit_with_each_backend_forced(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     for backend in BACKENDS:
         for png, label in zip(pngs, labels, strict=True):
             r = stack.put(png, **{"X-Backend": backend})
@@ -110,7 +106,7 @@ def test_every_digit_with_each_backend_forced(stack: Stack, digits: Digits) -> N
 
 
 def test_every_digit_with_automatic_routing(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     seen = set()
     for _ in range(2):
         for png, label in zip(pngs, labels, strict=True):
@@ -122,7 +118,7 @@ def test_every_digit_with_automatic_routing(stack: Stack, digits: Digits) -> Non
 
 
 def test_multipart_topk_and_versioned_path(stack: Stack, digits: Digits) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     files = [("data", (f"{i}.png", pngs[i], "image/png")) for i in (2, 9)]
     r = httpx.post(f"{stack.gateway}/predictions/mnist", files=files, timeout=30)
     assert r.status_code == 200 and r.json() == [int(labels[2]), int(labels[9])]
@@ -141,23 +137,18 @@ def _v2(stack: Stack, body: bytes, headers: dict[str, str]) -> tuple[httpx.Respo
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_v2_bytes_and_fp32_agree(
-    stack: Stack, model_store: Path, digits: Digits, backend: str
+    stack: Stack, digits: Digits, backend: str
 ) -> None:
-    pngs, labels, images = digits
-    spec = read_manifest(model_store / "mnist" / "1").preprocessing
-    items = np.empty(len(pngs), dtype=object)
-    items[:] = pngs
-    body, headers = codec.encode_request({"image": items}, outputs=["logits"])
+    pngs, labels = digits.pngs, digits.labels
+    body, headers = codec.encode_request({"image": bytes_items(pngs)}, outputs=["logits"])
     r, from_bytes = _v2(stack, body, {**headers, "X-Backend": backend})
     assert r.headers["x-backend"] == backend
-    body, headers = codec.encode_request({"input": preprocess(images, spec)}, outputs=["logits"])
+    body, headers = codec.encode_request({"input": digits.x}, outputs=["logits"])
     _, from_fp32 = _v2(stack, body, {**headers, "X-Backend": backend})
     np.testing.assert_allclose(from_bytes, from_fp32, atol=1e-4)
     assert list(from_bytes.argmax(axis=1)) == list(labels)
     # JSON with base64 BYTES
-    payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
-                           "data": [base64.b64encode(p).decode() for p in pngs]}],
-               "outputs": [{"name": "logits"}, {"name": "label"}]}
+    payload = v2_request(v2_images("image", pngs), outputs=["logits", "label"])
     r = httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=payload, headers={"X-Backend": backend},
                    timeout=30)
     assert r.status_code == 200, r.text
@@ -167,28 +158,22 @@ def test_v2_bytes_and_fp32_agree(
 
 
 def test_error_cases_return_their_codes(stack: Stack, digits: Digits) -> None:
-    pngs = digits[0]
+    pngs = digits.pngs
     cases = [
         (stack.put(b"definitely not an image"), 415, "not an image"),
         (stack.put(pngs[0][: len(pngs[0]) // 2]), 422, "could not be decoded"),
         (stack.put(b"\0" * (MAX_BODY + 1)), 413, "exceeds"),
-        (stack.put(_png(Image.new("L", (2000, 2000)))), 413, "pixels"),
+        (stack.put(encode.png(Image.new("L", (2000, 2000)))), 413, "pixels"),
         (stack.put(pngs[0], path="/predictions/cifar10"), 404, "cifar10"),
         (stack.put(pngs[0], path="/predictions/mnist/7"), 404, "version"),
         (stack.put(pngs[0], **{"X-Backend": "triton"}), 400, "triton"),
         (stack.put(pngs[0], path="/predictions/mnist?topk=0"), 400, "topk"),
     ]
-    bad_shape = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}]}
+    bad_shape = v2_request(v2_input("input", [1, 784], fill=0.0))
     cases.append((httpx.post(f"{stack.gateway}/v2/models/mnist/infer", json=bad_shape), 400, "FP32"))
     for resp, status, needle in cases:
         assert resp.status_code == status, (status, resp.text)
         assert needle in resp.json()["error"]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_describe_models_and_health(stack: Stack) -> None:
@@ -205,7 +190,7 @@ def test_describe_models_and_health(stack: Stack) -> None:
 def test_failover_when_a_backend_stops_and_rejoin_after_restart(
     stack: Stack, digits: Digits
 ) -> None:
-    pngs, labels, _ = digits
+    pngs, labels = digits.pngs, digits.labels
     results: list[tuple[int, str, int, str]] = []
     stop_at = threading.Event()
 
@@ -251,7 +236,7 @@ def test_failover_when_a_backend_stops_and_rejoin_after_restart(
 
 def test_metrics_show_traffic_by_backend(stack: Stack, digits: Digits) -> None:
     for backend in BACKENDS:
-        assert stack.put(digits[0][0], **{"X-Backend": backend}).status_code == 200
+        assert stack.put(digits.pngs[0], **{"X-Backend": backend}).status_code == 200
     assert stack.put(b"junk").status_code == 415
     text = httpx.get(f"{stack.gateway}/metrics").text
     ok: dict[str, float] = {}

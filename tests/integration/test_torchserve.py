@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.mnist import npy, one_per_digit, png, preprocess
+from tests.support.encode import npy, png
+from tests.support.mnist import one_per_digit, preprocess
 from tests.support.procs import REPO_ROOT, ServiceProcess
 from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
 from triserve_common.manifest import read_manifest
@@ -54,8 +55,8 @@ def torchserve(service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def samples(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The most typical t10k image of each digit 0..9, cut at test time."""
-    digits = one_per_digit(mnist_dir)
+    """The most typical held-out t10k image of each digit 0..9, cut at test time."""
+    digits = one_per_digit(mnist_dir, read_manifest(REPO_ROOT / "model_store" / "mnist" / "1"))
     return digits.images, digits.labels
 
 

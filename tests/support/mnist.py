@@ -1,31 +1,23 @@
-"""MNIST images for tests, cut from the t10k IDX files at test time (never committed)."""
+"""MNIST images for tests, cut from the t10k IDX files at test time (never committed).
+
+Accuracy is only ever checked on images the model was NOT trained on: the committed model was
+trained on 8,000 t10k images, so :func:`held_out` returns the other 2,000, chosen by the trainer's
+own split function with the seed and size its manifest records.
+"""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from tests.support.encode import png
 from triserve_cli.sample import typical_index
 from triserve_common.idx import load_split
-from triserve_common.manifest import PreprocessSpec
-
-
-def png(image: np.ndarray) -> bytes:
-    """A uint8 [H, W] image as PNG bytes (what ``curl -T digit.png`` uploads)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy(array: np.ndarray) -> bytes:
-    """An array in numpy's ``.npy`` format (the gateway → TorchServe body)."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+from triserve_common.manifest import Manifest, PreprocessSpec
+from triserve_trainer.data import stratified_split
 
 
 def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -39,16 +31,46 @@ def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Digits:
-    """One t10k image per digit 0..9 (the most typical of each class), with labels and PNGs."""
+    """MNIST images with their labels, as PNGs and preprocessed for the model (computed on demand)."""
 
     images: np.ndarray
+    """uint8 ``[N, 28, 28]``."""
     labels: np.ndarray
-    pngs: list[bytes]
+    """int ``[N]``."""
+    spec: PreprocessSpec
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, items: slice | list[int]) -> Digits:
+        return Digits(self.images[items], self.labels[items], self.spec)
+
+    @cached_property
+    def pngs(self) -> list[bytes]:
+        """Each image as PNG bytes (what ``curl -T digit.png`` uploads)."""
+        return [png(img) for img in self.images]
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """float32 ``[N, 1, 28, 28]``, preprocessed per the model's manifest."""
+        return preprocess(self.images, self.spec)
 
 
-def one_per_digit(mnist_dir: Path) -> Digits:
-    """The most typical t10k image of each digit 0..9 (same choice as ``triserve sample``)."""
+def held_out(mnist_dir: Path, manifest: Manifest) -> Digits:
+    """The t10k images ``manifest``'s model was not trained on (in t10k order).
+
+    A model trained on the standard split never saw t10k; one trained on the t10k pair alone saw all
+    but the trainer's stratified held-out part (:func:`triserve_trainer.data.stratified_split`).
+    """
     pair = load_split(mnist_dir, "t10k")
-    idx = [typical_index(pair.images, pair.labels, d) for d in range(10)]
-    images = pair.images[idx]
-    return Digits(images, pair.labels[idx].astype(int), [png(img) for img in images])
+    images, labels = pair.images, pair.labels.astype(np.int64)
+    if manifest.data.split == "t10k-stratified":
+        _, test = stratified_split(pair.labels, manifest.data.test_size, manifest.data.seed)
+        images, labels = images[test], labels[test]
+    return Digits(images, labels, manifest.preprocessing)
+
+
+def one_per_digit(mnist_dir: Path, manifest: Manifest) -> Digits:
+    """The most typical held-out image of each digit 0..9 (chosen as ``triserve sample`` chooses)."""
+    digits = held_out(mnist_dir, manifest)
+    return digits[[typical_index(digits.images, digits.labels, d) for d in range(10)]]

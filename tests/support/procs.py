@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from triserve_common.paths import REPO_ROOT
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The platform's own service definitions (``triserve_cli.platform``), started on free ports for tests.
+"""The platform's own service definitions (``triserve_cli.launcher``), started on free ports for tests.
 
 Tests start exactly the commands and environments ``triserve up`` uses, each as a
 :class:`ServiceProcess` so a test can stop and restart one service on its own.
@@ -6,6 +6,7 @@ Tests start exactly the commands and environments ``triserve up`` uses, each as 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.procs import ServiceProcess, free_port
-from triserve_cli.platform import PlatformConfig, service_specs
+from triserve_cli.launcher import PlatformConfig, service_specs
 
 PORT_FIELDS = (
     "gateway_port",
@@ -70,3 +71,15 @@ def wait_torchserve_worker(
             pass
         time.sleep(0.25)
     raise RuntimeError(f"{model} worker not READY after {timeout}s:\n{proc.log_tail()}")
+
+
+def start_platform(config: PlatformConfig, procs: Mapping[str, ServiceProcess]) -> None:
+    """Start ``procs`` (from :func:`service_processes`): TorchServe first (the slowest) with the Python
+    backends meanwhile, then the gateway once TorchServe's worker is READY. The caller stops them."""
+    ts_thread = threading.Thread(target=procs["torchserve"].start)
+    ts_thread.start()
+    procs["onnx"].start()
+    procs["paddle"].start()
+    ts_thread.join()
+    wait_torchserve_worker(config.url(config.ts_management_port), procs["torchserve"])
+    procs["gateway"].start()

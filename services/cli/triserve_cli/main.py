@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # Subcommand modules; each defines ``register(subparsers)`` which adds its parser and sets
 # ``func`` (a callable taking the parsed namespace and returning an exit code).
-SUBCOMMAND_MODULES = ("triserve_cli.sample", "triserve_cli.platform", "triserve_cli.bench")
+SUBCOMMAND_MODULES = ("triserve_cli.sample", "triserve_cli.launcher.commands", "triserve_cli.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

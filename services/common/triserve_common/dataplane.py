@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,8 @@ class DataPlane:
         self._executor: ThreadPoolExecutor | None = None
         self._input_specs: dict[str, TensorSpec] = {}
         self._output_names: list[str] = []
+        self._info_labels: tuple[str, str, str, str] | None = None
+        self._info_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,8 +133,25 @@ class DataPlane:
             self._executor = ThreadPoolExecutor(
                 max_workers=max(1, rt.concurrency), thread_name_prefix=f"{rt.name}-infer"
             )
-        self.metrics.model_info.labels(rt.name, rt.version, rt.platform, rt.engine).set(1)
+        self.publish_model_info()
         self.metrics.model_ready.labels(rt.name).set(1 if rt.ready else 0)
+
+    def publish_model_info(self) -> None:
+        """``triserve_model_info`` for the engine the runtime reports *now*: an engine that fell back
+        (e.g. onnxruntime leaving TensorRT at run time) replaces the old label set instead of both
+        staying at 1. Cheap when nothing changed; called after every batch."""
+        rt = self.runtime
+        labels = (rt.name, rt.version, rt.platform, rt.engine)
+        if labels == self._info_labels:
+            return
+        with self._info_lock:
+            if labels == self._info_labels:
+                return
+            if self._info_labels is not None:
+                log.warning("engine changed: %s -> %s", self._info_labels[3], labels[3])
+                self.metrics.model_info.remove(*self._info_labels)
+            self.metrics.model_info.labels(*labels).set(1)
+            self._info_labels = labels
 
     def stop(self) -> None:
         """Wait for running batches, stop the pool and unload the runtime."""
@@ -304,6 +324,8 @@ class DataPlane:
         except Exception as exc:
             log.exception("inference failed")
             raise TriserveError(f"inference failed: {type(exc).__name__}: {exc}", 500) from exc
+        finally:
+            self.publish_model_info()
         self.metrics.compute_latency.labels(label).observe(time.perf_counter() - started)
         missing = [out for out in self._output_names if out not in outputs]
         if missing:

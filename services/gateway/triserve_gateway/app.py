@@ -19,7 +19,7 @@ from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.limits import BodyTimeoutMiddleware
 from triserve_common.metrics import add_metrics_route, new_registry
 from triserve_common.server import RequestIdMiddleware
-from triserve_gateway import __version__, api_torchserve, api_v2
+from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, demo
 from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import RoutingConfig, gateway_routing
 from triserve_gateway.gateway import Gateway
@@ -101,5 +101,7 @@ def create_app(
     app.add_middleware(LoadSheddingMiddleware, gateway=gateway)
     api_torchserve.register(app)
     api_v2.register(app)
+    api_explain.register(app)  # /explanations, /v2/.../explain
+    demo.register(app)  # the web demo: GET / → /demo/
     add_metrics_route(app, registry)
     return app

@@ -238,6 +238,23 @@ class TorchServeClient(_HttpBackend):
             raise BackendError(f"backend '{self.name}' did not answer a .npy tensor: {exc}") from None
         return out
 
+    async def explain(
+        self, model: str, version: str | None, x: Array, request_id: str | None, headers: Mapping[str, str]
+    ) -> Any:
+        """POST ``x`` as ``.npy`` to TorchServe's ``/explanations``; the handler's JSON answer."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x, dtype="<f4"), allow_pickle=False)
+        sent = {"Content-Type": "application/octet-stream", **headers}
+        if request_id:
+            sent[REQUEST_ID_HEADER] = request_id
+        path = f"/explanations/{model}" if version is None else f"/explanations/{model}/{version}"
+        resp = await self._post(path, sent, buf.getvalue())
+        self._check(resp.status_code, resp.content)
+        try:
+            return json.loads(resp.content)
+        except ValueError as exc:
+            raise BackendError(f"backend '{self.name}' did not answer JSON explanations: {exc}") from None
+
     async def health(self, timeout: float = 1.0) -> bool:
         return await self._probe("/ping", timeout)
 

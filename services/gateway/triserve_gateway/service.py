@@ -106,7 +106,7 @@ class InferenceService:
         payload = request.prepare(target.mv)
         async with self.gateway.admit(target.model, deadline):
             t_pre = time.perf_counter()
-            x = await self._model_input(target.mv, payload)
+            x = await self.model_input(target.mv, payload)
             preprocess_s = time.perf_counter() - t_pre
             result = await self.gateway.infer(target, x, request.request_id, request.backend, deadline)
         track.backend = result.backend
@@ -118,9 +118,9 @@ class InferenceService:
         stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
         return served
 
-    async def _model_input(self, mv: ModelVersion, payload: Payload) -> Array:
+    async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
         """The payload's tensor, or its images decoded: inline when small (28x28 PNGs take
-        microseconds), in a worker thread when big."""
+        microseconds), in a worker thread when big. (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None
             return payload.tensor

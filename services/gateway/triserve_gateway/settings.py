@@ -121,6 +121,13 @@ class GatewaySettings(ServiceSettings):
     circuit_open_s: float | None = None
     """Override of how long an ejected backend waits before a half-open probe."""
 
+    explain_steps: int = 32
+    """Integrated Gradients steps of an explanation that names none (``?steps=``)."""
+    explain_max_steps: int = 128
+    """Most steps an explanation may ask for (400 above; the TorchServe handler's own cap is 256)."""
+    explain_max_images: int = 1
+    """Images per explanation request (413 above; at most 4): each costs ``steps`` forward+backward passes."""
+
     # ---- overload protection (docs/operations.md) ----
     max_in_flight: int = Field(default=64, ge=1)
     """Requests per model admitted into the core at once (preprocessing, batching, backend calls)."""

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from triserve_common.errors import TriserveError
-from triserve_common.manifest import LoadedVersion, TensorSpec
+from triserve_common.fallback import Fallback, first_working
+from triserve_common.manifest import LoadedVersion
 from triserve_common.runtime import Runtime, map_tensor_names
+from triserve_onnx.engines import (
+    TENSORRT,
+    ProviderList,
+    attempt_name,
+    plan_attempts,
+    provider_chain,
+    select_providers,
+    trt_cache_dir,
+)
 from triserve_onnx.settings import OnnxSettings
 
-log = logging.getLogger(__name__)
+__all__ = ["OnnxRuntime", "SessionFactory", "default_session_factory", "select_providers", "session_options"]
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
+log = logging.getLogger(__name__)
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -26,45 +36,8 @@ _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-ProviderList = list[tuple[str, dict[str, Any]]]
-
-
-def _profile_shapes(specs: list[TensorSpec], batch: int) -> str | None:
-    """TensorRT profile ``name:BxCxHxW,...`` with the batch dim set; None if other dims are dynamic."""
-    parts = []
-    for spec in specs:
-        dims = [batch if i == 0 and d == -1 else d for i, d in enumerate(spec.shape)]
-        if any(d < 0 for d in dims):
-            return None
-        parts.append(f"{spec.name}:{'x'.join(str(d) for d in dims)}")
-    return ",".join(parts)
-
-
-def select_providers(settings: OnnxSettings, available: list[str], inputs: list[TensorSpec]) -> ProviderList:
-    """Preferred providers that this onnxruntime build has, with their options; CPU always last."""
-    chosen: ProviderList = []
-    for name in settings.providers:
-        if name not in available or any(name == c for c, _ in chosen):
-            continue
-        options: dict[str, Any] = {}
-        if name == TENSORRT:
-            options = {"device_id": settings.device_id, "trt_fp16_enable": settings.trt_fp16}
-            if settings.trt_engine_cache_dir is not None:
-                options["trt_engine_cache_enable"] = True
-                options["trt_engine_cache_path"] = str(settings.trt_engine_cache_dir)
-            shapes = {
-                "trt_profile_min_shapes": _profile_shapes(inputs, 1),
-                "trt_profile_opt_shapes": _profile_shapes(inputs, settings.trt_opt_batch_size),
-                "trt_profile_max_shapes": _profile_shapes(inputs, settings.max_batch_size),
-            }
-            if all(shapes.values()):
-                options.update(shapes)
-        elif name == CUDA:
-            options = {"device_id": settings.device_id}
-        chosen.append((name, options))
-    if not any(name == CPU for name, _ in chosen):
-        chosen.append((CPU, {}))
-    return chosen
+SessionFactory = Callable[[Path, ProviderList], ort.InferenceSession]
+"""Builds a session for one attempt (model file, providers with options); raises when it cannot."""
 
 
 def session_options(settings: OnnxSettings) -> ort.SessionOptions:
@@ -82,18 +55,44 @@ def session_options(settings: OnnxSettings) -> ort.SessionOptions:
     return so
 
 
+def default_session_factory(settings: OnnxSettings) -> SessionFactory:
+    """Real ``InferenceSession`` per attempt.
+
+    onnxruntime's own creation-time fallback is off (``enable_fallback=0``): it would retry with
+    CUDA+CPU *without* the provider options; our attempts keep them and log why each one failed.
+    Its run-time fallback (an execution provider failing inside ``run``) is switched back on, so a
+    late TensorRT/CUDA failure still answers; the engine then reported is the one that runs.
+    """
+
+    def create(model: Path, attempt: ProviderList) -> ort.InferenceSession:
+        session = ort.InferenceSession(
+            str(model),
+            sess_options=session_options(settings),
+            providers=[name for name, _ in attempt],
+            provider_options=[options for _, options in attempt],
+            enable_fallback=0,
+        )
+        session.enable_fallback()
+        return session
+
+    return create
+
+
 class OnnxRuntime(Runtime):
     """A verified ``model.onnx`` in an ``onnxruntime.InferenceSession`` (``run`` is thread-safe)."""
 
     platform = "onnxruntime_onnx"
     artifact_kind = "onnx"
 
-    def __init__(self, settings: OnnxSettings) -> None:
+    def __init__(self, settings: OnnxSettings, session_factory: SessionFactory | None = None) -> None:
         super().__init__(
             settings.model_store, settings.model_name, settings.model_version, settings.max_batch_size
         )
         self.settings = settings
+        self._create = session_factory or default_session_factory(settings)
         self._session: ort.InferenceSession | None = None
+        self._requested: list[str] = []
+        self._fallbacks: list[Fallback] = []
         self._feed_names: dict[str, str] = {}
         self._fetch_names: list[str] = []
         self._output_names: list[str] = []
@@ -102,13 +101,23 @@ class OnnxRuntime(Runtime):
         onnx_files = [p for p in loaded.files if p.suffix == ".onnx"]
         if len(onnx_files) != 1:
             raise TriserveError(f"onnx artifact must have exactly one .onnx file, has {len(onnx_files)}")
-        providers = select_providers(self.settings, ort.get_available_providers(), loaded.manifest.inputs)
-        session = ort.InferenceSession(
-            str(onnx_files[0]),
-            sess_options=session_options(self.settings),
-            providers=[name for name, _ in providers],
-            provider_options=[options for _, options in providers],
+        model = onnx_files[0]
+        available = ort.get_available_providers()
+        tensorrt = TENSORRT in provider_chain(self.settings.providers, available)
+        cache = self._engine_cache(loaded) if tensorrt else None
+        attempts = plan_attempts(self.settings, available, loaded.manifest.inputs, cache)
+        chosen = first_working(
+            attempts, lambda attempt: self._create(model, attempt), attempt_name, "execution provider"
         )
+        session = chosen.result
+        fallbacks = list(chosen.fallbacks)
+        runs = list(session.get_providers())
+        wanted = attempt_name(chosen.candidate)
+        if not runs or runs[0] != wanted:
+            # onnxruntime skips a provider whose libraries do not load (logging it) instead of raising.
+            reason = f"onnxruntime did not enable it (its libraries did not load?); runs {runs}"
+            log.warning("execution provider %s: %s", wanted, reason)
+            fallbacks.append(Fallback(wanted, reason))
         self._feed_names = map_tensor_names(
             "input", [s.name for s in loaded.manifest.inputs], [i.name for i in session.get_inputs()]
         )
@@ -117,14 +126,32 @@ class OnnxRuntime(Runtime):
         )
         self._output_names = list(fetch)
         self._fetch_names = list(fetch.values())
+        self._requested = [name for name, _ in attempts[0]]
+        self._fallbacks = fallbacks
         self._session = session
         log.info(
-            "onnxruntime %s: loaded %s with providers %s (requested %s)",
+            "onnxruntime %s: loaded %s; engine %s (providers %s, requested %s)",
             ort.__version__,
-            onnx_files[0],
-            session.get_providers(),
-            [name for name, _ in providers],
+            model,
+            self.engine,
+            runs,
+            self._requested,
         )
+
+    def _engine_cache(self, loaded: LoadedVersion) -> Path | None:
+        """This model's TensorRT engine cache folder (created), or None (not configured / not writable)."""
+        root = self.settings.trt_engine_cache_dir
+        if root is None:
+            return None
+        entries = loaded.manifest.artifacts[self.artifact_kind].files
+        digest = next(f.sha256 for f in entries if f.path.endswith(".onnx"))
+        cache = trt_cache_dir(root, digest, ort.__version__, self.settings)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("TensorRT engine cache %s not usable (%s): no engine reuse", cache, exc)
+            return None
+        return cache
 
     def unload(self) -> None:
         super().unload()
@@ -138,7 +165,7 @@ class OnnxRuntime(Runtime):
 
     @property
     def providers(self) -> list[str]:
-        """Providers of the session, in priority order."""
+        """Providers the session runs with now, in priority order (changes after a run-time fallback)."""
         return list(self._session.get_providers()) if self._session is not None else []
 
     @property
@@ -154,6 +181,8 @@ class OnnxRuntime(Runtime):
         return {
             **super().metadata(),
             "providers": self.providers,
+            "requested_providers": self._requested,
+            "fallbacks": [f.describe() for f in self._fallbacks],
             "onnxruntime_version": ort.__version__,
         }
 

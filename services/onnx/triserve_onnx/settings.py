@@ -10,7 +10,8 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from triserve_common.settings import RuntimeSettings
 
-DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+AUTO = "auto"
+"""``providers=auto``: TensorRT, then CUDA, then CPU (those this onnxruntime build has)."""
 
 
 class OnnxSettings(RuntimeSettings):
@@ -19,9 +20,10 @@ class OnnxSettings(RuntimeSettings):
     model_config = SettingsConfigDict(env_prefix="TRISERVE_ONNX_", extra="ignore", protected_namespaces=())
 
     port: int = 8001
-    providers: Annotated[list[str], NoDecode] = DEFAULT_PROVIDERS
-    """Preferred execution providers, best first (comma separated in the env); those not in
-    ``onnxruntime.get_available_providers()`` are skipped, CPU is always the last resort."""
+    providers: Annotated[list[str], NoDecode] = [AUTO]
+    """Execution providers, best first (comma separated in the env); ``auto`` = TensorRT, CUDA, CPU.
+    Those not in ``onnxruntime.get_available_providers()`` are skipped; when creating the session
+    with one raises, the next is tried; CPU is always the last resort."""
     device_id: int = 0
     """GPU for the CUDA / TensorRT providers."""
     intra_op_threads: int = 0
@@ -38,11 +40,13 @@ class OnnxSettings(RuntimeSettings):
     max_batch_size: int = 256
     """Largest batch accepted (400 above); also the TensorRT profile's max batch."""
     trt_opt_batch_size: int = 32
-    """TensorRT profile's optimal batch."""
+    """TensorRT profile's optimal batch (clamped to ``max_batch_size``)."""
     trt_fp16: bool = False
     """Let TensorRT use FP16 kernels."""
     trt_engine_cache_dir: Path | None = None
-    """Cache built TensorRT engines here (None = rebuild at every start)."""
+    """Keep built TensorRT engines (and timing caches) here, in a subfolder per model, onnxruntime
+    version, precision and profile; a restart of the process reuses them (None = rebuild at every
+    start). Put it on a volume that outlives the process (the GPU images use /var/cache/triserve)."""
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -18,7 +18,8 @@ class PaddleSettings(RuntimeSettings):
 
     port: int = 8002
     device: Literal["auto", "gpu", "cpu"] = "auto"
-    """auto = GPU when this Paddle build has CUDA and sees a GPU, else CPU."""
+    """auto = the GPU when this Paddle build has CUDA and sees one, falling back to the CPU when the
+    GPU engine fails to initialise; gpu = GPU required (no CPU fallback); cpu = CPU only."""
     predictor_pool_size: int = 2
     """Predictor clones (one per concurrent batch; predictors are not thread-safe)."""
     max_batch_size: int = 256
@@ -32,19 +33,30 @@ class PaddleSettings(RuntimeSettings):
 
     # GPU
     gpu_device_id: int = 0
+    """GPU for Paddle on the GPU (the TensorRT conversion builds on the first visible GPU: choose it
+    with ``CUDA_VISIBLE_DEVICES``)."""
     gpu_memory_mb: int = 256
     """Initial GPU memory pool (MB) for ``enable_use_gpu``."""
     tensorrt: Literal["auto", "on", "off"] = "auto"
-    """TensorRT subgraph engine on GPU: auto = when this Paddle build has TensorRT."""
+    """Paddle-TensorRT on the GPU (``paddle.tensorrt.convert`` of the PIR model at start): auto = when
+    available, falling back to plain Paddle GPU when it fails; on = required; off = never."""
     trt_precision: Literal["fp32", "fp16"] = "fp32"
+    """TensorRT precision (fp16: half-precision kernels where TensorRT finds them faster)."""
     trt_workspace_bytes: int = 1 << 30
+    """TensorRT builder workspace."""
     trt_min_subgraph_size: int = 3
+    """Smallest op group handed to TensorRT."""
     trt_min_batch: int = 1
+    """Dynamic batch range of the TensorRT engines: min ..."""
     trt_opt_batch: int = 32
+    """... the batch the engines are tuned for (clamped into [min, max]) ..."""
     trt_max_batch: int | None = None
-    """None = ``max_batch_size``."""
+    """... and max (None = ``max_batch_size``)."""
     trt_cache_dir: Path | None = None
-    """Serialize built TensorRT engines here (``use_static``) so restarts skip the build."""
+    """Keep the TensorRT-converted program and its engines here, one folder per model, Paddle and
+    TensorRT version, GPU, precision and batch range; a restart of the process reuses it (None =
+    convert at every start). Put it on a volume that outlives the process (GPU images:
+    /var/cache/triserve)."""
 
     # CPU
     onednn: bool = True

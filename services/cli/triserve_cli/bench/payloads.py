@@ -19,8 +19,8 @@ from PIL import Image
 from triserve_common import codec
 from triserve_common.idx import load_split
 from triserve_common.manifest import PreprocessSpec, read_manifest, resolve_version
+from triserve_common.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
 """The repository root (``services/cli/triserve_cli/bench`` is four levels down)."""
 
 DEFAULT_MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"

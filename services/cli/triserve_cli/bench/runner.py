@@ -16,9 +16,10 @@ from tqdm import tqdm
 from triserve_cli.bench import cpu, report, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
-from triserve_cli.bench.payloads import LOAD_INDEX, REPO_ROOT, SWEEP_INDICES, Digit, load_digits
+from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
 from triserve_cli.bench.stack import Instance, Stack, free_port
-from triserve_cli.platform import ServiceSpec
+from triserve_cli.launcher import ServiceSpec
+from triserve_common.paths import REPO_ROOT
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
 SETTLE_MIN_S, SETTLE_MAX_S = 0.2, 5.0

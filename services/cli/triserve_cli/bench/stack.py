@@ -1,6 +1,6 @@
 """The services a benchmark run needs, started on free ports and stopped afterwards.
 
-Command lines and environments come from the platform launcher (:func:`triserve_cli.platform.service_specs`),
+Command lines and environments come from the platform launcher (:func:`triserve_cli.launcher.service_specs`),
 so the benchmark starts every service exactly as ``triserve up`` does; this module only adds the
 instances ``up`` has no use for: a second TorchServe in its stock configuration (the archive's
 ``model-config.yaml`` rewritten to TorchServe's defaults: one worker, batch size 1) and gateways with
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from triserve_cli.platform import (
+from triserve_cli.launcher import (
     RUN_ID_ENV,
     PlatformConfig,
     ServiceSpec,

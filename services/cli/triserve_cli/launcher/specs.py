@@ -1,0 +1,105 @@
+"""How each of the four services is started (command, environment, ports) and how it tells it is ready."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from triserve_cli.launcher.config import PlatformConfig, PlatformError
+from triserve_common.paths import REPO_ROOT
+
+
+def torchserve_store(model_store: Path, model: str = "mnist") -> Path:
+    """The folder TorchServe loads ``<model>.mar`` from: the highest version that has one."""
+    versions = sorted(
+        (p.parent for p in model_store.glob(f"{model}/*/{model}.mar") if p.parent.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    if not versions:
+        raise PlatformError(f"no {model}/<version>/{model}.mar in model store {model_store}")
+    return versions[-1]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service and how to tell it is ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    ready_url: str
+    """Answers 200 once the service is ready."""
+    port_names: Mapping[str, int]
+
+
+def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> ServiceSpec:
+    """An OIP v2 runtime service (``triserve_<name>``, env prefix ``TRISERVE_<NAME>_``)."""
+    prefix = f"TRISERVE_{name.upper()}_"
+    return ServiceSpec(
+        name=name,
+        argv=(config.python, "-m", f"triserve_{name}"),
+        env={
+            f"{prefix}HOST": config.host,
+            f"{prefix}PORT": str(port),
+            f"{prefix}MODEL_STORE": str(config.model_store),
+        },
+        ready_url=f"{config.url(port)}/v2/health/ready",
+        port_names={"http": port},
+    )
+
+
+def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
+    """The four services in start order (backends first, gateway last)."""
+    store = str(config.model_store)
+    try:
+        ts_store = torchserve_store(config.model_store)
+    except PlatformError:  # reported by Platform.start(); down/status need no model
+        ts_store = config.model_store
+    ts_inference = config.url(config.ts_inference_port)
+    onnx_url = config.url(config.onnx_port)
+    paddle_url = config.url(config.paddle_port)
+    return [
+        ServiceSpec(
+            name="torchserve",
+            argv=("bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")),
+            env={
+                "TS_HOST": config.host,
+                "TS_INFERENCE_PORT": str(config.ts_inference_port),
+                "TS_MANAGEMENT_PORT": str(config.ts_management_port),
+                "TS_METRICS_PORT": str(config.ts_metrics_port),
+                "TS_GRPC_INFERENCE_PORT": str(config.ts_grpc_inference_port),
+                "TS_GRPC_MANAGEMENT_PORT": str(config.ts_grpc_management_port),
+                "TS_MODEL_STORE": str(ts_store),
+                "TS_RUN_DIR": str(config.run_dir / "torchserve"),
+                # start.sh runs `torchserve` from PATH: the one of this venv.
+                "PATH": f"{Path(config.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+            ready_url=f"{ts_inference}/ping",
+            port_names={
+                "inference": config.ts_inference_port,
+                "management": config.ts_management_port,
+                "metrics": config.ts_metrics_port,
+                "gRPC inference": config.ts_grpc_inference_port,
+                "gRPC management": config.ts_grpc_management_port,
+            },
+        ),
+        _runtime_service_spec(config, "onnx", config.onnx_port),
+        _runtime_service_spec(config, "paddle", config.paddle_port),
+        ServiceSpec(
+            name="gateway",
+            argv=(config.python, "-m", "triserve_gateway"),
+            env={
+                "TRISERVE_GATEWAY_HOST": config.host,
+                "TRISERVE_GATEWAY_PORT": str(config.gateway_port),
+                "TRISERVE_GATEWAY_MODEL_STORE": store,
+                "TRISERVE_GATEWAY_TORCHSERVE_URL": ts_inference,
+                "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": config.url(config.ts_management_port),
+                "TRISERVE_GATEWAY_ONNX_URL": onnx_url,
+                "TRISERVE_GATEWAY_PADDLE_URL": paddle_url,
+            },
+            ready_url=f"{config.url(config.gateway_port)}/v2/health/ready",
+            port_names={"http": config.gateway_port},
+        ),
+    ]

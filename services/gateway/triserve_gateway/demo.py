@@ -1,0 +1,102 @@
+"""The web demo: a page served by the gateway itself, and the one endpoint it adds.
+
+- ``GET /`` redirects to ``GET /demo/``: the page (``static/index.html``; script and style under
+  ``/demo/static/``, all shipped inside this package: nothing is loaded from elsewhere, and the
+  page's Content-Security-Policy says so). It calls the public APIs only: ``/models``,
+  ``/models/{m}``, ``/v2/models/{m}/versions/{v}``, ``/predictions/{m}/{v}?topk=5`` with
+  ``X-Backend``, ``/explanations/{m}/{v}`` and the endpoint below.
+- ``POST|PUT /demo/input/{model}[/{version}]``: the image the model receives after the gateway's
+  preprocessing, as a PNG of the input's size (28x28 for MNIST): the float tensor mapped back to
+  8-bit pixels (``(x * std + mean) / scale``), so inversion and resizing show as the model sees them.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from triserve_common.server import model_target, read_body
+from triserve_gateway.api_common import service_of
+from triserve_gateway.models import ModelVersion
+from triserve_gateway.service import Payload
+
+Array = np.ndarray[Any, Any]
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def input_png(mv: ModelVersion, x: Array) -> bytes:
+    """One preprocessed image (float32 ``[1, C, H, W]``) as 8-bit PNG pixels (see module doc)."""
+    spec = mv.preprocessor.spec
+    channels = x.shape[1]
+    mean = np.asarray(spec.mean * channels if len(spec.mean) == 1 else spec.mean, np.float32)
+    std = np.asarray(spec.std * channels if len(spec.std) == 1 else spec.std, np.float32)
+    pixels = (x[0] * std[:, None, None] + mean[:, None, None]) / np.float32(spec.scale)
+    hwc = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(hwc[:, :, 0] if channels == 1 else hwc)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def root() -> RedirectResponse:
+    """``GET /`` and ``GET /demo``: to the page."""
+    return RedirectResponse("/demo/", status_code=307)
+
+
+async def page() -> FileResponse:
+    """The demo page, with a Content-Security-Policy that allows this origin only."""
+    return FileResponse(
+        STATIC_DIR / "index.html",
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+async def model_input(request: Request) -> Response:
+    """The preprocessed input of the image in the body, as a PNG (see module doc)."""
+    start = time.perf_counter()
+    service = service_of(request)
+    model, version = model_target(request)
+    mv = service.gateway.resolve(model, version).mv
+    body = await read_body(request, service.settings.max_body_bytes)
+    x = await service.model_input(mv, Payload(images=[body], what="request body"))
+    elapsed = time.perf_counter() - start
+    return Response(
+        input_png(mv, x),
+        media_type="image/png",
+        headers={
+            "X-Model-Version": mv.version,
+            "X-Input-Shape": ",".join(str(d) for d in x.shape),
+            "Server-Timing": f"preprocess;dur={elapsed * 1e3:.3f}",
+        },
+    )
+
+
+def register(app: FastAPI) -> None:
+    """Add the demo page, its static files and ``/demo/input/...`` to ``app``."""
+    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/demo", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/demo/", page, methods=["GET"], tags=["Demo"], summary="The web demo page")
+    for path, suffix in (
+        ("/demo/input/{model_name}", ""),
+        ("/demo/input/{model_name}/{model_version}", "_version"),
+    ):
+        for method in ("POST", "PUT"):
+            app.add_api_route(
+                path, model_input, methods=[method], tags=["Demo"],
+                summary="The preprocessed model input of an image, as a PNG",
+                operation_id=f"demo_input{suffix}_{method.lower()}",
+            )
+    app.mount("/demo/static", StaticFiles(directory=STATIC_DIR), name="demo-static")
