@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -233,7 +234,9 @@ class Gateway:
             message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
             raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
         states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        raise ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+        error = ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+        error.headers = {"Retry-After": str(max(1, math.ceil(self.limits.retry_after_s)))}
+        raise error
 
     def _can_add(self, pool: list[Candidate], tried: list[str], attempts: int, budget: RetryBudget) -> bool:
         """Whether another attempt could start: one left, a routable backend untried, budget left."""
