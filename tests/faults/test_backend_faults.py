@@ -25,10 +25,12 @@ PACE_MS = 50
 2-core machine, so latencies show fault handling rather than CPU queueing."""
 REQUESTS = "triserve_gateway_requests_total"
 UP = "triserve_gateway_backend_up"
+CALLS = "triserve_gateway_backend_calls_total"
 
 
 def served_by(metrics_url: str, backend: str) -> float:
-    return metric(metrics_url, REQUESTS, backend=backend, status="200")
+    """Successful calls the gateway made to ``backend`` (in rotation and answering)."""
+    return metric(metrics_url, CALLS, backend=backend)
 
 
 @pytest.mark.parametrize("victim", BACKENDS)

@@ -360,6 +360,7 @@ class Gateway:
         state.breaker.record_success()
         state.stats.observe_latency(elapsed)
         self.attempts.observe(state.name, elapsed)
+        self.metrics.backend_calls.labels(state.name).inc()
         self.metrics.attempt_timeout.labels(state.name).set(self.attempts.timeout(state.name))
         self._publish_up(state)
         return y.astype(np.float32, copy=False)

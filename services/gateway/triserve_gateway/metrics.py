@@ -117,6 +117,11 @@ class GatewayMetrics:
             "Current per-attempt timeout of the backend (from its observed latency).",
             ["backend"], registry=r,
         ))  # fmt: skip
+        self.backend_calls = LabelCache(Counter(
+            "triserve_gateway_backend_calls",
+            "Successful backend calls (one per batch), whether or not a hedge had answered first.",
+            ["backend"], registry=r,
+        ))  # fmt: skip
         self.cancelled = LabelCache(Counter(
             "triserve_gateway_cancelled",
             "Requests whose client went away, by where they were: admission or batch queue "
