@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: help venv install java up down run status test lint readme clean
+.PHONY: help venv install java data up down run status test lint readme clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -53,6 +53,17 @@ java: ## check for Java >= 17 (TorchServe); install it with apt when root
 	  echo "  (or any JDK/JRE >= 17 on PATH or in JAVA_HOME)"; exit 1; \
 	fi
 
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (apt, when root); MNIST is looked up at run time
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$TRISERVE_FASHION_MNIST_DIR" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Fashion-MNIST not found: installing dataset-fashion-mnist with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST not in $(FASHION_DIR): sudo apt-get install -y dataset-fashion-mnist"; \
+	  echo "  (or set TRISERVE_FASHION_MNIST_DIR; the trainer and triserve sample can also download it)"; \
+	fi
+
 up: install java ## start the platform in the background; waits until the gateway is ready
 	$(ACTIVATE) $(BIN)/triserve up $(ARGS)
 
@@ -65,7 +76,7 @@ down: ## stop what `make up` started (pid files under run/)
 status: install ## which services run and are ready
 	$(BIN)/triserve status $(ARGS)
 
-test: install java ## the whole test suite (unit + integration with real services)
+test: install java data ## the whole test suite (unit + integration with real services)
 	$(ACTIVATE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff + mypy (strict)

@@ -1,20 +1,25 @@
-"""TorchServe handler for the triserve MNIST classifier (packaged into ``mnist.mar``).
+"""TorchServe handler for triserve's image classifiers (packaged into every ``<model>.mar``).
 
+Model-generic: everything model-specific comes from files packed in the archive by the trainer —
+``preprocess.json`` (colour mode, size, scale, mean/std: the manifest's preprocessing) and
+``index_to_name.json`` (TorchServe's convention for class names, ``{"0": "T-shirt/top", ...}``).
 Imports only what a TorchServe worker has: stdlib, numpy, Pillow and torch.
 
 Two request formats, told apart by the body's first bytes (any mix within one batch):
 
-* **Raw image** (PNG, JPEG, ... — like TorchServe's stock MNIST example)::
+* **Raw image** (PNG, JPEG, ... — like TorchServe's stock image classifiers)::
 
-      curl http://127.0.0.1:8080/predictions/mnist -T 0.png     →  0
+      curl http://127.0.0.1:8080/predictions/mnist -T 0.png       →  0
+      curl http://127.0.0.1:8080/predictions/fashion -T boot.png  →  "Ankle boot"
 
-  Decoded with Pillow and preprocessed with the spec shipped in the archive (``preprocess.json``:
-  grayscale, resize to 28x28, scale 1/255, normalise mean 0.1307 / std 0.3081). The answer is the
-  predicted class as an int, which TorchServe renders as ``0``.
+  Decoded with Pillow and preprocessed with the archive's ``preprocess.json``. The answer is the
+  predicted label as JSON: numeric labels as numbers (``0``, like TorchServe's MNIST example), names
+  as strings.
 
 * **Preprocessed batch** (what the gateway sends): a ``.npy`` body (numpy's format, detected by its
-  magic ``\\x93NUMPY``; loaded with ``allow_pickle=False``) holding float32 ``[N,1,28,28]`` already
-  normalised. The answer is a ``.npy`` (``application/octet-stream``) of float32 logits ``[N,10]``.
+  magic ``\\x93NUMPY``; loaded with ``allow_pickle=False``) holding float32 ``[N,C,H,W]`` already
+  normalised (the shape of ``preprocess.json``). The answer is a ``.npy`` (``application/octet-stream``)
+  of float32 logits ``[N,classes]``.
 
 TorchServe batching (``batchSize``/``maxBatchDelay`` in the archive's ``model-config.yaml``): ``handle``
 receives up to ``batchSize`` requests, runs all their images in one forward pass and answers once per
@@ -43,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 NPY_MAGIC = b"\x93NUMPY"
 PREPROCESS_FILE = "preprocess.json"
-NUM_CLASSES = 10
+LABELS_FILE = "index_to_name.json"
 MAX_IMAGES_PER_REQUEST = 4096
 MAX_IMAGE_PIXELS = 40_000_000
 
@@ -68,16 +73,8 @@ _TYPES = {
     422: "UnprocessableEntity",
     500: "InternalServerError",
 }
-DEFAULT_SPEC: dict[str, Any] = {
-    "color_mode": "L",
-    "width": 28,
-    "height": 28,
-    "resample": "bilinear",
-    "invert": False,
-    "scale": 1.0 / 255.0,
-    "mean": [0.1307],
-    "std": [0.3081],
-}
+#: Defaults for keys an older ``preprocess.json`` may lack (no model-specific values here).
+SPEC_DEFAULTS: dict[str, Any] = {"color_mode": "L", "resample": "bilinear", "invert": False}
 
 
 def select_device(gpu_id: Any, cuda_available: bool) -> str:
@@ -96,6 +93,12 @@ def _request_error(code: int, message: str) -> ValueError:
     return ValueError(code, message)
 
 
+def input_shape(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """Per-image input shape ``(C, H, W)`` of a preprocessing spec."""
+    channels = 1 if spec.get("color_mode", "L") == "L" else 3
+    return channels, int(spec["height"]), int(spec["width"])
+
+
 def _body(request: Any) -> bytes:
     """The raw body of one request (TorchServe puts it under "data" or "body")."""
     if isinstance(request, dict):
@@ -105,7 +108,7 @@ def _body(request: Any) -> bytes:
     else:
         payload = request
     if payload is None:
-        raise _request_error(400, "empty request body: send an image or a .npy float32 [N,1,28,28]")
+        raise _request_error(400, "empty request body: send an image or a .npy float32 [N,C,H,W]")
     if isinstance(payload, (bytes, bytearray, memoryview)):
         data = bytes(payload)
     elif isinstance(payload, str):
@@ -115,12 +118,12 @@ def _body(request: Any) -> bytes:
             415, "body is not an image or a .npy array (got a decoded JSON value; send raw bytes)"
         )
     if not data:
-        raise _request_error(400, "empty request body: send an image or a .npy float32 [N,1,28,28]")
+        raise _request_error(400, "empty request body: send an image or a .npy float32 [N,C,H,W]")
     return data
 
 
-def parse_npy(data: bytes) -> np.ndarray:
-    """``.npy`` bytes → float32 [N,1,28,28]; 4xx ValueError on anything else."""
+def parse_npy(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """``.npy`` bytes → float32 ``[N, *shape]``; 4xx ValueError on anything else."""
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError/EOFError/OSError for bad files
@@ -129,8 +132,9 @@ def parse_npy(data: bytes) -> np.ndarray:
         raise _request_error(400, "invalid .npy body: not a single array")
     if arr.dtype.kind != "f" or arr.dtype.itemsize != 4:
         raise _request_error(400, f".npy dtype must be float32, got {arr.dtype}")
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != (1, 28, 28) or arr.shape[0] < 1:
-        raise _request_error(400, f".npy shape must be [N,1,28,28] with N >= 1, got {list(arr.shape)}")
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or arr.shape[0] < 1:
+        want = ",".join(map(str, shape))
+        raise _request_error(400, f".npy shape must be [N,{want}] with N >= 1, got {list(arr.shape)}")
     if arr.shape[0] > MAX_IMAGES_PER_REQUEST:
         raise _request_error(413, f".npy holds {arr.shape[0]} images, at most {MAX_IMAGES_PER_REQUEST}")
     if not np.isfinite(arr).all():
@@ -153,7 +157,7 @@ def preprocess_image(data: bytes, spec: dict[str, Any]) -> np.ndarray:
             gray = img.convert(spec["color_mode"])
     except UnidentifiedImageError as exc:
         raise _request_error(
-            415, "body is neither an image Pillow can read nor a .npy float32 [N,1,28,28] array"
+            415, "body is neither an image Pillow can read nor a .npy float32 [N,C,H,W] array"
         ) from exc
     except Image.DecompressionBombError as exc:
         raise _request_error(413, f"image too large: {exc}") from exc
@@ -169,12 +173,17 @@ def preprocess_image(data: bytes, spec: dict[str, Any]) -> np.ndarray:
 
 
 class MnistHandler:
-    """TorchServe entry point: ``initialize(context)`` once, then ``handle(data, context)`` per batch."""
+    """TorchServe entry point: ``initialize(context)`` once, then ``handle(data, context)`` per batch.
+
+    Serves any of triserve's image classifiers (the name is historical): see the module doc.
+    """
 
     def __init__(self) -> None:
         self.model: torch.jit.ScriptModule | None = None
         self.device = torch.device("cpu")
-        self.spec: dict[str, Any] = dict(DEFAULT_SPEC)
+        self.spec: dict[str, Any] = dict(SPEC_DEFAULTS)
+        self.shape: tuple[int, int, int] = (1, 1, 1)
+        self.labels: list[str] | None = None
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -189,21 +198,36 @@ class MnistHandler:
         self.device = torch.device(select_device(props.get("gpu_id"), torch.cuda.is_available()))
         self.model = torch.jit.load(model_path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
         spec_path = os.path.join(model_dir, PREPROCESS_FILE)
-        if os.path.isfile(spec_path):
-            with open(spec_path) as fh:
-                self.spec = {**DEFAULT_SPEC, **json.load(fh)}
-        else:
-            logger.warning("%s not in the archive; using the default MNIST spec", PREPROCESS_FILE)
+        if not os.path.isfile(spec_path):
+            raise RuntimeError(
+                f"{PREPROCESS_FILE} not in the archive ({model_dir}): rebuild it with triserve-train"
+            )
+        with open(spec_path) as fh:
+            self.spec = {**SPEC_DEFAULTS, **json.load(fh)}
+        self.shape = input_shape(self.spec)
+        labels_path = os.path.join(model_dir, LABELS_FILE)
+        if os.path.isfile(labels_path):
+            with open(labels_path) as fh:
+                names = json.load(fh)
+            self.labels = [str(names[str(i)]) for i in range(len(names))]
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
         threading.Thread(target=preload_captum, name="captum-preload", daemon=True).start()
         self.initialized = True
-        logger.info("loaded %s on %s; preprocessing %s", model_path, self.device, self.spec)
+        logger.info(
+            "loaded %s on %s; preprocessing %s; labels %s", model_path, self.device, self.spec, self.labels
+        )
+
+    def label(self, index: int) -> int | str:
+        """The answer to a raw image: a numeric label as an int (TorchServe renders ``7``), a name as a
+        JSON string (``"Ankle boot"``)."""
+        name = self.labels[index] if self.labels is not None and index < len(self.labels) else str(index)
+        return int(name) if name.isdigit() else json.dumps(name)
 
     def _parse(self, request: Any) -> tuple[np.ndarray, bool]:
-        """(inputs [n,1,28,28], is_npy) of one request."""
+        """(inputs [n,C,H,W], is_npy) of one request."""
         data = _body(request)
         if data.startswith(NPY_MAGIC):
-            return parse_npy(data), True
+            return parse_npy(data, self.shape), True
         return preprocess_image(data, self.spec), False
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -249,7 +273,8 @@ class MnistHandler:
                     results[idx] = buf.getvalue()
                     _set_content_type(context, idx, "application/octet-stream")
                 else:
-                    results[idx] = int(part[0].argmax())
+                    results[idx] = self.label(int(part[0].argmax()))
+                    _set_content_type(context, idx, "application/json")
         return results
 
     def _explain(self, request: Any, context: Any, idx: int) -> Any:
@@ -293,7 +318,7 @@ def _set_content_type(context: Any, idx: int, value: str) -> None:
 #
 # TorchServe's frontend marks each request that came in through ``/explanations`` with the request
 # header ``explain: True``; ``handle`` answers those here, per request (explanations and predictions
-# may share a batch). The body is an image or a ``.npy`` float32 [N,1,28,28], as for predictions, with
+# may share a batch). The body is an image or a ``.npy`` float32 [N,C,H,W], as for predictions, with
 # at most MAX_EXPLAIN_IMAGES images. Optional request headers:
 #
 # * ``X-Explain-Steps``: Integrated Gradients steps, 1..MAX_EXPLAIN_STEPS (default DEFAULT_EXPLAIN_STEPS);

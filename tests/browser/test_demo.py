@@ -137,10 +137,12 @@ def demo(browser: Browser, gateway: str) -> Iterator[Demo]:
 def test_page_lists_models_and_backends_from_the_gateway(demo: Demo) -> None:
     page = demo.page
     assert page.url == f"{demo.gateway}/demo/"
-    models = httpx.get(f"{demo.gateway}/models").json()["models"]
+    models = httpx.get(f"{demo.gateway}/demo/models").json()["models"]
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     assert options == [m["modelName"] for m in models] and "mnist" in options
-    versions = httpx.get(f"{demo.gateway}/models/mnist").json()[0]["versions"]
+    (mnist,) = [m for m in models if m["modelName"] == "mnist"]
+    versions = mnist["versions"]
+    assert all("url" not in b and "last_error" not in b for b in mnist["backends"])  # on management only
     assert page.eval_on_selector_all("#version option", "os => os.map(o => o.value)") == versions
     columns = page.eval_on_selector_all(".col", "cs => cs.map(c => c.dataset.backend)")
     assert sorted(columns) == sorted([*BACKENDS, "auto"])

@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT_FLAGS = (
     "--gateway-port",
+    "--management-port",
+    "--metrics-port",
     "--onnx-port",
     "--paddle-port",
     "--ts-inference-port",
@@ -84,6 +86,14 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
     status = triserve("status", "--run-dir", str(run_dir), *args)
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count(", ready") == 4, status.stdout
+    # the management API: behind the key `up` generated into the run dir (0600), printed where it is
+    key_file = run_dir / "gateway" / "key_file.management"
+    assert str(key_file) in up.stdout and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    management = f"http://127.0.0.1:{ports['--management-port']}"
+    assert httpx.get(f"{management}/models", timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    listed = httpx.get(f"{management}/models", headers=auth, timeout=10).json()["models"]
+    assert "mnist" in {m["modelName"] for m in listed}  # every model of the store, registered at start
 
     # The README's two lines, as written (sample from ../shared or $TRISERVE_MNIST_DIR).
     sample = triserve("sample", "0", "--data-dir", str(mnist_dir), "-o", str(tmp_path / "0.png"))
@@ -110,7 +120,7 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
 
 def test_up_reports_the_failing_service_and_leaves_nothing(run_dir: Path) -> None:
     _, args = port_args()
-    env = {**os.environ, "TRISERVE_ONNX_MODEL_NAME": "no-such-model"}
+    env = {**os.environ, "TRISERVE_ONNX_LOAD_MODELS": "no-such-model"}
     up = triserve("up", "--run-dir", str(run_dir), "--timeout", "120", *args, timeout=200, env=env)
     assert up.returncode == 1
     assert "onnx exited before the platform was ready" in up.stderr

@@ -123,3 +123,24 @@ def test_cli_missing_data_names_the_file(tmp_path: Path) -> None:
     assert done.returncode == 1
     err = done.stderr.decode()
     assert str(tmp_path) in err and "t10k-images-idx3-ubyte" in err and "--data-dir" in err
+
+
+def test_cli_fashion_boot(tmp_path: Path) -> None:
+    """`triserve sample --model fashion 9 > boot.png`: the most typical ankle boot of the test set."""
+    raw = Path("/usr/share/datasets/fashion-mnist")
+    images, labels = _raw_t10k(raw)
+    done = _triserve("sample", "--model", "fashion", "9", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    boots = np.flatnonzero(labels == 9)
+    flat = images[boots].reshape(len(boots), -1).astype(np.float64)
+    expected = boots[np.argmin(np.linalg.norm(flat - flat.mean(axis=0), axis=1))]
+    np.testing.assert_array_equal(_decode(done.stdout), images[expected])
+    assert done.stderr.decode() == f"t10k image #{expected}, label 9 (Ankle boot)\n"
+
+
+def test_cli_stderr_lines_end_with_a_newline(mnist_dir: Path) -> None:
+    ok = _triserve("sample", "4", "--data-dir", str(mnist_dir))
+    bad = _triserve("sample", "--index", "10000", "--data-dir", str(mnist_dir))
+    assert ok.returncode == 0 and ok.stderr.endswith(b"\n") and ok.stderr.count(b"\n") == 1
+    assert bad.returncode == 1 and bad.stderr.endswith(b"\n") and bad.stderr.count(b"\n") == 1
+

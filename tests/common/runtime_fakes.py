@@ -18,11 +18,22 @@ class FakeRuntime(Runtime):
     platform = "fake"
     artifact_kind = "fake"
 
-    def __init__(self, max_batch_size: int = 8, delay_s: float = 0.0, fail: bool = False) -> None:
-        super().__init__(Path("/nonexistent"), "mnist", None, max_batch_size)
+    def __init__(
+        self,
+        max_batch_size: int = 8,
+        delay_s: float = 0.0,
+        fail: bool = False,
+        name: str = "mnist",
+        version: str = "1",
+        instances: int = 1,
+    ) -> None:
+        super().__init__(Path("/nonexistent"), name, version, max_batch_size)
         self.delay_s = delay_s
         self.fail = fail
+        self.instances = instances
         self.calls = 0
+        self.unloaded = False
+        self._version = version
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -33,7 +44,15 @@ class FakeRuntime(Runtime):
 
     @property
     def version(self) -> str:
-        return "1"
+        return self._version
+
+    @property
+    def concurrency(self) -> int:
+        return self.instances
+
+    def unload(self) -> None:
+        super().unload()
+        self.unloaded = True
 
     @property
     def inputs(self) -> list[TensorSpec]:

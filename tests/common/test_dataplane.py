@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -13,16 +13,16 @@ from tests.common.runtime_fakes import FakeRuntime, expected_logits
 from triserve_common import codec
 from triserve_common.dataplane import UNKNOWN_MODEL_LABEL, DataPlane
 from triserve_common.errors import BadRequestError, ModelNotFoundError, TriserveError
+from triserve_common.repository import ModelRepository
 
 
 @pytest.fixture
-def plane() -> Iterator[DataPlane]:
+async def plane() -> AsyncIterator[DataPlane]:
     runtime = FakeRuntime(max_batch_size=8)
     runtime.load()
-    dp = DataPlane(runtime, CollectorRegistry(), "test-server", "0.0.1")
+    dp = DataPlane(ModelRepository.of([runtime]), CollectorRegistry(), "test-server", "0.0.1")
     dp.start()
     yield dp
-    dp.stop()
 
 
 def body_of(*inputs: dict[str, object], **extra: object) -> bytes:
@@ -119,14 +119,14 @@ async def test_unknown_model_or_version_is_404(plane: DataPlane, name: str, vers
 async def test_engine_failure_is_500_not_a_client_error() -> None:
     runtime = FakeRuntime(fail=True)
     runtime.load()
-    dp = DataPlane(runtime, CollectorRegistry(), "s", "0")
+    dp = DataPlane(ModelRepository.of([runtime]), CollectorRegistry(), "s", "0")
     dp.start()
     try:
         with pytest.raises(TriserveError) as err:
             await run(dp, body_of(tensor()))
         assert err.value.status_code == 500 and "engine exploded" in err.value.message
     finally:
-        dp.stop()
+        await dp.stop()
 
 
 async def test_metrics_count_requests_by_model_and_status(plane: DataPlane) -> None:
@@ -150,13 +150,16 @@ def test_metadata_names_engine_and_io(plane: DataPlane) -> None:
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     assert meta["parameters"]["engine"] == "fake-engine"
     assert plane.model_ready("mnist", "1") is True
-    assert plane.server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert plane.server_metadata()["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
-def test_stop_makes_the_plane_unready(plane: DataPlane) -> None:
+async def test_stop_makes_the_plane_unready_and_unloads(plane: DataPlane) -> None:
+    runtime = plane.repository.get("mnist").runtime
     assert plane.ready()
-    plane.stop()
-    assert not plane.ready() and not plane.runtime.ready
+    await plane.stop()
+    assert not runtime.ready and plane.repository.loaded() == []
+    with pytest.raises(ModelNotFoundError):
+        plane.model_ready("mnist", None)
 
 
 @pytest.mark.parametrize(

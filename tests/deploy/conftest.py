@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +23,10 @@ def routes() -> Iterator[dict[str, dict[str, str]]]:
     store = REPO / "model_store"
     onnx = onnx_app(OnnxSettings(model_store=store))
     paddle = paddle_app(PaddleSettings(model_store=store, warmup=False))
-    gateway = gateway_app(GatewaySettings(model_store=store))
+    gateway = gateway_app(GatewaySettings(model_store=store, management_key="deploy-tests"))
+    gateway_routes = {**get_routes(gateway), **get_routes(gateway.state.metrics_app)}  # metrics: own port
     try:
-        yield {"onnx": get_routes(onnx), "paddle": get_routes(paddle), "gateway": get_routes(gateway)}
+        yield {"onnx": get_routes(onnx), "paddle": get_routes(paddle), "gateway": gateway_routes}
     finally:
-        onnx.state.dataplane.stop()
-        paddle.state.dataplane.stop()
+        asyncio.run(onnx.state.dataplane.stop())
+        asyncio.run(paddle.state.dataplane.stop())

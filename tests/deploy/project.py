@@ -107,12 +107,19 @@ def torchserve_ports(env: Mapping[str, str]) -> dict[str, int]:
 def served_ports(service: str, env: Mapping[str, str]) -> dict[str, int]:
     """Port name → number the service listens on in a container with ``env``.
 
-    Python services serve everything (API, health, metrics) on one port, named ``http`` in the manifests;
-    TorchServe has ``inference``, ``management`` and ``metrics``.
+    The runtime services serve everything (API, health, metrics) on one port, named ``http`` in the
+    manifests; the gateway and TorchServe have three: ``http``/``inference``, ``management``, ``metrics``.
     """
     if service == "torchserve":
         return torchserve_ports(env)
-    return {"http": settings_under(service, env).port}
+    settings = settings_under(service, env)
+    if service == "gateway":  # TorchServe's layout: inference, management, metrics
+        from triserve_gateway.settings import GatewaySettings
+
+        assert isinstance(settings, GatewaySettings)
+        return {"http": settings.port, "management": settings.management_port,
+                "metrics": settings.metrics_port}
+    return {"http": settings.port}
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,8 @@ def endpoints(service: str, routes: Mapping[str, Mapping[str, str]]) -> Endpoint
         health = ("inference", TORCHSERVE_HEALTH_PATH)
         return Endpoints(health, health, ("metrics", TORCHSERVE_METRICS_PATH))
     table = routes[service]
-    return Endpoints(("http", table["live"]), ("http", table["ready"]), ("http", table["metrics"]))
+    metrics_port = "metrics" if service == "gateway" else "http"  # the gateway: metrics on their own port
+    return Endpoints(("http", table["live"]), ("http", table["ready"]), (metrics_port, table["metrics"]))
 
 
 def get_routes(app: Any) -> dict[str, str]:

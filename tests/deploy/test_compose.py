@@ -23,6 +23,7 @@ from tests.deploy.project import (
     endpoints,
     run_tool,
     served_ports,
+    settings_under,
     url_port,
 )
 
@@ -226,13 +227,40 @@ def test_dashboard_panels_query_metrics_that_exist() -> None:
     dashboard = json.loads((GRAFANA / "dashboards/triserve.json").read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     titles = " | ".join(p["title"] for p in panels).lower()
-    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up"):
+    for needed in ("request rate", "p50", "p95", "p99", "error", "batch size", "up", "shadow top-1 agreement",
+                   "max |logit diff|", "torchserve's metric names"):
         assert needed in titles, f"no panel about {needed}"
     exported = exported_metric_names()
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     for panel in panels:
         for target in panel["targets"]:
-            for metric in re.findall(r"\b(triserve_[a-z_]+)", target["expr"]):
+            for metric in re.findall(r"\b(triserve_[a-z_]+|Requests[245]XX|ts_[a-z_]+)", target["expr"]):
                 assert metric in exported, f"panel {panel['title']!r}: {metric} is exported by no service"
             for job_regex in re.findall(r'job=~"([^"]+)"', target["expr"]):
                 assert set(job_regex.split("|")) <= jobs, job_regex
+
+
+# --------------------------------------------------------------------------- networks and keys
+
+
+def test_backends_are_reachable_from_the_gateway_only(compose: dict[str, Any]) -> None:
+    """Backends on an internal network that only the gateway and Prometheus join; TorchServe's
+    management API bound to its address on a network that only the gateway joins."""
+    services = compose["services"]
+    joined = {name: set(svc.get("networks") or {}) for name, svc in services.items()}
+    assert compose["networks"]["backends"]["internal"] is True
+    assert compose["networks"]["torchserve-admin"]["internal"] is True
+    assert {n for n, nets in joined.items() if "backends" in nets} == {"gateway", "prometheus", *BACKENDS}
+    assert {n for n, nets in joined.items() if "torchserve-admin" in nets} == {"gateway", "torchserve"}
+    for backend in BACKENDS:
+        assert joined[backend] <= {"backends", "torchserve-admin"}, f"{backend} is on {joined[backend]}"
+    (alias,) = services["torchserve"]["networks"]["torchserve-admin"]["aliases"]
+    assert container_env("torchserve", compose)["TS_MANAGEMENT_HOST"] == alias
+    from triserve_gateway.config import apply_overrides, load_routing
+
+    gateway = settings_under("gateway", container_env("gateway", compose))
+    routing = apply_overrides(load_routing(), gateway)  # type: ignore[arg-type]
+    assert routing.backends["torchserve"].management_url == f"http://{alias}:8086"
+    # the gateway's own management API: on its loopback (docker compose exec), never published
+    assert gateway.management_host == "127.0.0.1"  # type: ignore[attr-defined]
+    assert gateway.metrics_host == "0.0.0.0"  # type: ignore[attr-defined]

@@ -79,7 +79,7 @@ def main_container(obj: Obj) -> Obj:
 def container_env(service: str, container: Obj) -> dict[str, str]:
     """Environment of the service's process: its image's ENV, then the manifest's env."""
     env = dockerfile(service).runtime.env()
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})  # not Secrets
     return env
 
 
@@ -357,3 +357,23 @@ def test_overlay_images_and_gpus(rendered: tuple[str, list[Obj]]) -> None:
                 settings_under(name, container_env(name, container))
         else:
             assert "nvidia.com/gpu" not in limits and "tolerations" not in pod
+
+
+def test_gateway_keys_come_from_a_secret_and_management_is_fenced(rendered: tuple[str, list[Obj]]) -> None:
+    _overlay, objs = rendered
+    container = main_container(one(objs, "Deployment", "gateway"))
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["TRISERVE_GATEWAY_MANAGEMENT_KEY"] == {"name": "gateway-keys", "key": "management-key"}
+    assert refs["TRISERVE_GATEWAY_INFERENCE_KEY"]["optional"] is True
+    management = one(objs, "Service", "gateway-management")
+    assert [p["targetPort"] for p in management["spec"]["ports"]] == ["management"]
+    assert "management" not in {p["name"] for p in one(objs, "Service", "gateway")["spec"]["ports"]}
+    (policy,) = [p for p in find(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("gateway-ingress")]
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if "management" in ports:
+            (peer,) = rule["from"]
+            assert ports == {"management"} and set(peer) == {"podSelector"}
+            assert peer["podSelector"]["matchLabels"]["triserve.io/management-client"] == "true"
+        else:
+            assert "management" not in ports

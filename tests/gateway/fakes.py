@@ -21,6 +21,7 @@ from triserve_common.manifest import (
     PreprocessSpec,
     TensorSpec,
 )
+from triserve_gateway.admin import BackendAdminError, HeldVersion, LoadOptions
 from triserve_gateway.config import RoutingConfig
 from triserve_gateway.models import ModelCatalog, ModelVersion
 
@@ -63,6 +64,7 @@ class FakeBackend:
         self.request_ids: list[str | None] = []
         self.versions: list[str | None] = []
         self.closed = False
+        self.gate: asyncio.Event | None = None  # calls wait for it when set
 
     async def infer(
         self, model: str, version: str | None, x: np.ndarray, request_id: str | None,
@@ -73,6 +75,8 @@ class FakeBackend:
         self.versions.append(version)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_with is not None and (self.fail_times is None or self.fail_times > 0):
             if self.fail_times is not None:
                 self.fail_times -= 1
@@ -148,3 +152,47 @@ def routing(
 
 def fakes(delay: float = 0.0) -> dict[str, FakeBackend]:
     return {n: FakeBackend(n, delay) for n in ("onnx", "paddle", "torchserve")}
+
+
+class FakeAdmin:
+    """A BackendAdmin double: holds model versions with a worker count, records calls, can refuse loads."""
+
+    def __init__(self, name: str, held: dict[tuple[str, str], int] | None = None) -> None:
+        self.name = name
+        self.holding: dict[tuple[str, str], int] = dict(held or {})
+        self.calls: list[tuple[str, str, str, int]] = []
+        self.refuse: str | None = None  # load answers this error when set
+        self.delay = 0.0
+
+    async def held(self) -> dict[tuple[str, str], HeldVersion]:
+        def workers(n: int) -> list[dict[str, Any]]:
+            return [{"id": f"{self.name}-{i}", "status": "READY", "gpu": False} for i in range(n)]
+
+        return {key: HeldVersion(key[0], key[1], n > 0, workers(n)) for key, n in self.holding.items()}
+
+    async def load(self, model: str, version: str, workers: int, options: LoadOptions) -> None:
+        self.calls.append(("load", model, version, workers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.refuse is not None:
+            raise BackendAdminError(f"backend '{self.name}' answered 500: {self.refuse}")
+        self.holding[(model, version)] = max(1, workers)
+
+    async def unload(self, model: str, version: str) -> None:
+        self.calls.append(("unload", model, version, 0))
+        self.holding.pop((model, version), None)
+
+    async def scale(self, model: str, version: str, min_workers: int, max_workers: int) -> None:
+        self.calls.append(("scale", model, version, min_workers))
+        if min_workers <= 0:
+            self.holding.pop((model, version), None)
+        else:
+            self.holding[(model, version)] = min_workers
+
+    async def aclose(self) -> None:
+        return None
+
+
+def fake_admins(versions: tuple[str, ...] = ("1",), model: str = "mnist") -> dict[str, FakeAdmin]:
+    """One FakeAdmin per fake backend, each already holding ``model``'s ``versions`` (1 worker)."""
+    return {n: FakeAdmin(n, {(model, v): 1 for v in versions}) for n in ("onnx", "paddle", "torchserve")}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from tests.gateway.fakes import FakeBackend, digit_png, fakes, gray_png, routing, write_store
+from tests.gateway.fakes import FakeBackend, digit_png, fake_admins, fakes, gray_png, routing, write_store
 from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
 from triserve_common import codec
 from triserve_gateway.app import create_app
@@ -27,8 +27,10 @@ def backends() -> dict[str, FakeBackend]:
 @pytest.fixture
 async def app(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[FastAPI]:
     settings = GatewaySettings(model_store=write_store(tmp_path), max_body_bytes=200_000,
-                               max_image_pixels=1_000_000)
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+                               max_image_pixels=1_000_000, management_key_file=tmp_path / "mgmt.key")
+    admins = fake_admins()
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: admins)  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         yield app
 
@@ -171,18 +173,12 @@ async def test_no_healthy_backend_is_503(client: httpx.AsyncClient, app: FastAPI
     assert (await client.get("/v2/health/ready")).status_code == 503
 
 
-async def test_ping_models_and_describe(client: httpx.AsyncClient) -> None:
+async def test_ping_and_no_management_routes_on_the_inference_port(client: httpx.AsyncClient) -> None:
     r = await client.get("/ping")
     assert r.status_code == 200 and r.json() == {"status": "Healthy"}
-    assert (await client.get("/models")).json() == {"models": [{"modelName": "mnist", "modelUrl": "mnist"}]}
-    desc = (await client.get("/models/mnist")).json()[0]
-    assert desc["modelName"] == "mnist" and desc["modelVersion"] == "1"
-    by_name = {b["name"]: b for b in desc["backends"]}
-    assert set(by_name) == {"onnx", "paddle", "torchserve"}
-    assert by_name["onnx"]["url"] == "http://127.0.0.1:1"
-    assert by_name["onnx"]["health"] == "healthy" and by_name["onnx"]["engine"] == "fake-onnx"
-    assert by_name["onnx"]["version"] == "1"
-    assert (await client.get("/models/cifar")).status_code == 404
+    # TorchServe's inference port has no /models: backend URLs and errors live on the management port
+    for path in ("/models", "/models/mnist", "/metrics"):
+        assert (await client.get(path)).status_code == 404
 
 
 async def test_v2_health_and_metadata(client: httpx.AsyncClient) -> None:
@@ -247,11 +243,13 @@ async def test_v2_client_errors(
     assert needle in r.json()["error"]
 
 
-async def test_metrics_show_traffic_by_backend(client: httpx.AsyncClient) -> None:
+async def test_metrics_show_traffic_by_backend(app: FastAPI, client: httpx.AsyncClient) -> None:
     for name in ("onnx", "paddle"):
         await client.post("/predictions/mnist", content=digit_png(1), headers={"X-Backend": name})
     await client.post("/predictions/mnist", content=b"junk")
-    text = (await client.get("/metrics")).text
+    metrics = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.metrics_app), base_url="http://m")
+    async with metrics:
+        text = (await metrics.get("/metrics")).text
     assert 'triserve_gateway_requests_total{backend="onnx",model="mnist",status="200"} 1.0' in text
     assert 'triserve_gateway_requests_total{backend="paddle",model="mnist",status="200"} 1.0' in text
     assert 'triserve_gateway_requests_total{backend="none",model="mnist",status="415"} 1.0' in text

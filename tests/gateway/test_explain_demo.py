@@ -83,7 +83,8 @@ async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[httpx.AsyncClient]:
     settings = GatewaySettings(
-        model_store=write_store(tmp_path), max_body_bytes=200_000, explain_max_steps=64
+        model_store=write_store(tmp_path), max_body_bytes=200_000, explain_max_steps=64,
+        management_key_file=tmp_path / "key",
     )
     app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
     async for c in _client(app):
@@ -168,7 +169,7 @@ async def test_explanation_backend_failures(
 
 
 async def test_model_without_torchserve_backend(tmp_path: Path, backends: dict[str, FakeBackend]) -> None:
-    settings = GatewaySettings(model_store=write_store(tmp_path))
+    settings = GatewaySettings(model_store=write_store(tmp_path), management_key_file=tmp_path / "key")
     only_onnx = routing(weights={"onnx": 1})
     app = create_app(settings, routing=only_onnx, clients=lambda _: backends)  # type: ignore[arg-type,return-value]
     async for c in _client(app):
@@ -228,6 +229,16 @@ async def test_demo_page_and_assets(client: httpx.AsyncClient) -> None:
     for path in STATIC_DIR.iterdir():
         text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"https?://|//cdn|@import", text), path.name
+
+
+async def test_demo_lists_models_without_internals(client: httpx.AsyncClient) -> None:
+    (mnist,) = (await client.get("/demo/models")).json()["models"]
+    listed = (mnist["modelName"], mnist["modelVersion"], mnist["versions"], mnist["ready"])
+    assert listed == ("mnist", "1", ["1"], True)
+    assert mnist["backends"] == [
+        {"name": name, "protocol": protocol, "health": "healthy"}
+        for name, protocol in (("onnx", "oip-v2"), ("paddle", "oip-v2"), ("torchserve", "torchserve"))
+    ]
 
 
 async def test_demo_input_is_what_the_model_receives(client: httpx.AsyncClient) -> None:

@@ -1,10 +1,14 @@
-"""The TorchServe handler, driven directly with a fake TorchServe context (no server)."""
+"""The TorchServe handler, driven directly with a fake TorchServe context (no server): both models,
+labels and preprocessing from the archive's files, no model constants in the handler itself."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +20,7 @@ import torch
 from tests.support.encode import npy, png
 from tests.support.mnist import held_out, preprocess
 from tests.support.procs import REPO_ROOT
-from triserve_common.manifest import PreprocessSpec, read_manifest
+from triserve_common.manifest import PreprocessSpec, list_versions, read_manifest, verify_artifact
 
 
 def _load_handler_module() -> ModuleType:
@@ -47,9 +51,13 @@ class FakeContext:
 
 @pytest.fixture(scope="module")
 def handler_env(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> tuple[Any, Path]:
-    model_dir = tmp_path_factory.mktemp("mar-extracted")
-    shutil.copy(model_store / "mnist" / "1" / "model.pt", model_dir / "model.pt")
-    (model_dir / "preprocess.json").write_text(PreprocessSpec().model_dump_json())
+    return extracted_handler(model_store / "mnist" / "1" / "mnist.mar", tmp_path_factory.mktemp("mar-mnist"))
+
+
+def extracted_handler(mar: Path, model_dir: Path) -> tuple[Any, Path]:
+    """The archive unpacked as TorchServe does, and the handler initialised on it."""
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(model_dir)
     module = _load_handler_module()
     handler = module.MnistHandler()
     handler.initialize(FakeContext(model_dir))
@@ -90,7 +98,7 @@ def test_mixed_batch(handler_env: tuple[Any, Path], digits: tuple[np.ndarray, np
     ]
     out = handler.handle(batch, ctx)
     assert len(out) == len(batch)
-    assert out[0] == int(labels[0]) and 0 not in ctx.status
+    assert out[0] == int(labels[0]) and 0 not in ctx.status  # like TorchServe's MNIST example: 7
     logits = np.load(io.BytesIO(out[1]), allow_pickle=False)
     assert logits.shape == (10, 10) and logits.dtype == np.float32
     assert ctx.content_type[1] == "application/octet-stream"
@@ -102,7 +110,8 @@ def test_mixed_batch(handler_env: tuple[Any, Path], digits: tuple[np.ndarray, np
         assert ctx.status[idx][0] == code, (idx, out[idx])
         assert out[idx]["code"] == code and out[idx]["message"]
         assert ctx.content_type[idx] == "application/json"
-    assert isinstance(out[8], int) and 8 not in ctx.status
+    assert out[8] in range(10) and 8 not in ctx.status
+    assert ctx.content_type[0] == "application/json"
 
 
 def test_png_equals_npy(handler_env: tuple[Any, Path], digits: tuple[np.ndarray, np.ndarray]) -> None:
@@ -120,20 +129,74 @@ def test_no_data_warmup(handler_env: tuple[Any, Path]) -> None:
     assert handler.handle(None, FakeContext(model_dir)) is None
 
 
-def test_committed_mar_is_current(model_store: Path) -> None:
-    """The committed archive carries today's handler and verifies against its manifest."""
-    import zipfile
+def committed_versions(model_store: Path) -> list[Path]:
+    return [model_store / m / v for m in ("mnist", "fashion") for v in list_versions(model_store, m)]
 
-    from triserve_common.manifest import verify_artifact
 
-    vdir = model_store / "mnist" / "1"
-    manifest = read_manifest(vdir)
-    for kind in ("torchserve", "onnx", "paddle", "torchscript"):
-        verify_artifact(manifest, vdir, kind)
-    with zipfile.ZipFile(vdir / "mnist.mar") as zf:
-        packaged = zf.read("mnist_handler.py")
-    assert packaged == (REPO_ROOT / "handlers" / "mnist_handler.py").read_bytes(), (
-        "handlers/mnist_handler.py changed since model_store/mnist/1/mnist.mar was built: rerun "
-        "`triserve-train --data-dir ../shared/data/mnist --version 1 --force`"
-    )
+def test_committed_mars_are_current(model_store: Path) -> None:
+    """Every committed archive carries today's handler and verifies against its manifest."""
+    versions = committed_versions(model_store)
+    assert {f"{p.parent.name}/{p.name}" for p in versions} >= {"mnist/1", "fashion/1"}
+    for vdir in versions:
+        manifest = read_manifest(vdir)
+        for kind in manifest.artifacts:
+            verify_artifact(manifest, vdir, kind)
+        with zipfile.ZipFile(vdir / f"{manifest.name}.mar") as zf:
+            packaged = zf.read("mnist_handler.py")
+            assert json.loads(zf.read("preprocess.json")) == manifest.preprocessing.model_dump()
+            names = json.loads(zf.read("index_to_name.json"))
+        assert [names[str(i)] for i in range(len(names))] == manifest.labels
+        assert packaged == (REPO_ROOT / "handlers" / "mnist_handler.py").read_bytes(), (
+            f"handlers/mnist_handler.py changed since {vdir}/{manifest.name}.mar was built: rerun "
+            f"`triserve-train --model {manifest.name} --version {manifest.version} --repack`"
+        )
+
+
+def test_mnist_v1_weights_unchanged(model_store: Path) -> None:
+    """mnist/1 is never retrained: its weights are the ones first published (sha256 of model.pt)."""
+    manifest = read_manifest(model_store / "mnist" / "1")
+    (entry,) = manifest.artifacts["torchscript"].files
+    assert entry.sha256 == "ba1a3373acdfa50c87a2e612b4e503d72b9b613477e26b6100805baa852dd935"
+    with zipfile.ZipFile(model_store / "mnist" / "1" / "mnist.mar") as zf:
+        assert zf.read("model.pt") == (model_store / "mnist" / "1" / "model.pt").read_bytes()
     assert manifest.metrics.accuracy >= 0.98 and manifest.parity.passed
+
+
+def test_fashion_answers_label_names(model_store: Path, tmp_path: Path) -> None:
+    """Raw images of the fashion archive are answered with the class name (JSON string)."""
+    from triserve_cli.sample import pick
+
+    handler, model_dir = extracted_handler(model_store / "fashion" / "1" / "fashion.mar", tmp_path)
+    boot = pick(Path("/usr/share/datasets/fashion-mnist"), digit=9)
+    trouser = pick(Path("/usr/share/datasets/fashion-mnist"), digit=1)
+    ctx = FakeContext(model_dir)
+    out = handler.handle([{"body": boot.png()}, {"body": trouser.png()}], ctx)
+    assert [json.loads(o) for o in out] == ["Ankle boot", "Trouser"]
+    spec = PreprocessSpec.model_validate_json((model_dir / "preprocess.json").read_text())
+    x = preprocess(np.stack([boot.pixels, trouser.pixels]), spec)
+    logits = np.load(io.BytesIO(handler.handle([{"body": npy(x)}], ctx)[0]))
+    assert logits.argmax(1).tolist() == [9, 1]
+
+
+def test_archive_without_preprocessing_is_refused(model_store: Path, tmp_path: Path) -> None:
+    shutil.copy(model_store / "mnist" / "1" / "model.pt", tmp_path / "model.pt")
+    handler = _load_handler_module().MnistHandler()
+    with pytest.raises(RuntimeError, match=r"preprocess\.json not in the archive"):
+        handler.initialize(FakeContext(tmp_path))
+
+
+def test_npy_shape_comes_from_the_archive(model_store: Path, tmp_path: Path) -> None:
+    handler, model_dir = extracted_handler(model_store / "mnist" / "1" / "mnist.mar", tmp_path)
+    spec = json.loads((model_dir / "preprocess.json").read_text())
+    assert handler.shape == (1, spec["height"], spec["width"])
+    ctx = FakeContext(model_dir)
+    wrong = handler.handle([{"body": npy(np.zeros((1, 1, 8, 8), np.float32))}], ctx)
+    assert ctx.status[0][0] == 400 and "[N,1,28,28]" in wrong[0]["message"]
+
+
+def test_no_model_constants_in_the_handler() -> None:
+    """Preprocessing numbers and image sizes live in the archive's files, not in the handler's code."""
+    code = (REPO_ROOT / "handlers" / "mnist_handler.py").read_text()
+    for constant in ("0.1307", "0.3081", "0.2860", "0.3530"):
+        assert constant not in code, constant
+    assert not re.search(r"\b28\b", code), "image size 28 written into the handler"

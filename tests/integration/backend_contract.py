@@ -200,7 +200,7 @@ class BackendContract:
         url = service.url
         assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
         assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
-        assert httpx.get(f"{url}/v2").json()["extensions"] == ["binary_tensor_data"]
+        assert httpx.get(f"{url}/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
         for path in ("/v2/models/mnist", "/v2/models/mnist/versions/1"):
             meta = httpx.get(url + path).json()
             assert meta["name"] == "mnist" and meta["versions"] == ["1"] and meta["platform"] == self.platform
@@ -290,6 +290,75 @@ class BackendContract:
             f"{service.url}/v2/models/mnist/infer", content=b"{", headers={"X-Request-Id": "bad-1"}
         )
         assert bad.status_code == 400 and bad.headers["x-request-id"] == "bad-1"
+
+    def test_model_repository_loads_and_unloads_at_run_time(
+        self, model_store: Path, service_logs: Path, digits: Digits
+    ) -> None:
+        """v2 repository extension: nothing loaded at start, load with 2 instances, serve, unload."""
+        running = self.start(model_store, service_logs, f"{self.module}-repository", load_models="none")
+        url, repo = running.url, f"{running.url}/v2/repository"
+        one_zero = json_input([1, 1, 28, 28])
+        try:
+            index = httpx.post(f"{repo}/index").json()
+            assert {"name": "mnist", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index
+            assert httpx.post(f"{repo}/index", json={"ready": True}).json() == []
+            assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # serving, with nothing loaded
+            assert httpx.post(f"{url}/v2/models/mnist/infer", content=one_zero).status_code == 404
+
+            two = {"parameters": {"version": 1, "instance_count": 2}}
+            load = httpx.post(f"{repo}/models/mnist/load", json=two, timeout=120)
+            assert load.status_code == 200 and load.content == b"", load.text
+            (row,) = [r for r in httpx.post(f"{repo}/index").json() if r["version"] == "1"]
+            assert row["state"] == "READY" and row["instances"] == 2
+            _, logits = infer_binary(url, digits.x[:8])
+            expected = self.direct(model_store / "mnist" / "1", digits.x[:8])
+            np.testing.assert_allclose(logits, expected, rtol=self.rtol, atol=self.atol)
+
+            for path, body, status, fragment in (
+                ("/models/resnet/load", {}, 404, "resnet"),
+                ("/models/mnist/load", {"parameters": {"version": "99"}}, 404, "version '99'"),
+                ("/models/mnist/load", {"parameters": {"config": "{}"}}, 400, "parameters.config"),
+                ("/models/mnist/load", {"parameters": {"instance_count": 0}}, 400, "instance_count"),
+                ("/models/resnet/unload", {}, 404, "resnet"),
+                ("/index", {"ready": "maybe"}, 400, "ready"),
+            ):
+                resp = httpx.post(repo + path, json=body, timeout=30)
+                assert resp.status_code == status and fragment in resp.json()["error"], (path, resp.text)
+
+            # unloading waits for the request in flight (its body still arriving), which completes
+            body, head = codec.encode_request({"input": digits.x[:4]}, outputs=["logits"])
+            first_sent, resume = threading.Event(), threading.Event()
+            results: dict[str, httpx.Response] = {}
+
+            def slow_body() -> Iterator[bytes]:
+                yield body[: len(body) // 2]
+                first_sent.set()
+                resume.wait(20)
+                yield body[len(body) // 2 :]
+
+            def infer() -> None:
+                results["infer"] = httpx.post(f"{url}/v2/models/mnist/infer", content=slow_body(),
+                                              headers=head, timeout=30)
+
+            def unload() -> None:
+                results["unload"] = httpx.post(f"{repo}/models/mnist/unload", timeout=30)
+
+            request = threading.Thread(target=infer)
+            request.start()
+            assert first_sent.wait(10)
+            time.sleep(0.3)  # the request has reached the service
+            unloading = threading.Thread(target=unload)
+            unloading.start()
+            time.sleep(0.5)
+            assert unloading.is_alive(), "unload returned while a request was in flight"
+            resume.set()
+            request.join(30)
+            unloading.join(30)
+            assert results["infer"].status_code == 200 and results["unload"].status_code == 200
+            assert httpx.post(f"{url}/v2/models/mnist/infer", content=one_zero).status_code == 404
+            assert httpx.post(f"{repo}/index", json={"ready": True}).json() == []
+        finally:
+            running.proc.stop()
 
     def test_graceful_shutdown_finishes_in_flight_request(
         self, model_store: Path, service_logs: Path, digits: Digits

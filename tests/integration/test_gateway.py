@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -31,6 +32,8 @@ from triserve_common.manifest import read_manifest
 pytestmark = pytest.mark.integration
 
 BACKENDS = ("onnx", "paddle", "torchserve")
+MANAGEMENT_KEY = "integration-test-key"
+MANAGEMENT_AUTH = {"Authorization": f"Bearer {MANAGEMENT_KEY}"}
 MAX_BODY = 1 << 20
 MAX_PIXELS = 1_000_000
 
@@ -41,6 +44,14 @@ class Stack:
     procs: dict[str, ServiceProcess]
     urls: dict[str, str]
     ts_management: str
+    management: str
+    metrics: str
+
+    def describe(self) -> dict[str, Any]:
+        """The gateway's management-API description of mnist (backend URLs, health, workers)."""
+        r = httpx.get(f"{self.management}/models/mnist", headers=MANAGEMENT_AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        return cast(dict[str, Any], r.json()[0])
 
     def put(self, body: bytes, path: str = "/predictions/mnist", **headers: str) -> httpx.Response:
         # curl -T file: PUT with the file as the raw body
@@ -55,7 +66,7 @@ def digits(mnist_dir: Path, model_store: Path) -> Digits:
 
 @pytest.fixture(scope="module")
 def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = free_port_config(tmp_path_factory.mktemp("gw-run"), model_store)
+    config = free_port_config(tmp_path_factory.mktemp("gw-run"), model_store, models="mnist:1")
     procs = service_processes(
         config,
         service_logs,
@@ -66,6 +77,7 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
                 "TRISERVE_GATEWAY_CIRCUIT_OPEN_S": "1",
                 "TRISERVE_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
                 "TRISERVE_GATEWAY_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+                "TRISERVE_GATEWAY_MANAGEMENT_KEY": MANAGEMENT_KEY,
             }
         },
     )
@@ -84,7 +96,8 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
             "paddle": config.url(config.paddle_port),
             "torchserve": config.url(config.ts_inference_port),
         }
-        yield Stack(config.url(config.gateway_port), procs, urls, ts_management)
+        yield Stack(config.url(config.gateway_port), procs, urls, ts_management,
+                    config.url(config.management_port), config.url(config.metrics_port))
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()
@@ -178,13 +191,19 @@ def test_error_cases_return_their_codes(stack: Stack, digits: Digits) -> None:
 
 def test_describe_models_and_health(stack: Stack) -> None:
     assert httpx.get(f"{stack.gateway}/ping").json() == {"status": "Healthy"}
-    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
-    by_name = {b["name"]: b for b in desc["backends"]}
+    desc = stack.describe()
+    assert desc["modelName"] == "mnist" and desc["modelVersion"] == "1" and desc["loadedAtStartup"] is True
+    by_name = {b["name"]: b for b in desc["triserve"]["backends"]}
     assert set(by_name) == set(BACKENDS)
     for name, info in by_name.items():
         assert info["url"] == stack.urls[name]
-        assert info["health"] == "healthy" and info["version"] == "1" and info["engine"]
+        assert info["health"] == "healthy" and info["state"] == "READY"
+        assert info["held"] and info["workers"] >= 1
+    assert len(desc["workers"]) >= len(BACKENDS)
     assert httpx.get(f"{stack.gateway}/v2/models/mnist/ready").json()["ready"] is True
+    # internals are on the management port only, behind its key
+    assert httpx.get(f"{stack.gateway}/models/mnist").status_code == 404
+    assert httpx.get(f"{stack.management}/models/mnist").status_code == 401
 
 
 def test_failover_when_a_backend_stops_and_rejoin_after_restart(
@@ -230,15 +249,16 @@ def test_failover_when_a_backend_stops_and_rejoin_after_restart(
     assert r.status_code == 200 and r.text == str(labels[5]), r.text
     auto = {stack.put(pngs[3]).headers["x-backend"] for _ in range(9)}
     assert "onnx" in auto
-    desc = httpx.get(f"{stack.gateway}/models/mnist", timeout=10).json()[0]
-    assert {b["name"]: b["health"] for b in desc["backends"]}["onnx"] == "healthy"
+    desc = stack.describe()
+    assert {b["name"]: b["health"] for b in desc["triserve"]["backends"]}["onnx"] == "healthy"
 
 
 def test_metrics_show_traffic_by_backend(stack: Stack, digits: Digits) -> None:
     for backend in BACKENDS:
         assert stack.put(digits.pngs[0], **{"X-Backend": backend}).status_code == 200
     assert stack.put(b"junk").status_code == 415
-    text = httpx.get(f"{stack.gateway}/metrics").text
+    assert httpx.get(f"{stack.gateway}/metrics").status_code == 404  # metrics have their own port
+    text = httpx.get(f"{stack.metrics}/metrics").text
     ok: dict[str, float] = {}
     statuses: set[str] = set()
     names = set()

@@ -34,7 +34,7 @@ class TorchServe:
 @pytest.fixture(scope="module")
 def torchserve(service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     run_dir = tmp_path_factory.mktemp("torchserve-run")
-    config = free_port_config(run_dir, REPO_ROOT / "model_store")
+    config = free_port_config(run_dir, REPO_ROOT / "model_store", models="mnist:1")
     proc = service_processes(config, service_logs)["torchserve"]
     proc.start()
     try:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -18,6 +19,8 @@ from triserve_cli.launcher import PlatformConfig, service_specs
 
 PORT_FIELDS = (
     "gateway_port",
+    "management_port",
+    "metrics_port",
     "onnx_port",
     "paddle_port",
     "ts_inference_port",
@@ -28,10 +31,12 @@ PORT_FIELDS = (
 )
 
 
-def free_port_config(run_dir: Path, model_store: Path) -> PlatformConfig:
-    """The platform's configuration with every port free on 127.0.0.1."""
-    ports = {name: free_port() for name in PORT_FIELDS}
-    return PlatformConfig.from_env(run_dir=run_dir, model_store=model_store, host="127.0.0.1", **ports)
+def free_port_config(run_dir: Path, model_store: Path, **overrides: Any) -> PlatformConfig:
+    """The platform's configuration with every port free on 127.0.0.1 (and ``overrides``)."""
+    ports: dict[str, Any] = {name: free_port() for name in PORT_FIELDS}
+    return PlatformConfig.from_env(
+        run_dir=run_dir, model_store=model_store, host="127.0.0.1", **{**ports, **overrides}
+    )
 
 
 def service_processes(

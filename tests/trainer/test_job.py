@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +20,17 @@ from onnx import numpy_helper
 
 from triserve_common.errors import ArtifactIntegrityError
 from triserve_common.manifest import Manifest, read_manifest, verify_artifact
-from triserve_trainer.cli import JobResult, build_parser, main, run_job
+from triserve_trainer.cli import main
 from triserve_trainer.data import load_mnist
 from triserve_trainer.export_mar import check_mar
 from triserve_trainer.export_paddle import export_paddle
 from triserve_trainer.export_torch import check_onnx
 from triserve_trainer.model import MAX_MACS, MnistNet, count_macs
 from triserve_trainer.parity import check_parity, run_paddle
+from triserve_trainer.runner import run_job
 from triserve_trainer.train import TrainConfig, load_checkpoint, normalise, to_tensor, train
 
-SMALL = ["--limit-train", "1200", "--limit-test", "200", "--epochs", "2", "--no-progress"]
-
-
-@dataclass
-class Job:
-    result: JobResult
-    store: Path
-    work: Path
-    args: list[str]
-
-
-@pytest.fixture(scope="module")
-def job(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Job:
-    root = tmp_path_factory.mktemp("job")
-    store, work = root / "store", root / "work"
-    args = ["--data-dir", str(mnist_dir), "--store", str(store), "--work-dir", str(work), *SMALL]
-    result = run_job(build_parser().parse_args(args))
-    return Job(result, store, work, args)
+from .conftest import SMALL, Job, config
 
 
 @pytest.fixture()
@@ -87,8 +70,18 @@ def test_layout_and_manifest(job: Job) -> None:
     for kind in files:
         paths = verify_artifact(m, vdir, kind)
         assert all(p.stat().st_size < 1_000_000 for p in paths)
-    for name in ("history.json", "history.csv", "curves.png"):
+    for name in ("history.json", "history.csv", "curves.png", "train.log", "summary.json"):
         assert (vdir / "training" / name).stat().st_size > 0
+    raw = json.loads((vdir / "manifest.json").read_text())
+    assert raw["backends"] == ["torchserve", "onnx", "paddle"]
+    training = raw["training"]
+    assert training["dataset"] == "mnist" and training["split"] == "t10k-stratified" and training["seed"] == 0
+    assert training["epochs"] == 2 and training["resumed_from_epoch"] is None
+    assert (
+        training["command"].startswith("triserve-train --data-dir ") and "--epochs 2" in training["command"]
+    )
+    assert all(len(f.sha256) == 64 and f.size_bytes > 0 for f in m.data.files)
+    assert not [p for p in job.store.iterdir() if p.name.startswith(".")]  # no staging folder left
     hist = json.loads((vdir / "training" / "history.json").read_text())["epochs"]
     assert [int(r["epoch"]) for r in hist] == [1, 2] and {"train_loss", "test_accuracy"} <= set(hist[0])
     assert (vdir / "training" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,6 +122,8 @@ def test_exports(job: Job) -> None:
         cfg = yaml.safe_load(zf.read("model-config.yaml"))
         mar_manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
         spec = json.loads(zf.read("preprocess.json"))
+        names_map = json.loads(zf.read("index_to_name.json"))
+    assert names_map == {str(i): str(i) for i in range(10)}
     assert {"batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"} <= set(cfg)
     assert mar_manifest["model"]["handler"] == "mnist_handler.py" and "model.pt" in names
     assert spec["mean"] == [0.1307] and spec["width"] == 28
@@ -160,7 +155,7 @@ def test_parity_catches_perturbed_onnx(job: Job, held_out: np.ndarray, tmp_path:
 
 def test_parity_catches_perturbed_paddle(job: Job, held_out: np.ndarray, tmp_path: Path) -> None:
     vdir = job.store / "mnist" / "1"
-    ckpt = load_checkpoint(job.work / "checkpoints" / "last.pt")
+    ckpt = load_checkpoint(job.checkpoints / "last.pt")
     model = MnistNet()
     model.load_state_dict(ckpt["model"])
     perturbed = copy.deepcopy(model).eval()
@@ -175,11 +170,11 @@ def test_resume_continues_exactly(job: Job, mnist_dir: Path, tmp_path: Path) -> 
     """Resuming from the epoch-1 checkpoint reproduces the uninterrupted run's final weights."""
     from triserve_common.manifest import PreprocessSpec
 
-    first = load_checkpoint(job.work / "checkpoints" / "epoch-001.pt")
-    final = load_checkpoint(job.work / "checkpoints" / "epoch-002.pt")
+    first = load_checkpoint(job.checkpoints / "epoch-001.pt")
+    final = load_checkpoint(job.checkpoints / "epoch-002.pt")
     assert first["epoch"] == 1 and final["epoch"] == 2 and {"model", "optimizer", "metrics"} <= set(final)
     data = load_mnist(mnist_dir, seed=0, limit_train=1200, limit_test=200)
-    shutil.copytree(job.work / "checkpoints", tmp_path / "checkpoints")
+    shutil.copytree(job.checkpoints, tmp_path / "checkpoints")
     cfg = TrainConfig(
         epochs=2, seed=0, work_dir=tmp_path, resume=tmp_path / "checkpoints" / "epoch-001.pt", progress=False
     )
@@ -200,7 +195,7 @@ def test_rerun_reproduces_predictions(job: Job, mnist_dir: Path, tmp_path: Path)
         str(tmp_path / "w"),
         *SMALL,
     ]
-    again = run_job(build_parser().parse_args(args))
+    again = run_job(config(args))
     assert again.predictions == job.result.predictions
     assert again.manifest.metrics.accuracy == job.result.manifest.metrics.accuracy
 

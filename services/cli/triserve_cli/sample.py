@@ -1,18 +1,20 @@
-"""``triserve sample``: cut one MNIST test digit out of the IDX files and write it as a 28x28 PNG.
+"""``triserve sample``: cut one test image out of a model's IDX files and write it as a 28x28 PNG.
 
-    triserve sample 7 > 7.png                # the most typical 7 of the test set
-    triserve sample 7 --nth 5 > 7.png        # the 6th test image labelled 7, in file order
-    triserve sample --index 42 -o 42.png     # test image #42 (its label goes to stderr)
+    triserve sample 7 > 7.png                        # the most typical 7 of the MNIST test set
+    triserve sample 7 --nth 5 > 7.png                # the 6th test image labelled 7, in file order
+    triserve sample --index 42 -o 42.png             # test image #42 (its label goes to stderr)
+    triserve sample --model fashion 9 > boot.png     # the most typical ankle boot (class 9) of Fashion-MNIST
 
-The image is MNIST's own (white digit on black, 8-bit grayscale), which is what the gateway expects.
-Data: ``--data-dir``, else ``$TRISERVE_MNIST_DIR``, else ``../shared/data/mnist`` beside the repository.
+The image is the data set's own (white on black, 8-bit grayscale), which is what the models expect.
+Data (``triserve_common.datasets``): ``--data-dir``, else ``$TRISERVE_MNIST_DIR`` /
+``$TRISERVE_FASHION_MNIST_DIR``, else ``../shared/data/<dataset>``, Debian's dataset package, the user cache,
+else a download from the data set's mirrors (``--no-download`` to forbid it).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +23,16 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from triserve_common.datasets import DatasetError, find_dataset, get_dataset
 from triserve_common.idx import IdxError, load_split
 
-#: The repository root when the CLI is installed from a checkout (``pip install -e services/cli``).
-REPO_ROOT = Path(__file__).resolve().parents[3]
-MNIST_DIR_ENV = "TRISERVE_MNIST_DIR"
+#: Model name → data set it was trained on.
+MODEL_DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}
 
 
-def default_data_dir() -> Path:
-    """``$TRISERVE_MNIST_DIR``, else ``../shared/data/mnist`` next to the current or repository directory."""
-    if env := os.environ.get(MNIST_DIR_ENV):
-        return Path(env)
-    candidates = [base.parent / "shared" / "data" / "mnist" for base in (Path.cwd(), REPO_ROOT)]
-    return next((c for c in candidates if c.is_dir()), candidates[-1])
+def default_data_dir(model: str = "mnist", split: str = "t10k", download: bool = True) -> Path:
+    """The data folder of ``model``'s data set (:func:`triserve_common.datasets.find_dataset`)."""
+    return find_dataset(MODEL_DATASETS[model], (split,), None, download=download)
 
 
 @dataclass(frozen=True)
@@ -106,29 +105,36 @@ def _digit(text: str) -> int:
     return value
 
 
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"triserve sample: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
 def _run(args: argparse.Namespace) -> int:
     digit: int | None = args.digit if args.digit is not None else args.digit_opt
     if args.digit is not None and args.digit_opt is not None and args.digit != args.digit_opt:
-        print("triserve sample: the positional digit and --digit disagree", file=sys.stderr)
-        return 2
+        return _fail("the positional digit and --digit disagree", 2)
     out: Path | None = args.output
     if out is None and sys.stdout.isatty():
-        print("triserve sample: not writing a PNG to a terminal; redirect or use -o FILE", file=sys.stderr)
-        return 2
+        return _fail("not writing a PNG to a terminal; redirect or use -o FILE", 2)
+    dataset = get_dataset(MODEL_DATASETS[args.model])
     try:
-        data_dir: Path = args.data_dir or default_data_dir()
+        data_dir = find_dataset(dataset.name, (args.split,), args.data_dir, download=not args.no_download)
         sample = pick(data_dir, digit=digit, index=args.index, nth=args.nth, split=args.split)
-    except (IdxError, ValueError) as exc:
-        hint = f" (set --data-dir or ${MNIST_DIR_ENV})" if isinstance(exc, IdxError) else ""
-        print(f"triserve sample: {exc}{hint}", file=sys.stderr)
-        return 1
+    except (DatasetError, IdxError, ValueError) as exc:
+        hint = f" (set --data-dir or ${dataset.env})" if isinstance(exc, IdxError) else ""
+        return _fail(f"{exc}{hint}", 1)
     data = sample.png()
     if out is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         out.write_bytes(data)
-    print(f"{args.split} image #{sample.index}, label {sample.label}", file=sys.stderr)
+    name = dataset.labels[sample.label]
+    label = str(sample.label) if name == str(sample.label) else f"{sample.label} ({name})"
+    sys.stderr.write(f"{args.split} image #{sample.index}, label {label}\n")
+    sys.stderr.flush()
     return 0
 
 
@@ -136,11 +142,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``sample`` subcommand."""
     parser = subparsers.add_parser(
         "sample",
-        help="write one MNIST test digit as a PNG",
+        help="write one test image (MNIST digit, Fashion-MNIST item) as a PNG",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("digit", nargs="?", type=_digit, help="label to pick (0-9)")
+    parser.add_argument("digit", nargs="?", type=_digit, help="class to pick (0-9; fashion: 9 = Ankle boot)")
+    parser.add_argument(
+        "--model", default="mnist", choices=sorted(MODEL_DATASETS), help="whose test set to cut from (mnist)"
+    )
     parser.add_argument("--digit", dest="digit_opt", type=_digit, help="same as the positional digit")
     parser.add_argument("--index", type=int, help="image index in the split (instead of a digit)")
     parser.add_argument(
@@ -148,9 +157,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         help="with a digit: the nth image so labelled (0-based, file order); default: the most typical",
     )
-    parser.add_argument("--split", default="t10k", choices=("t10k", "train"), help="MNIST split (t10k)")
+    parser.add_argument("--split", default="t10k", choices=("t10k", "train"), help="split (t10k)")
     parser.add_argument(
-        "--data-dir", type=Path, help=f"MNIST IDX folder (default ${MNIST_DIR_ENV} or ../shared/data/mnist)"
+        "--data-dir",
+        type=Path,
+        help="IDX folder (default: $TRISERVE_MNIST_DIR / $TRISERVE_FASHION_MNIST_DIR, "
+        "../shared/data/<dataset>, the Debian package, the user cache, else a download)",
     )
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.set_defaults(func=_run)

@@ -1,10 +1,12 @@
 """The OIP v2 data plane shared by the ONNX and Paddle services (HTTP-free).
 
-:class:`DataPlane` wraps one :class:`~triserve_common.runtime.Runtime`: it answers health and
-metadata, routes ``name``/``version`` (404 when not served), validates request tensors against the
-model's input spec (400 naming expected vs received), runs the batch in a worker thread pool and
-encodes the response (JSON or binary tensors), counting every inference request in Prometheus.
-The REST layer (:func:`triserve_common.rest.build_app`) only maps HTTP onto these calls.
+:class:`DataPlane` serves the model versions of a :class:`~triserve_common.repository.ModelRepository`
+(each a :class:`~triserve_common.runtime.Runtime`): it answers health and metadata, routes
+``name``/``version`` (404 when not loaded; no version = the highest loaded), validates request
+tensors against the model's input spec (400 naming expected vs received), runs the batch in the
+version's worker thread pool and encodes the response (JSON or binary tensors), counting every
+inference request in Prometheus. The REST layer (:func:`triserve_common.rest.build_app`) only maps
+HTTP onto these calls.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from triserve_common import codec
 from triserve_common.errors import (
     BadRequestError,
-    ModelNotFoundError,
     ModelNotReadyError,
     TriserveError,
 )
 from triserve_common.manifest import TensorSpec
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
-from triserve_common.runtime import Runtime
+from triserve_common.repository import ModelRepository, ServedModel
 from triserve_common.v2 import MetadataModelResponse, MetadataTensor, ServerMetadataResponse
 
 log = logging.getLogger(__name__)
@@ -103,63 +103,66 @@ def _shape_matches(expected: list[int], received: tuple[int, ...]) -> bool:
 
 
 class DataPlane:
-    """OIP v2 semantics over one runtime. Call :meth:`start` before serving, :meth:`stop` after."""
+    """OIP v2 semantics over a :class:`ModelRepository`; :meth:`start` before serving, :meth:`stop` after."""
 
     def __init__(
         self,
-        runtime: Runtime,
+        repository: ModelRepository,
         registry: CollectorRegistry,
         server_name: str,
         server_version: str,
     ) -> None:
-        self.runtime = runtime
+        self.repository = repository
         self.server_name = server_name
         self.server_version = server_version
         self.metrics = DataPlaneMetrics(registry)
-        self._executor: ThreadPoolExecutor | None = None
-        self._input_specs: dict[str, TensorSpec] = {}
-        self._output_names: list[str] = []
-        self._info_labels: tuple[str, str, str, str] | None = None
+        self._started = False
+        self._info_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._info_lock = threading.Lock()
+        repository.on_change = self._publish
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the worker pool (runtime already loaded) and publish the model's info gauges."""
-        rt = self.runtime
-        self._input_specs = {spec.name: spec for spec in rt.inputs}
-        self._output_names = [spec.name for spec in rt.outputs]
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=max(1, rt.concurrency), thread_name_prefix=f"{rt.name}-infer"
-            )
-        self.publish_model_info()
-        self.metrics.model_ready.labels(rt.name).set(1 if rt.ready else 0)
+        """Serve (models already loaded) and publish the models' info gauges."""
+        self._started = True
+        self._publish()
 
-    def publish_model_info(self) -> None:
-        """``triserve_model_info`` for the engine the runtime reports *now*: an engine that fell back
-        (e.g. onnxruntime leaving TensorRT at run time) replaces the old label set instead of both
-        staying at 1. Cheap when nothing changed; called after every batch."""
-        rt = self.runtime
+    async def stop(self) -> None:
+        """Stop serving: unload every model once its running batches have finished."""
+        self._started = False
+        await self.repository.close()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Info and readiness gauges of the loaded model versions (after a load or an unload)."""
+        with self._info_lock:
+            self.metrics.model_info.clear()
+            self.metrics.model_ready.clear()
+            self._info_labels.clear()
+        for served in self.repository.loaded():
+            self.publish_model_info(served)
+            rt = served.runtime
+            self.metrics.model_ready.labels(rt.name).set(1 if rt.ready and self._started else 0)
+
+    def publish_model_info(self, served: ServedModel) -> None:
+        """``triserve_model_info`` for the engine the version's runtime reports *now*: an engine that
+        fell back (e.g. onnxruntime leaving TensorRT at run time) replaces the old label set instead of
+        both staying at 1. Cheap when nothing changed; called after every batch."""
+        rt = served.runtime
+        key = (served.name, served.version)
         labels = (rt.name, rt.version, rt.platform, rt.engine)
-        if labels == self._info_labels:
+        if self._info_labels.get(key) == labels:
             return
         with self._info_lock:
-            if labels == self._info_labels:
+            old = self._info_labels.get(key)
+            if old == labels:
                 return
-            if self._info_labels is not None:
-                log.warning("engine changed: %s -> %s", self._info_labels[3], labels[3])
-                self.metrics.model_info.remove(*self._info_labels)
+            if old is not None:
+                log.warning("engine changed: %s -> %s", old[3], labels[3])
+                self.metrics.model_info.remove(*old)
             self.metrics.model_info.labels(*labels).set(1)
-            self._info_labels = labels
-
-    def stop(self) -> None:
-        """Wait for running batches, stop the pool and unload the runtime."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self.runtime.unload()
-        self.metrics.model_ready.labels(self.runtime.name).set(0)
+            self._info_labels[key] = labels
 
     # ------------------------------------------------------------------ health, metadata
 
@@ -168,63 +171,61 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """The server can serve its model."""
-        return self.runtime.ready and self._executor is not None
+        """The server serves, and every loaded model version is ready."""
+        return self._started and all(s.runtime.ready for s in self.repository.loaded())
 
     def server_metadata(self) -> dict[str, Any]:
         """``GET /v2`` body."""
         return ServerMetadataResponse(
-            name=self.server_name, version=self.server_version, extensions=["binary_tensor_data"]
+            name=self.server_name,
+            version=self.server_version,
+            extensions=["binary_tensor_data", "model_repository"],
         ).model_dump()
 
-    def check_model(self, name: str, version: str | None) -> None:
-        """Raise 404 unless ``name`` (and ``version``, when given) is the served model version."""
-        rt = self.runtime
-        if name != rt.name:
-            raise ModelNotFoundError(f"model '{name}' not found (this server serves '{rt.name}')")
-        if version is not None and version != rt.version:
-            raise ModelNotFoundError(
-                f"version '{version}' of model '{name}' not found (served version: {rt.version})"
-            )
+    def check_model(self, name: str, version: str | None) -> ServedModel:
+        """The served model version (highest loaded when ``version`` is None); 404 otherwise."""
+        return self.repository.get(name, version)
 
     def model_ready(self, name: str, version: str | None) -> bool:
         """Whether the model version is ready (404 if not served)."""
-        self.check_model(name, version)
-        return self.ready()
+        served = self.check_model(name, version)
+        return self._started and served.runtime.ready
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """``GET /v2/models/{name}[/versions/{v}]`` body; ``parameters.engine`` names the engine."""
-        self.check_model(name, version)
-        rt = self.runtime
+        rt = self.check_model(name, version).runtime
+        versions = [s.version for s in self.repository.loaded() if s.name == name]
 
         def tensors(specs: list[TensorSpec]) -> list[MetadataTensor]:
             return [MetadataTensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
 
         return MetadataModelResponse(
             name=rt.name,
-            versions=[rt.version],
+            versions=versions if version is None else [rt.version],
             platform=rt.platform,
             inputs=tensors(rt.inputs),
             outputs=tensors(rt.outputs),
-            parameters=rt.metadata(),
+            parameters={**rt.metadata(), "version": rt.version},
         ).model_dump(exclude_none=True)
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self, tensors: dict[str, np.ndarray], datatypes: dict[str, str]) -> int:
+    @staticmethod
+    def validate(served: ServedModel, tensors: dict[str, np.ndarray], datatypes: dict[str, str]) -> int:
         """Check inputs against the spec (names, datatypes, shapes, one batch size); return the batch size."""
-        expected_names = list(self._input_specs)
+        specs = served.input_specs
+        expected_names = list(specs)
         for name in tensors:
-            if name not in self._input_specs:
+            if name not in specs:
                 raise BadRequestError(
-                    f"unexpected input '{name}': model '{self.runtime.name}' expects inputs "
+                    f"unexpected input '{name}': model '{served.name}' expects inputs "
                     f"{expected_names}, received {list(tensors)}"
                 )
         batch: int | None = None
-        for name, spec in self._input_specs.items():
+        for name, spec in specs.items():
             if name not in tensors:
                 raise BadRequestError(
-                    f"missing input '{name}': model '{self.runtime.name}' expects inputs "
+                    f"missing input '{name}': model '{served.name}' expects inputs "
                     f"{expected_names}, received {list(tensors)}"
                 )
             arr = tensors[name]
@@ -246,20 +247,20 @@ class DataPlane:
         batch = 1 if batch is None else batch
         if batch < 1:
             raise BadRequestError("empty batch: the batch dimension must be at least 1")
-        if batch > self.runtime.max_batch_size:
-            raise BadRequestError(
-                f"batch size {batch} exceeds this model's max_batch_size {self.runtime.max_batch_size}"
-            )
+        limit = served.runtime.max_batch_size
+        if batch > limit:
+            raise BadRequestError(f"batch size {batch} exceeds this model's max_batch_size {limit}")
         return batch
 
-    def _requested_outputs(self, decoded: codec.DecodedRequest) -> list[str]:
+    @staticmethod
+    def _requested_outputs(served: ServedModel, decoded: codec.DecodedRequest) -> list[str]:
         requested = [out.name for out in decoded.request.outputs or []]
         for name in requested:
-            if name not in self._output_names:
+            if name not in served.output_names:
                 raise BadRequestError(
-                    f"unknown output '{name}' requested (model outputs: {self._output_names})"
+                    f"unknown output '{name}' requested (model outputs: {served.output_names})"
                 )
-        return requested or self._output_names
+        return requested or served.output_names
 
     # ------------------------------------------------------------------ inference
 
@@ -273,14 +274,16 @@ class DataPlane:
         """Handle one inference request end to end, counting it in the metrics whatever the outcome.
 
         ``header_length``: the raw ``Inference-Header-Content-Length`` value (None for JSON).
+        The model version counts as in flight until the answer is encoded, so an unload waits for it.
         Raises :class:`~triserve_common.errors.TriserveError` with the status to answer.
         """
-        label = name if name == self.runtime.name else UNKNOWN_MODEL_LABEL
+        label = name if name in {s.name for s in self.repository.loaded()} else UNKNOWN_MODEL_LABEL
         started = time.perf_counter()
         status = 500
         self.metrics.inflight.inc()
         try:
-            result = await self._infer(name, version, read_body, header_length, label)
+            with self.repository.use(name, version) as served:
+                result = await self._infer(served, read_body, header_length, label)
             status = 200
             return result
         except TriserveError as exc:
@@ -292,42 +295,41 @@ class DataPlane:
             self.metrics.request_latency.labels(label).observe(time.perf_counter() - started)
 
     async def _infer(
-        self, name: str, version: str | None, read_body: BodyReader, header_length: str | None, label: str
+        self, served: ServedModel, read_body: BodyReader, header_length: str | None, label: str
     ) -> EncodedResponse:
-        self.check_model(name, version)
         length = codec.parse_header_length(header_length)
         body = await read_body()
         decoded = codec.decode_request(body, length)
         datatypes = {inp.name: inp.datatype for inp in decoded.request.inputs}
-        batch = self.validate(decoded.tensors, datatypes)
-        wanted = self._requested_outputs(decoded)
-        if not self.ready() or self._executor is None:
-            raise ModelNotReadyError(f"model '{name}' is not ready")
+        batch = self.validate(served, decoded.tensors, datatypes)
+        wanted = self._requested_outputs(served, decoded)
+        if not self._started or not served.runtime.ready:
+            raise ModelNotReadyError(f"model '{served.name}' is not ready")
 
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._run, decoded.tensors, label)
+        outputs = await loop.run_in_executor(served.executor, self._run, served, decoded.tensors, label)
         self.metrics.batch_size.labels(label).observe(batch)
 
         selected = {out: outputs[out] for out in wanted}
         binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
         body_out, headers = codec.encode_response(
-            self.runtime.name, self.runtime.version, decoded.request.id, selected, binary=binary
+            served.name, served.version, decoded.request.id, selected, binary=binary
         )
         return EncodedResponse(body_out, headers)
 
-    def _run(self, tensors: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
+    def _run(self, served: ServedModel, tensors: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
-            outputs = self.runtime.infer(tensors)
+            outputs = served.runtime.infer(tensors)
         except TriserveError:
             raise
         except Exception as exc:
             log.exception("inference failed")
             raise TriserveError(f"inference failed: {type(exc).__name__}: {exc}", 500) from exc
         finally:
-            self.publish_model_info()
+            self.publish_model_info(served)
         self.metrics.compute_latency.labels(label).observe(time.perf_counter() - started)
-        missing = [out for out in self._output_names if out not in outputs]
+        missing = [out for out in served.output_names if out not in outputs]
         if missing:
             raise TriserveError(f"runtime returned no output {missing}", 500)
         return outputs

@@ -1,12 +1,14 @@
 """The OIP v2 REST surface shared by the ONNX and Paddle services.
 
-:func:`build_app` turns settings + a loaded :class:`~triserve_common.runtime.Runtime` into a
-FastAPI app::
+:func:`build_app` turns settings + a :class:`~triserve_common.repository.ModelRepository` (models
+already loaded) into a FastAPI app::
 
     GET  /v2/health/live | /v2/health/ready | /v2
     GET  /v2/models/{name}[/versions/{v}]            metadata (parameters.engine = engine in use)
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer      JSON or binary tensors
+    POST /v2/repository/index                        model repository extension
+    POST /v2/repository/models/{name}/load | /unload (:mod:`triserve_common.repository_api`)
     GET  /metrics
 
 Errors are ``{"error": ...}`` with the status of the :class:`~triserve_common.errors.TriserveError`;
@@ -28,6 +30,8 @@ from triserve_common.codec import HEADER_LENGTH
 from triserve_common.dataplane import DataPlane
 from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.metrics import add_metrics_route, new_registry
+from triserve_common.repository import ModelRepository
+from triserve_common.repository_api import LocalRepository, add_repository_routes
 from triserve_common.runtime import Runtime
 from triserve_common.server import RequestIdMiddleware, model_target, read_body
 from triserve_common.settings import ServiceSettings
@@ -37,33 +41,32 @@ log = logging.getLogger(__name__)
 
 def build_app(
     settings: ServiceSettings,
-    runtime: Runtime,
+    repository: ModelRepository | Runtime,
     *,
     server_name: str,
     server_version: str,
     title: str | None = None,
 ) -> FastAPI:
-    """FastAPI app serving ``runtime`` (already loaded) over OIP v2 REST.
+    """FastAPI app serving the repository's loaded models (or one loaded runtime) over OIP v2 REST.
 
     The app owns its Prometheus registry and data plane (``app.state.dataplane``); its lifespan
-    shutdown waits for running batches and unloads the runtime.
+    shutdown waits for running batches and unloads every model.
     """
+    if isinstance(repository, Runtime):
+        repository = ModelRepository.of([repository])
     registry = new_registry()
-    dataplane = DataPlane(runtime, registry, server_name, server_version)
+    dataplane = DataPlane(repository, registry, server_name, server_version)
     dataplane.start()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        log.info(
-            "serving model %s version %s on %s (engine %s)",
-            runtime.name,
-            runtime.version,
-            runtime.platform,
-            runtime.engine,
-        )
+        for served in dataplane.repository.loaded():
+            rt = served.runtime
+            log.info("serving model %s version %s on %s (engine %s)",
+                     rt.name, rt.version, rt.platform, rt.engine)
         yield
-        log.info("shutting down: in-flight requests finished, unloading %s", runtime.name)
-        dataplane.stop()
+        log.info("shutting down: in-flight requests finished, unloading every model")
+        await dataplane.stop()
 
     app = FastAPI(
         title=title or server_name,
@@ -86,6 +89,7 @@ def build_app(
         app.add_api_route(prefix, model_metadata, methods=["GET"])
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
         app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+    add_repository_routes(app, LocalRepository(repository))
     add_metrics_route(app, registry)
     return app
 
@@ -106,7 +110,7 @@ async def live(request: Request) -> JSONResponse:
 
 
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: the model is loaded (503 otherwise)."""
+    """Readiness: serving, every loaded model ready (503 otherwise)."""
     ok = _dataplane(request).ready()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 

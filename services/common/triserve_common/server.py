@@ -122,9 +122,9 @@ def run_service(
     server_name: str,
     make_settings: Callable[[], S],
     make_app: Callable[[S], FastAPI],
-    server_limits: Callable[[S], ServerLimits] | None = None,
+    serve_app: Callable[[FastAPI, S], None] = serve,
 ) -> int:
-    """Console-script body of a runtime service: settings, logging, app, uvicorn.
+    """Console-script body of a service: settings, logging, app, uvicorn (``serve_app``).
 
     A bad setting or a model that cannot be loaded (missing, tampered: ``ArtifactIntegrityError``)
     ends the process with one clear log line and exit status 2 or 1, not a traceback.
@@ -141,5 +141,5 @@ def run_service(
     except TriserveError as exc:
         log.critical("%s: cannot start: %s", server_name, exc.message)
         return 1
-    serve(app, settings, None if server_limits is None else server_limits(settings))
+    serve_app(app, settings)
     return 0

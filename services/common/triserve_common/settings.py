@@ -43,9 +43,21 @@ class ServiceSettings(BaseSettings):
 
 
 class RuntimeSettings(ServiceSettings):
-    """Settings of a runtime service (ONNX, Paddle): which model version it serves."""
+    """Settings of a runtime service (ONNX, Paddle): which model versions it loads at start."""
 
     model_name: str = "mnist"
-    """Model to serve."""
+    """Model to serve (when ``load_models`` is unset)."""
     model_version: str | None = None
     """Version to serve; None = the highest in the store."""
+    load_models: str | None = None
+    """Models loaded at start: ``all`` (every version in the store with this service's artifact),
+    ``none``, or ``mnist,fashion:1`` (every version of a model, or one); unset = ``model_name`` /
+    ``model_version``. More are loaded and unloaded at run time via ``/v2/repository``."""
+
+    def startup_models(self) -> list[tuple[str, str | None]] | str:
+        """``load_models`` parsed (see :func:`triserve_common.repository.parse_model_list`)."""
+        from triserve_common.repository import parse_model_list
+
+        if self.load_models is None:
+            return [(self.model_name, self.model_version or "latest")]
+        return parse_model_list(self.load_models)

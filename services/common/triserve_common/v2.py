@@ -78,3 +78,58 @@ class InferenceResponse(_V2Model):
 
 class ErrorResponse(_V2Model):
     error: str
+
+
+# ------------------------------------------------------------------ model repository extension
+# https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_model_repository.md
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class RepositoryIndexRequest(_Strict):
+    """``POST /v2/repository/index`` body (optional): ``ready`` = only the versions ready to serve."""
+
+    ready: bool = False
+
+
+class RepositoryIndexEntry(_V2Model):
+    """One model version of the repository index."""
+
+    name: str
+    version: str | None = None
+    state: str | None = None
+    reason: str | None = None
+
+
+class LoadParameters(_Strict):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    """``parameters`` of a load request (Triton's ``config`` / ``file:`` overrides are not taken)."""
+
+    version: str | None = None
+    """The version to load (default: the highest in the store)."""
+    instance_count: int | None = Field(default=None, ge=1)
+    """Concurrent executions of this version (the service's workers / predictors by default)."""
+
+
+class UnloadParameters(_Strict):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    """``parameters`` of an unload request."""
+
+    version: str | None = None
+    """The version to unload (default: every loaded version)."""
+    unload_dependents: bool = False
+    """Triton's flag; accepted, nothing here depends on another model."""
+
+
+class RepositoryLoadRequest(_Strict):
+    """``POST /v2/repository/models/{m}/load`` body (optional)."""
+
+    parameters: LoadParameters = Field(default_factory=LoadParameters)
+
+
+class RepositoryUnloadRequest(_Strict):
+    """``POST /v2/repository/models/{m}/unload`` body (optional)."""
+
+    parameters: UnloadParameters = Field(default_factory=UnloadParameters)

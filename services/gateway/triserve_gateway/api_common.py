@@ -58,10 +58,10 @@ async def infer_request(request: Request, track: RequestTrack, call: InferenceCa
 
     async def watch() -> None:
         nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        task.cancel()
+        # the body was read: the server's next message is the disconnect (anything else: stop watching)
+        if (await request.receive())["type"] == "http.disconnect":
+            gone = True
+            task.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:

@@ -122,7 +122,7 @@ async def explanations(request: Request) -> Response:
     what = "request body" if len(images) == 1 else "form part"
     x, preprocess_s = await _input(service, mv, Payload(images=images, what=what))
     e = await explainer.explain(
-        mv, version, x, steps=steps, target=target, backend=forced_backend(request),
+        mv, mv.version, x, steps=steps, target=target, backend=forced_backend(request),
         request_id=request_id_of(request),
     )
     return JSONResponse(explanation_json(e), headers=_headers(e, preprocess_s, time.perf_counter() - start))
@@ -161,7 +161,7 @@ async def explain_v2(request: Request) -> Response:
     target = explainer.target(mv, None if params.get("target") is None else str(params["target"]))
     x, preprocess_s = await _input(service, mv, _v2_payload(mv, decoded, explainer))
     e = await explainer.explain(
-        mv, version, x, steps=steps, target=target, backend=forced_backend(request),
+        mv, mv.version, x, steps=steps, target=target, backend=forced_backend(request),
         request_id=request_id_of(request),
     )
     labels = np.empty(len(e.targets), dtype=object)

@@ -1,4 +1,5 @@
-"""TorchServe-compatible API: ``/predictions``, ``/ping``, ``/models`` (management style).
+"""TorchServe-compatible inference API: ``/predictions``, ``/ping`` (the management API is on its own
+port: :mod:`triserve_gateway.api_management`).
 
 ``POST|PUT /predictions/{model}[/{version}]`` takes the raw image as the body (``curl -T 0.png``)
 or multipart form files (``curl -F data=@0.png``; every file part is one image, in order).
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
@@ -42,7 +43,6 @@ from triserve_gateway.api_common import (
     service_of,
     topk_of,
 )
-from triserve_gateway.describe import model_description
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, Payload
 
@@ -168,17 +168,6 @@ async def ping(request: Request) -> Response:
     return Response(body, status_code=200 if healthy else 500, media_type=JSON)
 
 
-async def list_models(request: Request) -> JSONResponse:
-    """The routed models, TorchServe management style."""
-    models = sorted(service_of(request).gateway.routing.models)
-    return JSONResponse({"models": [{"modelName": name, "modelUrl": name} for name in models]})
-
-
-async def describe_model(request: Request, model_name: str) -> JSONResponse:
-    """One routed model with live per-backend details (see :mod:`triserve_gateway.describe`)."""
-    return JSONResponse([await model_description(service_of(request).gateway, model_name)])
-
-
 def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
     for path, suffix in (
@@ -192,7 +181,4 @@ def register(app: FastAPI) -> None:
                 operation_id=f"predictions{suffix}_{method.lower()}",
             )
     app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it")
-    app.add_api_route("/models", list_models, methods=["GET"], tags=["Management"],
-                      summary="List models (TorchServe management style)")
-    app.add_api_route("/models/{model_name}", describe_model, methods=["GET"], tags=["Management"],
-                      summary="Describe a model: per backend URL, health, version, engine")
+

@@ -1,37 +1,52 @@
-"""The gateway's FastAPI app: ``create_app(settings)``.
+"""The gateway's apps: ``create_app(settings)``.
 
 Built once per process (no module-level singletons): the effective routing (YAML + env), the
-model catalog (manifests from the model store), a per-app Prometheus registry, the
-:class:`~triserve_gateway.gateway.Gateway` and both public APIs. The lifespan opens the pooled
-backend clients and the health-check task, and closes them on shutdown.
+model manager (registered versions from the model store, ``load_models``), a per-app Prometheus
+registry, the :class:`~triserve_gateway.gateway.Gateway`, the inference APIs (TorchServe + KServe
+v2), and the apps of the management and metrics listeners (:mod:`triserve_gateway.listeners`),
+each behind its API key (:mod:`triserve_gateway.auth`). The lifespan opens the pooled backend
+clients, the health-check and reconciliation tasks, and closes them on shutdown.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+from starlette.types import Scope
 
 from triserve_common.errors import error_body, install_error_handlers
 from triserve_common.limits import BodyTimeoutMiddleware
-from triserve_common.metrics import add_metrics_route, new_registry
+from triserve_common.metrics import new_registry
 from triserve_common.server import RequestIdMiddleware
-from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, demo
+from triserve_common.settings import ServiceSettings
+from triserve_gateway import __version__, api_explain, api_torchserve, api_v2, auth, demo
+from triserve_gateway.admin import BackendAdmin, default_admins
+from triserve_gateway.api_management import create_management_app, render_unauthorized
+from triserve_gateway.auth import KeyMiddleware
 from triserve_gateway.backends import BackendClient, make_backend_client
-from triserve_gateway.config import RoutingConfig, gateway_routing
+from triserve_gateway.config import BackendConfig, RoutingConfig, gateway_routing
 from triserve_gateway.gateway import Gateway
+from triserve_gateway.listeners import Listener, create_metrics_app, serve_listeners
+from triserve_gateway.manager import ModelManager
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog
+from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.shadow import ShadowTraffic
 from triserve_gateway.shedding import LoadSheddingMiddleware
+from triserve_gateway.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[RoutingConfig], Mapping[str, BackendClient]]
+AdminFactory = Callable[[Mapping[str, BackendConfig]], Mapping[str, BackendAdmin]]
 
 
 def default_clients(routing: RoutingConfig) -> dict[str, BackendClient]:
@@ -49,37 +64,54 @@ def create_app(
     settings: GatewaySettings | None = None,
     *,
     routing: RoutingConfig | None = None,
-    catalog: ModelCatalog | None = None,
     clients: ClientFactory = default_clients,
+    admins: AdminFactory = default_admins,
     health_checks: bool = True,
 ) -> FastAPI:
-    """The gateway app. ``routing``/``catalog``/``clients`` default to the settings' files and
-    real HTTP clients; tests inject fakes. Raises :class:`TriserveError` on bad config."""
+    """The gateway's inference app, with the management and metrics apps of the other two listeners
+    in ``app.state`` (:func:`listeners`). ``routing``/``clients``/``admins`` default to the settings'
+    routing file and real HTTP clients; tests inject fakes. Raises :class:`TriserveError` on bad config.
+
+    The lifespan (run by the inference app) opens the backend clients, checks health and reconciles
+    the registered models with what each backend holds, every health interval.
+    """
     settings = settings or GatewaySettings()
     # httpx logs every backend request at INFO: far too chatty (and slow) for a hot path.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     routing = routing or gateway_routing(settings)
-    catalog = catalog or ModelCatalog.from_store(
-        settings.model_store, routing.models.keys(), settings.max_image_pixels
-    )
     registry = new_registry()
     metrics = GatewayMetrics(registry)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
-    gateway = Gateway(routing, catalog, clients(routing), metrics, limits=settings.limits())
-    service = InferenceService(gateway, metrics, settings)
+    gateway = Gateway(routing, ModelCatalog([]), clients(routing), metrics, limits=settings.limits())
+    manager = ModelManager(
+        gateway, ModelStore(settings.model_store), admins(routing.backends), settings.max_image_pixels,
+        drain_timeout_s=settings.graceful_shutdown_s,
+    )
+    manager.register_startup(settings.load_models)
+    shadows = ShadowTraffic(gateway, metrics.shadow)
+    service = InferenceService(gateway, metrics, settings, shadows)
+    disabled = settings.disable_token_auth
+    management_key = auth.management_key(
+        _secret(settings.management_key), settings.management_key_file, disabled
+    )
+    inference_key = auth.inference_key(_secret(settings.inference_key), settings.inference_key_file, disabled)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start(health_checks=health_checks)
+        if health_checks:
+            await manager.start(routing.health.interval_s)
         log.info(
             "gateway up: models %s; backends %s",
-            ", ".join(catalog.names()),
+            ", ".join(gateway.routed()) or "none",
             ", ".join(f"{n}={b.client.url} ({b.health_label()})" for n, b in gateway.backends.items()),
         )
         try:
             yield
         finally:
+            await shadows.close()
+            await manager.close()
             await gateway.close()
 
     app = FastAPI(
@@ -91,17 +123,53 @@ def create_app(
     )
     app.state.settings = settings
     app.state.gateway = gateway
+    app.state.manager = manager
     app.state.service = service
     app.state.registry = registry
     install_error_handlers(app)
 
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(LoadSheddingMiddleware, gateway=gateway)  # 503 before parsing when full
+    app.add_middleware(KeyMiddleware, key=inference_key, render=_render_unauthorized)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(LoadSheddingMiddleware, gateway=gateway)
+    app.add_middleware(ResponseHooks, metrics=metrics.torchserve, shadows=shadows)  # outermost
     api_torchserve.register(app)
     api_v2.register(app)
     api_explain.register(app)  # /explanations, /v2/.../explain
     demo.register(app)  # the web demo: GET / → /demo/
-    add_metrics_route(app, registry)
+    app.state.management_app = create_management_app(manager, management_key)
+    app.state.metrics_app = create_metrics_app(registry)
     return app
+
+
+def listeners(app: FastAPI) -> list[Listener]:
+    """The three listeners of a gateway app built by :func:`create_app`."""
+    settings: GatewaySettings = app.state.settings
+    return [
+        Listener("inference", settings.host, settings.port, app),
+        Listener("management", settings.management_host, settings.management_port, app.state.management_app),
+        Listener("metrics", settings.metrics_host, settings.metrics_port, app.state.metrics_app),
+    ]
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Serve the gateway's three listeners (the ``serve`` of :func:`~triserve_common.server.run_service`),
+    with the connection limit and read timeouts of :meth:`GatewaySettings.server_limits`."""
+    gateway_settings: GatewaySettings = app.state.settings
+    serve_listeners(listeners(app), app, settings, gateway_settings.server_limits())
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+_TORCHSERVE_PATHS = ("/predictions", "/explanations", "/ping")
+
+
+async def _render_unauthorized(scope: Scope, exc: auth.UnauthorizedError) -> tuple[int, bytes, str]:
+    """401 on the inference port: TorchServe's shape on its routes, OIP's ``{"error"}`` on ``/v2``."""
+    if str(scope.get("path", "")).startswith(_TORCHSERVE_PATHS):
+        return await render_unauthorized({**scope, "path": "/"}, exc)
+    body = json.dumps(error_body(exc.message)).encode()
+    return exc.status_code, body, "application/json"

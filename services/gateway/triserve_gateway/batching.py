@@ -272,6 +272,11 @@ class BatcherPool(Generic[K]):
             batcher = self._batchers[key] = self._factory(key)
         return batcher
 
+    async def drop(self, match: Callable[[K], bool]) -> None:
+        """Close and forget the batchers whose key matches (queued requests are still answered)."""
+        keys = [k for k in self._batchers if match(k)]
+        await asyncio.gather(*(self._batchers.pop(k).close() for k in keys))
+
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
         self._batchers.clear()

@@ -3,14 +3,18 @@
 Schema (see the default file for a commented example)::
 
     backends:            # name -> how to reach it
-      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", timeout_s: 5}
-      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085",
-                   management_url: "http://127.0.0.1:8081", metrics_url: "http://127.0.0.1:8082"}
+      onnx: {protocol: oip-v2, url: "http://127.0.0.1:8001", artifact: onnx, timeout_s: 5}
+      torchserve: {protocol: torchserve, url: "http://127.0.0.1:8085", artifact: torchserve,
+                   management_url: "http://127.0.0.1:8086", metrics_url: "http://127.0.0.1:8087"}
     models:
       mnist:
         strategy: weighted          # weighted | round-robin | least-outstanding | fastest
         backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+        shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
+          candidates: [{backend: paddle, fraction: 0.1}, {version: "2", fraction: 0.05}]
+          max_concurrent: 2
+          max_queue: 16
     health: {interval_s: 2, timeout_s: 1}
     circuit: {failure_threshold: 3, open_s: 5}
 
@@ -27,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from triserve_common.errors import TriserveError
+from triserve_common.manifest import ArtifactKind
 from triserve_gateway.routing import StrategyName
 from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
@@ -44,7 +49,10 @@ class BackendConfig(_Strict):
     url: str
     """Inference base URL (OIP v2 root, or TorchServe's inference API)."""
     management_url: str | None = None
-    """TorchServe management API (model describe: version, runtime)."""
+    """TorchServe management API (register, scale, unregister, describe)."""
+    artifact: ArtifactKind | None = None
+    """Manifest artifact this backend runs (``onnx``, ``paddle``, ``torchserve``); a model version
+    without it is not loaded there. None = any."""
     metrics_url: str | None = None
     """TorchServe metrics API (informational)."""
     timeout_s: float = Field(default=5.0, gt=0)
@@ -78,6 +86,35 @@ class BatchingConfig(_Strict):
     """Batches in flight per backend before requests start waiting to be batched."""
 
 
+class ShadowCandidate(_Strict):
+    """Where mirrored requests go: another backend, another version of the model, or both."""
+
+    backend: str | None = None
+    """Backend to mirror to (None = the backend that answered the request)."""
+    version: str | None = None
+    """Model version to ask it for (None = the version that answered the request)."""
+    fraction: float = Field(gt=0, le=1)
+    """Share of the route's successful requests mirrored to this candidate."""
+
+    @model_validator(mode="after")
+    def _names_something(self) -> ShadowCandidate:
+        if self.backend is None and self.version is None:
+            raise ValueError("a shadow candidate names a backend, a version, or both")
+        return self
+
+
+class ShadowConfig(_Strict):
+    """Shadow traffic of one model: mirrored after the answer is sent, dropped first under load."""
+
+    candidates: list[ShadowCandidate] = Field(min_length=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    """Shadow calls in flight at once for this model."""
+    max_queue: int = Field(default=16, ge=0)
+    """Shadows waiting for a free slot; beyond that a new shadow is dropped (and counted)."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one shadow call may take (a slower one counts as failed)."""
+
+
 class ModelRoute(_Strict):
     """Routing of one model."""
 
@@ -86,6 +123,8 @@ class ModelRoute(_Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""
+    shadow: ShadowConfig | None = None
+    """Shadow traffic to candidates (:mod:`triserve_gateway.shadow`); None = none."""
 
 
 class HealthConfig(_Strict):
@@ -122,6 +161,13 @@ class RoutingConfig(_Strict):
                 )
             if len(set(names)) != len(names):
                 raise ValueError(f"model '{model}' lists a backend twice")
+            shadows = [c.backend for c in route.shadow.candidates if c.backend] if route.shadow else []
+            unknown = sorted(set(shadows) - set(self.backends))
+            if unknown:
+                raise ValueError(
+                    f"model '{model}' shadows to undefined backend(s) {', '.join(unknown)} "
+                    f"(defined: {', '.join(sorted(self.backends))})"
+                )
         return self
 
 
@@ -200,6 +246,8 @@ __all__ = [
     "RoutingConfig",
     "RoutingConfigError",
     "RoutingOverrides",
+    "ShadowCandidate",
+    "ShadowConfig",
     "apply_overrides",
     "gateway_routing",
     "load_routing",

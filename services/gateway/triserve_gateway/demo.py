@@ -2,9 +2,12 @@
 
 - ``GET /`` redirects to ``GET /demo/``: the page (``static/index.html``; script and style under
   ``/demo/static/``, all shipped inside this package: nothing is loaded from elsewhere, and the
-  page's Content-Security-Policy says so). It calls the public APIs only: ``/models``,
-  ``/models/{m}``, ``/v2/models/{m}/versions/{v}``, ``/predictions/{m}/{v}?topk=5`` with
-  ``X-Backend``, ``/explanations/{m}/{v}`` and the endpoint below.
+  page's Content-Security-Policy says so). It calls the public APIs only: ``/demo/models``,
+  ``/v2/models/{m}/versions/{v}``, ``/predictions/{m}/{v}?topk=5`` with ``X-Backend``,
+  ``/explanations/{m}/{v}`` and the endpoints below.
+- ``GET /demo/models``: what the page lists — each registered model's versions, default version,
+  readiness, routing strategy and its backends' names, protocols and health; no URL and no error
+  message (those are on the management API only).
 - ``POST|PUT /demo/input/{model}[/{version}]``: the image the model receives after the gateway's
   preprocessing, as a PNG of the input's size (28x28 for MNIST): the float tensor mapped back to
   8-bit pixels (``(x * std + mean) / scale``), so inversion and resizing show as the model sees them.
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -84,11 +87,34 @@ async def model_input(request: Request) -> Response:
     )
 
 
+async def catalog(request: Request) -> JSONResponse:
+    """The registered models as the page lists them (see module doc)."""
+    gateway = service_of(request).gateway
+    models = []
+    for name in gateway.routed():
+        versions = gateway.catalog.versions(name)
+        if not versions:
+            continue
+        route = gateway.route(name)
+        backends = [
+            {"name": ref.name, "protocol": gateway.routing.backends[ref.name].protocol,
+             "health": gateway.backends[ref.name].health_label()}
+            for ref in route.backends
+        ]
+        models.append({
+            "modelName": name, "modelVersion": gateway.catalog.default_version(name), "versions": versions,
+            "ready": gateway.model_ready(name), "strategy": route.strategy, "backends": backends,
+        })
+    return JSONResponse({"models": models})
+
+
 def register(app: FastAPI) -> None:
     """Add the demo page, its static files and ``/demo/input/...`` to ``app``."""
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo", root, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo/", page, methods=["GET"], tags=["Demo"], summary="The web demo page")
+    app.add_api_route("/demo/models", catalog, methods=["GET"], tags=["Demo"],
+                      summary="Registered models, versions and backends (names and health only)")
     for path, suffix in (
         ("/demo/input/{model_name}", ""),
         ("/demo/input/{model_name}/{model_version}", "_version"),

@@ -44,9 +44,9 @@ from triserve_gateway.errors import (
     BackendRejectedError,
     BackendTimeoutError,
     BackendUnavailableError,
-    UnknownBackendError,
     is_retryable,
 )
+from triserve_gateway.failover import can_add, candidates, next_backend
 from triserve_gateway.health import BackendState, HealthChecker
 from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 Array = np.ndarray[Any, Any]
 BatchKey = tuple[str, str | None, str]
-"""(model, requested version or None, backend)."""
+"""(model, version, backend)."""
 
 
 _FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
@@ -99,15 +99,12 @@ class Gateway:
             )
             for name in routing.backends
         }
-        rng = rng or random.Random()
+        self._rng = rng or random.Random()
         self._routes: dict[str, RouteState] = {}
         for model, route in routing.models.items():
-            cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
-            self._routes[model] = RouteState(
-                route, make_strategy(route.strategy, rng), cands, {c.name: c for c in cands},
-                metered_admission(model, self.limits, metrics),
-                RetryBudget(limits.retry_budget_percent, limits.retry_budget_min_per_s),
-            )
+            self.add_route(model, route)
+        self.placement: dict[tuple[str, str], frozenset[str]] = {}
+        """(model, version) → backends holding it, when known (else every backend of the route)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
         self.health = HealthChecker(self.backends, routing.health, metrics, self.attempts.reset)
         for state in self.backends.values():
@@ -141,18 +138,52 @@ class Gateway:
         return self._route(model).config
 
     def resolve(self, model: str, version: str | None = None) -> Target:
-        """Route and model version of a request (404 naming what is not served)."""
+        """Route and model version of a request (404 naming what is not served); no version = the
+        model's default version, asked of the backends by name."""
         route = self._route(model)
-        return Target(model, version, self.catalog.get(model, version), route)
+        mv = self.catalog.get(model, version)
+        return Target(model, mv.version, mv, route, self.placement.get((model, mv.version)))
+
+    def add_route(self, model: str, route: ModelRoute) -> None:
+        """Route ``model`` (a model registered at run time) as ``route`` says."""
+        cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
+        self._routes[model] = RouteState(
+            route, make_strategy(route.strategy, self._rng), cands, {c.name: c for c in cands},
+            metered_admission(model, self.limits, self.metrics),
+            RetryBudget(self.limits.retry_budget_percent, self.limits.retry_budget_min_per_s),
+        )
+
+    def remove_route(self, model: str) -> None:
+        """Stop routing ``model`` (its last version was unregistered)."""
+        self._routes.pop(model, None)
+
+    async def forget(self, model: str, version: str) -> None:
+        """Drop the batchers and placement of an unregistered version."""
+        self.placement.pop((model, version), None)
+        await self._batchers.drop(lambda key: key[0] == model and key[1] == version)
+
+    def routed(self) -> list[str]:
+        """The routed models."""
+        return sorted(self._routes)
+
+    def is_routed(self, model: str) -> bool:
+        """Whether ``model`` is routed (registered)."""
+        return model in self._routes
 
     def model_ready(self, model: str) -> bool:
-        """Whether at least one backend of ``model`` is routable."""
+        """Whether at least one backend holding ``model``'s default version is routable."""
         r = self._routes.get(model)
-        return r is not None and any(self.backends[c.name].routable() for c in r.candidates)
+        default = self.catalog.default_version(model)
+        if r is None or default is None:
+            return False
+        placed = self.placement.get((model, default))
+        return any(
+            self.backends[c.name].routable() for c in r.candidates if placed is None or c.name in placed
+        )
 
     def ready(self) -> bool:
-        """Every routed model has a routable backend."""
-        return bool(self._routes) and all(self.model_ready(m) for m in self._routes)
+        """Every registered model has a routable backend (true with none registered, as TorchServe)."""
+        return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
     # ------------------------------------------------------------------ inference
 
@@ -192,7 +223,7 @@ class Gateway:
         model's retry budget; everything ends at ``deadline`` (504)."""
         check_input(target.mv, x)
         deadline = deadline or Deadline(self.limits.request_timeout_s)
-        pool, attempts = self._pool(target, backend)
+        pool, attempts = candidates(target, backend)
         budget = target.route.budget
         budget.deposit()
         tried: list[str] = []
@@ -201,13 +232,16 @@ class Gateway:
         start_next = True
         try:
             while True:
-                state = self._next(target, pool, tried, attempts, retry=bool(tried)) if start_next else None
+                state = None
+                if start_next:
+                    retry = bool(tried)
+                    state = next_backend(self.backends, self.metrics, target, pool, tried, attempts, retry)
                 if state is not None:
                     running[asyncio.ensure_future(self._attempt(target, state, x, request_id))] = state.name
                 if not running:
                     break
                 wait_s = deadline.remaining()
-                if self._can_add(pool, tried, attempts, budget):
+                if can_add(self.backends, pool, tried, attempts, budget):
                     newest = next(reversed(running.values()))
                     wait_s = min(wait_s, 1.5 * self.attempts.timeout(newest))
                 done, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
@@ -234,53 +268,12 @@ class Gateway:
             message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
             raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
         states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        error = ModelNotReadyError(f"no healthy backend for model '{target.model}' ({states})")
+        error = ModelNotReadyError(
+            f"no healthy backend for model '{target.model}' version {target.version} "
+            f"({states or 'no backend holds it'})"
+        )
         error.headers = {"Retry-After": str(max(1, math.ceil(self.limits.retry_after_s)))}
         raise error
-
-    def _can_add(self, pool: list[Candidate], tried: list[str], attempts: int, budget: RetryBudget) -> bool:
-        """Whether another attempt could start: one left, a routable backend untried, budget left."""
-        return len(tried) < attempts and budget.balance() >= 1.0 and any(
-            c.name not in tried and self.backends[c.name].routable() for c in pool
-        )
-
-    def _next(
-        self, target: Target, pool: list[Candidate], tried: list[str], attempts: int, retry: bool
-    ) -> BackendState | None:
-        """The next backend to try, its breaker acquired (a retry also takes a budget token);
-        None when no backend is left or the retry budget is spent."""
-        while len(tried) < attempts:
-            avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
-            if not avail:
-                return None
-            if retry and target.route.budget.balance() < 1.0:
-                self.metrics.retry_budget_exhausted.labels(target.model).inc()
-                log.warning("retry budget of model %s spent, not retrying", target.model)
-                return None
-            cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
-            state = self.backends[cand.name]
-            if not state.breaker.acquire():
-                tried.append(cand.name)
-                continue
-            if retry and target.route.budget.try_withdraw():
-                self.metrics.retries.labels(target.model).inc()
-                self.metrics.failovers.labels(target.model, tried[-1]).inc()
-            tried.append(cand.name)
-            return state
-        return None
-
-    def _pool(self, target: Target, backend: str | None) -> tuple[list[Candidate], int]:
-        """Candidates and attempts of a request: the forced backend once, else the route's."""
-        r = target.route
-        if not backend:
-            return r.candidates, r.config.max_attempts or len(r.candidates)
-        cand = r.by_name.get(backend)
-        if cand is None:
-            raise UnknownBackendError(
-                f"backend '{backend}' does not serve model '{target.model}' "
-                f"(choose from: {', '.join(r.by_name)})"
-            )
-        return [cand], 1
 
     async def _attempt(
         self, target: Target, state: BackendState, x: Array, request_id: str | None
@@ -393,3 +386,6 @@ class Gateway:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # seen: its caller may have left
+
+
+__all__ = ["BackendState", "Gateway", "RouteState", "RoutedResult", "Target"]

@@ -7,8 +7,14 @@ from typing import Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from triserve_gateway.torchserve_metrics import TorchServeMetrics
 
 STAGES = ("preprocess", "queue", "backend")
+PAIR_LABELS = ("model", "primary", "primary_version", "candidate", "candidate_version")
+"""A shadow's primary/candidate pair: the backend and version that answered, the one mirrored to."""
+SHADOW_OUTCOMES = ("compared", "failed", "dropped")
+LOGIT_DIFF_BUCKETS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""Max |logit diff| of one shadow: float rounding (1e-6) to a different model (> 1)."""
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -27,10 +33,48 @@ class LabelCache(Generic[M]):
         return child
 
 
+class ShadowMetrics:
+    """Shadow traffic: outcomes, top-1 agreement and max |logit diff| per primary/candidate pair."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.shadows = LabelCache(Counter(
+            "triserve_gateway_shadows",
+            "Mirrored requests by outcome: compared, failed (candidate error or timeout), dropped (load).",
+            [*PAIR_LABELS, "outcome"], registry=r,
+        ))  # fmt: skip
+        self.compared_rows = LabelCache(Counter(
+            "triserve_gateway_shadow_compared_rows",
+            "Rows (images) whose primary and candidate outputs were compared.",
+            PAIR_LABELS, registry=r,
+        ))  # fmt: skip
+        self.agreed_rows = LabelCache(Counter(
+            "triserve_gateway_shadow_agreed_rows",
+            "Compared rows where primary and candidate agree on the top-1 class.",
+            PAIR_LABELS, registry=r,
+        ))  # fmt: skip
+        self.logit_diff = LabelCache(Histogram(
+            "triserve_gateway_shadow_logit_diff",
+            "Max |logit diff| between primary and candidate, per compared request.",
+            PAIR_LABELS, buckets=LOGIT_DIFF_BUCKETS, registry=r,
+        ))  # fmt: skip
+        self.max_logit_diff = LabelCache(Gauge(
+            "triserve_gateway_shadow_max_logit_diff",
+            "Largest |logit diff| between primary and candidate seen since the gateway started.",
+            PAIR_LABELS, registry=r,
+        ))  # fmt: skip
+        self.pending = LabelCache(Gauge(
+            "triserve_gateway_shadows_pending",
+            "Shadows running or waiting for a slot, per candidate (at most max_concurrent + max_queue).",
+            ["model", "candidate", "candidate_version"], registry=r,
+        ))  # fmt: skip
+
+
 class GatewayMetrics:
-    """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers,
-    and the overload protections: admission (in flight, queued, rejections), deadlines, retries
-    and their budget, ejections, cancellations."""
+    """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers;
+    shadow traffic (:class:`ShadowMetrics`) and TorchServe's frontend names (:class:`TorchServeMetrics`);
+    the overload protections: admission (in flight, queued, rejections), deadlines, retries and
+    their budget, ejections, cancellations."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -75,6 +119,8 @@ class GatewayMetrics:
             "Requests retried on another backend after a failure of this one.",
             ["model", "backend"], registry=r,
         ))  # fmt: skip
+        self.shadow = ShadowMetrics(r)
+        self.torchserve = TorchServeMetrics(r)
         self.admitted = LabelCache(Gauge(
             "triserve_gateway_admission_in_flight",
             "Requests of the model admitted into the core (preprocessing, batching, backend calls).",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +58,22 @@ class ModelVersion:
 
 
 class ModelCatalog:
-    """Every version of every routed model; :meth:`get` resolves ``None``/``latest`` to the newest."""
+    """Every registered version of every model, each model's default version, and the requests in
+    flight per version (so that unregistering a version can wait for them).
+
+    :meth:`get` resolves ``None``/``latest`` to the model's default version: the highest version
+    unless :meth:`set_default` chose another. :meth:`add` / :meth:`remove` change it at run time.
+    """
 
     def __init__(self, versions: Iterable[ModelVersion]) -> None:
         self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._default: dict[str, str] = {}
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._idle: dict[tuple[str, str], asyncio.Event] = {}
         for mv in versions:
             self._models.setdefault(mv.name, {})[mv.version] = mv
-        self._latest = {
-            name: by_version[sorted(by_version, key=version_sort_key)[-1]]
-            for name, by_version in self._models.items()
-        }
+        for name in self._models:
+            self._default[name] = self.versions(name)[-1]
 
     @classmethod
     def from_store(cls, store: Path, names: Iterable[str], max_pixels: int) -> ModelCatalog:
@@ -85,22 +93,85 @@ class ModelCatalog:
     def versions(self, name: str) -> list[str]:
         return sorted(self._models.get(name, {}), key=version_sort_key)
 
+    def default_version(self, name: str) -> str | None:
+        """The version a request without one gets (None when the model has none)."""
+        return self._default.get(name)
+
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The requested version (newest when ``version`` is None, "" or "latest"); 404 otherwise."""
-        if version in (None, "", "latest"):
-            latest = self._latest.get(name)
-            if latest is None:
-                raise ModelNotFoundError(f"model '{name}' is not served (models: {', '.join(self.names())})")
-            return latest
+        """The requested version (the default when ``version`` is None, "" or "latest"); 404 otherwise."""
         by_version = self._models.get(name)
         if by_version is None:
-            raise ModelNotFoundError(f"model '{name}' is not served (models: {', '.join(self.names())})")
+            raise ModelNotFoundError(
+                f"model '{name}' is not served (models: {', '.join(self.names()) or 'none'})"
+            )
+        if version in (None, "", "latest"):
+            return by_version[self._default[name]]
         mv = by_version.get(version) if version is not None else None
         if mv is None:
             known = ", ".join(self.versions(name))
             raise ModelNotFoundError(f"version '{version}' of model '{name}' not found (versions: {known})")
         return mv
 
+    # ------------------------------------------------------------------ changes
+
+    def add(self, mv: ModelVersion) -> None:
+        """Serve ``mv``; the first version of a model becomes its default."""
+        self._models.setdefault(mv.name, {})[mv.version] = mv
+        self._default.setdefault(mv.name, mv.version)
+
+    def set_default(self, name: str, version: str) -> None:
+        """Make ``version`` (served) the default of ``name``."""
+        self.get(name, version)
+        self._default[name] = version
+
+    def remove(self, name: str, version: str) -> None:
+        """Stop serving one version (new requests get 404); the default moves to the highest left."""
+        by_version = self._models.get(name, {})
+        by_version.pop(version, None)
+        if not by_version:
+            self._models.pop(name, None)
+            self._default.pop(name, None)
+        elif self._default.get(name) == version:
+            self._default[name] = self.versions(name)[-1]
+
+    # ------------------------------------------------------------------ requests in flight
+
+    @contextmanager
+    def using(self, mv: ModelVersion) -> Iterator[None]:
+        """Count one request on ``mv`` as in flight until the block ends."""
+        key = (mv.name, mv.version)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self._idle_event(key).clear()
+        try:
+            yield
+        finally:
+            left = self._inflight[key] - 1
+            self._inflight[key] = left
+            if left <= 0:
+                self._inflight.pop(key, None)
+                self._idle_event(key).set()
+
+    def inflight(self, name: str, version: str) -> int:
+        """Requests on that version not yet answered."""
+        return self._inflight.get((name, version), 0)
+
+    async def drained(self, name: str, version: str, timeout: float) -> bool:
+        """Wait until no request is in flight on that version (False if ``timeout`` passed first)."""
+        key = (name, version)
+        if self._inflight.get(key, 0) <= 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle_event(key).wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _idle_event(self, key: tuple[str, str]) -> asyncio.Event:
+        event = self._idle.get(key)
+        if event is None:
+            event = self._idle[key] = asyncio.Event()
+            event.set()
+        return event
 
 def check_input(mv: ModelVersion, x: Array) -> None:
     """400 unless ``x`` is FP32 shaped like the model input."""

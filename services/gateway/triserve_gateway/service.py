@@ -26,6 +26,7 @@ from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
+from triserve_gateway.shadow import ShadowTraffic
 from triserve_gateway.targets import RoutedResult
 from triserve_gateway.timing import server_timing
 
@@ -83,14 +84,19 @@ class Served:
 class InferenceService:
     """Runs one inference request end to end and accounts for it in the metrics."""
 
-    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, settings: GatewaySettings) -> None:
+    def __init__(
+        self, gateway: Gateway, metrics: GatewayMetrics, settings: GatewaySettings,
+        shadows: ShadowTraffic | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
         self.settings = settings
+        self.shadows = shadows
+        """Shadow traffic of the routes that configure it (None = no shadows)."""
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
-        return model if model in self.gateway.routing.models else UNKNOWN_MODEL
+        return model if self.gateway.is_routed(model) else UNKNOWN_MODEL
 
     def track(self, model: str, start: float) -> RequestTrack:
         """Context manager accounting for one request (in-flight, count by status, total latency)."""
@@ -103,15 +109,19 @@ class InferenceService:
         gateway's ``request_timeout_ms``); raises TriserveError (see module doc)."""
         deadline = deadline or Deadline(self.settings.request_timeout_ms / 1000.0)
         target = self.gateway.resolve(request.model, request.version)
-        payload = request.prepare(target.mv)
-        async with self.gateway.admit(target.model, deadline):
-            t_pre = time.perf_counter()
-            x = await self.model_input(target.mv, payload)
-            preprocess_s = time.perf_counter() - t_pre
-            result = await self.gateway.infer(target, x, request.request_id, request.backend, deadline)
+        with self.gateway.catalog.using(target.mv):  # unregistering the version waits for this request
+            payload = request.prepare(target.mv)
+            async with self.gateway.admit(target.model, deadline):
+                t_pre = time.perf_counter()
+                x = await self.model_input(target.mv, payload)
+                preprocess_s = time.perf_counter() - t_pre
+                result = await self.gateway.infer(target, x, request.request_id, request.backend, deadline)
+            if self.shadows is not None:
+                self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
+        self.metrics.torchserve.count_inference(track.model, request.version, served.total_s, result.queue_s)
         stage = self.metrics.stage_latency
         stage.labels(track.model, result.backend, "preprocess").observe(preprocess_s)
         stage.labels(track.model, result.backend, "queue").observe(result.queue_s)

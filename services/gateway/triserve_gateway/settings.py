@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from triserve_common.limits import ServerLimits
@@ -81,6 +81,31 @@ class GatewaySettings(ServiceSettings):
     )
 
     port: int = 8080
+    """Inference API port (TorchServe's and KServe v2's inference routes, health probes)."""
+    management_host: str = "127.0.0.1"
+    """Address the management API binds to."""
+    management_port: int = 8081
+    """Management API port: TorchServe's management API and the v2 model repository extension."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to."""
+    metrics_port: int = 8082
+    """Prometheus metrics port (``GET /metrics``, open)."""
+    management_key: SecretStr | None = None
+    """Key the management API requires (``Authorization: Bearer <key>``); unset = read or generate
+    ``management_key_file``."""
+    management_key_file: Path = Path("key_file.management")
+    """File holding the management key: read when it exists (e.g. a mounted Secret), else created
+    at first start with a generated key (mode 0600); the log prints its path."""
+    inference_key: SecretStr | None = None
+    """Key the inference API requires; unset (and no ``inference_key_file``) = inference is open."""
+    inference_key_file: Path | None = None
+    """File holding the inference key (must exist when set)."""
+    disable_token_auth: bool = False
+    """Switch every key check off (as TorchServe's ``--disable-token-auth``): local development and
+    TorchServe's own API test collections only; logged as a warning."""
+    load_models: str = "all"
+    """Models registered at start, as TorchServe's ``load_models``: ``all`` (every model version in
+    the store a backend can run), ``none``, or ``mnist,fashion:1`` (a model's every version, or one)."""
     max_body_bytes: int = 8 * MIB
     """Largest request body accepted (413 above)."""
     max_image_pixels: int = 16_000_000
@@ -127,6 +152,14 @@ class GatewaySettings(ServiceSettings):
     """Most steps an explanation may ask for (400 above; the TorchServe handler's own cap is 256)."""
     explain_max_images: int = 1
     """Images per explanation request (413 above; at most 4): each costs ``steps`` forward+backward passes."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> GatewaySettings:
+        ports = {"port": self.port, "management_port": self.management_port,
+                 "metrics_port": self.metrics_port}
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"the three listeners need three different ports, got {ports}")
+        return self
 
     # ---- overload protection (docs/operations.md) ----
     max_in_flight: int = Field(default=64, ge=1)

@@ -35,9 +35,12 @@ class Target:
 
     model: str
     version: str | None
-    """The version the client asked for (None = latest); part of the batching key."""
+    """The version the backends are asked for (the model's default when the client named none);
+    part of the batching key."""
     mv: ModelVersion
     route: RouteState
+    placed: frozenset[str] | None = None
+    """Backends holding this version (None = every backend of the route)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from triserve_common.repository import runtime_repository
 from triserve_common.rest import build_app
 from triserve_onnx.runtime import OnnxRuntime
 from triserve_onnx.settings import OnnxSettings
@@ -21,8 +22,8 @@ def _version() -> str:
 
 
 def create_app(settings: OnnxSettings | None = None) -> FastAPI:
-    """Load and verify the model (raises ``ArtifactIntegrityError`` if tampered) and build the app."""
+    """Load and verify the start models (``ArtifactIntegrityError`` if one is tampered with) and build
+    the app; more versions are loaded and unloaded at run time through ``/v2/repository``."""
     settings = settings or OnnxSettings()
-    runtime = OnnxRuntime(settings)
-    runtime.load()
-    return build_app(settings, runtime, server_name=SERVER_NAME, server_version=_version())
+    repository = runtime_repository(settings, OnnxRuntime.artifact_kind, OnnxRuntime, "workers")
+    return build_app(settings, repository, server_name=SERVER_NAME, server_version=_version())

@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from triserve_common.repository import runtime_repository
 from triserve_common.rest import build_app
 from triserve_paddle.runtime import PaddleRuntime
 from triserve_paddle.settings import PaddleSettings
@@ -21,8 +22,9 @@ def _version() -> str:
 
 
 def create_app(settings: PaddleSettings | None = None) -> FastAPI:
-    """Load and verify the model (raises ``ArtifactIntegrityError`` if tampered) and build the app."""
+    """Load and verify the start models (``ArtifactIntegrityError`` if one is tampered with) and build
+    the app; more versions are loaded and unloaded at run time through ``/v2/repository``."""
     settings = settings or PaddleSettings()
-    runtime = PaddleRuntime(settings)
-    runtime.load()
-    return build_app(settings, runtime, server_name=SERVER_NAME, server_version=_version())
+    kind = PaddleRuntime.artifact_kind
+    repository = runtime_repository(settings, kind, PaddleRuntime, "predictor_pool_size")
+    return build_app(settings, repository, server_name=SERVER_NAME, server_version=_version())

@@ -1,4 +1,5 @@
-"""MNIST data for training: the standard split, or a seeded stratified split of the t10k pair."""
+"""Training data: the standard train/t10k split, or (MNIST without its train files) a seeded stratified
+split of the t10k pair. The folder comes from :func:`triserve_common.datasets.find_dataset`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from triserve_common.datasets import DatasetError, find_dataset
 from triserve_common.idx import STANDARD_FILES, IdxError, find_idx_file, load_split
 from triserve_common.manifest import PreprocessSpec
 
@@ -19,11 +21,11 @@ T10K_TEST_SIZE = 2000
 
 
 class DataError(Exception):
-    """The data directory cannot provide a usable MNIST split (message names the file)."""
+    """The data folder cannot provide a usable split (message names the file)."""
 
 
 @dataclass
-class MnistData:
+class ImageData:
     """uint8 images ``[N,28,28]`` + uint8 labels ``[N]`` for training and held-out evaluation."""
 
     train_images: npt.NDArray[np.uint8]
@@ -65,61 +67,47 @@ def has_standard_layout(data_dir: Path) -> bool:
     return all(find_idx_file(data_dir, stem) is not None for stem in STANDARD_FILES["train"])
 
 
-def load_mnist(
+def locate_data(
+    dataset: str,
+    required_splits: tuple[str, ...],
+    data_dir: Path | None,
+    *,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """The data folder (configured, ../shared/data, system, cache or a fresh download); DataError if none."""
+    try:
+        return find_dataset(dataset, required_splits, data_dir, download=download, progress=progress)
+    except DatasetError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def load_images(
     data_dir: Path,
     seed: int,
     limit_train: int | None = None,
     limit_test: int | None = None,
-) -> MnistData:
-    """Load MNIST from ``data_dir`` (4 standard files, or only the t10k pair → 8,000/2,000 split)."""
+    require_standard: bool = False,
+) -> ImageData:
+    """Load ``data_dir`` (4 standard files, or only the t10k pair → 8,000/2,000 split).
+
+    ``require_standard``: refuse the t10k-only fallback (Fashion-MNIST is always trained on 60k/10k).
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(
-            f"data directory {data_dir} does not exist (downloading MNIST is not implemented: "
-            "no network here; put the IDX files there)"
-        )
+        raise DataError(f"data directory {data_dir} does not exist")
     try:
         if has_standard_layout(data_dir):
-            train = load_split(data_dir, "train")
-            test = load_split(data_dir, "t10k")
-            data = MnistData(
-                train.images,
-                train.labels,
-                test.images,
-                test.labels,
-                "standard",
-                seed,
-                data_dir,
-                [train.images_path, train.labels_path, test.images_path, test.labels_path],
+            data = _standard(data_dir, seed)
+        elif require_standard:
+            missing = ", ".join(f"{s}.gz" for s in STANDARD_FILES["train"])
+            raise DataError(
+                f"{data_dir} lacks the training files ({missing}); this model needs the 60k/10k split"
             )
-            log.info("standard MNIST split: %d train / %d test", train.labels.size, test.labels.size)
         else:
-            t10k = load_split(data_dir, "t10k")
-            n = t10k.labels.size
-            test_size = T10K_TEST_SIZE if n == 10000 else max(1, round(n * 0.2))
-            tr_idx, te_idx = stratified_split(t10k.labels, test_size, seed)
-            data = MnistData(
-                t10k.images[tr_idx],
-                t10k.labels[tr_idx],
-                t10k.images[te_idx],
-                t10k.labels[te_idx],
-                "t10k-stratified",
-                seed,
-                data_dir,
-                [t10k.images_path, t10k.labels_path],
-            )
-            log.info(
-                "only the t10k pair in %s: fixed stratified split (seed %d) %d train / %d held-out",
-                data_dir,
-                seed,
-                tr_idx.size,
-                te_idx.size,
-            )
+            data = _t10k_stratified(data_dir, seed)
     except IdxError as exc:
-        hint = ""
-        if not exc.path.exists():
-            hint = " (downloading MNIST is not implemented: no network here; put the IDX files there)"
-        raise DataError(f"MNIST data error: {exc}{hint}") from exc
+        raise DataError(f"data error: {exc}") from exc
     if limit_train is not None:
         data.train_images, data.train_labels = (
             data.train_images[:limit_train],
@@ -128,6 +116,56 @@ def load_mnist(
     if limit_test is not None:
         data.test_images, data.test_labels = data.test_images[:limit_test], data.test_labels[:limit_test]
     return data
+
+
+def _standard(data_dir: Path, seed: int) -> ImageData:
+    train = load_split(data_dir, "train")
+    test = load_split(data_dir, "t10k")
+    log.info("standard split from %s: %d train / %d test", data_dir, train.labels.size, test.labels.size)
+    return ImageData(
+        train.images,
+        train.labels,
+        test.images,
+        test.labels,
+        "standard",
+        seed,
+        data_dir,
+        [train.images_path, train.labels_path, test.images_path, test.labels_path],
+    )
+
+
+def _t10k_stratified(data_dir: Path, seed: int) -> ImageData:
+    t10k = load_split(data_dir, "t10k")
+    n = t10k.labels.size
+    test_size = T10K_TEST_SIZE if n == 10000 else max(1, round(n * 0.2))
+    tr_idx, te_idx = stratified_split(t10k.labels, test_size, seed)
+    log.info(
+        "only the t10k pair in %s: fixed stratified split (seed %d) %d train / %d held-out",
+        data_dir,
+        seed,
+        tr_idx.size,
+        te_idx.size,
+    )
+    return ImageData(
+        t10k.images[tr_idx],
+        t10k.labels[tr_idx],
+        t10k.images[te_idx],
+        t10k.labels[te_idx],
+        "t10k-stratified",
+        seed,
+        data_dir,
+        [t10k.images_path, t10k.labels_path],
+    )
+
+
+def load_mnist(
+    data_dir: Path, seed: int, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageData:
+    """MNIST from ``data_dir`` (kept for callers of the one-model trainer)."""
+    return load_images(data_dir, seed, limit_train, limit_test)
+
+
+MnistData = ImageData
 
 
 def normalise(images: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.float32]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -14,12 +15,14 @@ from typing import Any
 import yaml
 
 from triserve_common.manifest import PreprocessSpec
+from triserve_common.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_HANDLER = REPO_ROOT / "handlers" / "mnist_handler.py"
 PREPROCESS_FILE = "preprocess.json"
+#: TorchServe's convention for class names (``{"0": "T-shirt/top", ...}``), read by the handler.
+LABELS_FILE = "index_to_name.json"
 
 #: TorchServe per-model settings shipped in the archive (``model-config.yaml``).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -41,10 +44,11 @@ def build_mar(
     name: str,
     version: str,
     spec: PreprocessSpec,
+    labels: list[str],
     handler: Path = DEFAULT_HANDLER,
     model_config: dict[str, Any] | None = None,
 ) -> Path:
-    """``out_dir/<name>.mar`` containing model.pt, our handler, preprocess.json and model-config.yaml."""
+    """``out_dir/<name>.mar``: model.pt, handler, preprocess.json, index_to_name.json, model-config.yaml."""
     if not handler.is_file():
         raise ArchiveError(f"handler {handler} not found")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +56,8 @@ def build_mar(
         tmpdir = Path(tmp)
         spec_path = tmpdir / PREPROCESS_FILE
         spec_path.write_text(spec.model_dump_json(indent=2) + "\n")
+        labels_path = tmpdir / LABELS_FILE
+        labels_path.write_text(json.dumps({str(i): label for i, label in enumerate(labels)}, indent=2) + "\n")
         config_path = tmpdir / "model-config.yaml"
         config_path.write_text(yaml.safe_dump(model_config or DEFAULT_MODEL_CONFIG, sort_keys=False))
         work = tmpdir / "tmp"
@@ -69,7 +75,7 @@ def build_mar(
             "--handler",
             str(handler),
             "--extra-files",
-            str(spec_path),
+            f"{spec_path},{labels_path}",
             "--config-file",
             str(config_path),
             "--export-path",
@@ -89,10 +95,10 @@ def build_mar(
 
 
 def check_mar(mar: Path, serialized: str = "model.pt", handler: str = "mnist_handler.py") -> list[str]:
-    """The archive's file names; raises ArchiveError unless handler, model, spec and config are in it."""
+    """The archive's file names; ArchiveError unless handler, model, spec, labels and config are in it."""
     with zipfile.ZipFile(mar) as zf:
         names = zf.namelist()
-    needed = {"MAR-INF/MANIFEST.json", serialized, handler, PREPROCESS_FILE, "model-config.yaml"}
+    needed = {"MAR-INF/MANIFEST.json", serialized, handler, PREPROCESS_FILE, LABELS_FILE, "model-config.yaml"}
     missing = needed - set(names)
     if missing:
         raise ArchiveError(f"{mar} lacks {sorted(missing)} (has {names})")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from triserve_trainer.model import MnistNet
+from triserve_trainer.model import MNIST_HIDDEN, MNIST_WIDTHS, ConvNet
 
 log = logging.getLogger(__name__)
 
@@ -18,26 +18,30 @@ PADDLE_MODEL_FILE = "inference.json"
 PADDLE_PARAMS_FILE = "inference.pdiparams"
 
 
-def build_paddle_net() -> Any:
-    """``paddle.nn.Layer`` mirroring :class:`MnistNet` (same attribute names)."""
+def build_paddle_net(
+    widths: tuple[int, int, int, int] = MNIST_WIDTHS, hidden: int = MNIST_HIDDEN, classes: int = 10
+) -> Any:
+    """``paddle.nn.Layer`` mirroring :class:`ConvNet` (same attribute names and widths)."""
     import paddle
     from paddle import nn
 
-    class PaddleMnistNet(nn.Layer):
+    w1, w2, w3, w4 = widths
+
+    class PaddleConvNet(nn.Layer):
         def __init__(self) -> None:
             super().__init__()
-            self.conv1 = nn.Conv2D(1, 16, 3, padding=1, bias_attr=False)
-            self.bn1 = nn.BatchNorm2D(16)
-            self.conv2 = nn.Conv2D(16, 32, 3, padding=1, bias_attr=False)
-            self.bn2 = nn.BatchNorm2D(32)
-            self.conv3 = nn.Conv2D(32, 32, 3, padding=1, bias_attr=False)
-            self.bn3 = nn.BatchNorm2D(32)
-            self.conv4 = nn.Conv2D(32, 64, 3, padding=1, bias_attr=False)
-            self.bn4 = nn.BatchNorm2D(64)
+            self.conv1 = nn.Conv2D(1, w1, 3, padding=1, bias_attr=False)
+            self.bn1 = nn.BatchNorm2D(w1)
+            self.conv2 = nn.Conv2D(w1, w2, 3, padding=1, bias_attr=False)
+            self.bn2 = nn.BatchNorm2D(w2)
+            self.conv3 = nn.Conv2D(w2, w3, 3, padding=1, bias_attr=False)
+            self.bn3 = nn.BatchNorm2D(w3)
+            self.conv4 = nn.Conv2D(w3, w4, 3, padding=1, bias_attr=False)
+            self.bn4 = nn.BatchNorm2D(w4)
             self.pool = nn.MaxPool2D(2)
-            self.fc1 = nn.Linear(64 * 3 * 3, 128)
+            self.fc1 = nn.Linear(w4 * 3 * 3, hidden)
             self.dropout = nn.Dropout(0.25)
-            self.fc2 = nn.Linear(128, 10)
+            self.fc2 = nn.Linear(hidden, classes)
 
         def forward(self, x: Any) -> Any:
             relu = paddle.nn.functional.relu
@@ -49,10 +53,10 @@ def build_paddle_net() -> Any:
             x = self.dropout(relu(self.fc1(x)))
             return self.fc2(x)
 
-    return PaddleMnistNet()
+    return PaddleConvNet()
 
 
-def torch_to_paddle_state(model: MnistNet) -> dict[str, np.ndarray]:
+def torch_to_paddle_state(model: ConvNet) -> dict[str, np.ndarray]:
     """Map torch's state dict to Paddle names; Linear weights transposed ([out,in] → [in,out])."""
     out: dict[str, np.ndarray] = {}
     linear = {name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
@@ -68,12 +72,12 @@ def torch_to_paddle_state(model: MnistNet) -> dict[str, np.ndarray]:
     return out
 
 
-def export_paddle(model: MnistNet, out_dir: Path) -> list[Path]:
+def export_paddle(model: ConvNet, out_dir: Path) -> list[Path]:
     """``out_dir/inference.{json,pdiparams}`` via ``paddle.jit.save``; input named ``input``."""
     import paddle
 
     paddle.device.set_device("cpu")
-    net = build_paddle_net()
+    net = build_paddle_net(model.widths, model.hidden, model.classes)
     state = torch_to_paddle_state(model)
     expected = set(net.state_dict().keys())
     if expected != set(state):

@@ -1,44 +1,67 @@
-"""The compact MNIST CNN and a small multiply-accumulate counter over its conv/linear layers."""
+"""The compact CNN every model uses (widths per model) and a multiply-accumulate counter."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-ARCHITECTURE = "MnistNet: 4x(conv3x3+BN+ReLU), 3 max-pools, FC 576-128-10"
+#: Channel widths of the four conv layers and the hidden FC width of ``mnist`` (committed mnist/1).
+MNIST_WIDTHS = (16, 32, 32, 64)
+MNIST_HIDDEN = 128
 MAX_MACS = 5_000_000
 
 
-class MnistNet(nn.Module):
-    """Input float32 ``[N,1,28,28]`` (normalised), output logits ``[N,10]``.
+def architecture(widths: tuple[int, int, int, int], hidden: int, classes: int = 10) -> str:
+    """Human-readable description of :class:`ConvNet` with these widths (recorded in the manifest)."""
+    return (
+        f"ConvNet: 4x(conv3x3+BN+ReLU) widths {'-'.join(map(str, widths))}, 3 max-pools, "
+        f"FC {widths[3] * 9}-{hidden}-{classes}"
+    )
 
+
+class ConvNet(nn.Module):
+    """Input float32 ``[N,1,28,28]`` (normalised), output logits ``[N,classes]``.
+
+    conv1 → pool (14x14) → conv2 → conv3 → pool (7x7) → conv4 → pool (3x3) → FC → FC.
     Layer names are mirrored by the Paddle port in :mod:`triserve_trainer.export_paddle`.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, int, int, int] = MNIST_WIDTHS,
+        hidden: int = MNIST_HIDDEN,
+        classes: int = 10,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(32)
-        self.conv4 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        self.bn4 = nn.BatchNorm2d(64)
+        w1, w2, w3, w4 = widths
+        self.widths: tuple[int, int, int, int] = (w1, w2, w3, w4)
+        self.hidden, self.classes = hidden, classes
+        self.conv1 = nn.Conv2d(1, w1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self.conv2 = nn.Conv2d(w1, w2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w2)
+        self.conv3 = nn.Conv2d(w2, w3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(w3)
+        self.conv4 = nn.Conv2d(w3, w4, 3, padding=1, bias=False)
+        self.bn4 = nn.BatchNorm2d(w4)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(64 * 3 * 3, 128)
+        self.fc1 = nn.Linear(w4 * 3 * 3, hidden)
         self.dropout = nn.Dropout(0.25)
-        self.fc2 = nn.Linear(128, 10)
+        self.fc2 = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.bn1(self.conv1(x))))  # 16x14x14
-        x = torch.relu(self.bn2(self.conv2(x)))  # 32x14x14
-        x = self.pool(torch.relu(self.bn3(self.conv3(x))))  # 32x7x7
-        x = self.pool(torch.relu(self.bn4(self.conv4(x))))  # 64x3x3
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = self.pool(torch.relu(self.bn3(self.conv3(x))))
+        x = self.pool(torch.relu(self.bn4(self.conv4(x))))
         x = torch.flatten(x, 1)
         x = self.dropout(torch.relu(self.fc1(x)))
         out: torch.Tensor = self.fc2(x)
         return out
+
+
+#: The mnist network (the name older code and tests use).
+MnistNet = ConvNet
 
 
 def count_parameters(model: nn.Module) -> int:

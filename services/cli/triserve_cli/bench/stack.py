@@ -165,8 +165,8 @@ class Stack:
             wanted |= {"torchserve", "onnx", "paddle"}  # a gateway needs every backend it routes to
         config = PlatformConfig.from_env(
             run_dir=self.workdir / "platform", model_store=self.model_store,
-            gateway_port=free_port(), onnx_port=free_port(), paddle_port=free_port(),
-            **_torchserve_ports(),
+            gateway_port=free_port(), management_port=free_port(), metrics_port=free_port(),
+            onnx_port=free_port(), paddle_port=free_port(), **_torchserve_ports(),
         )
         specs = {s.name: s for s in service_specs(config)}
         plan: list[tuple[Instance, dict[str, str]]] = []
@@ -183,7 +183,10 @@ class Stack:
                 spec, port = {s.name: s for s in service_specs(stock)}["torchserve"], stock.ts_inference_port
             elif name.startswith("gateway"):
                 port = free_port() if name != "gateway" else config.gateway_port
-                spec = {s.name: s for s in service_specs(replace(config, gateway_port=port))}["gateway"]
+                own = config if name == "gateway" else replace(  # every gateway has its own three listeners
+                    config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                )
+                spec = {s.name: s for s in service_specs(own)}["gateway"]
                 if name != "gateway":
                     extra["TRISERVE_GATEWAY_BATCHING"] = "true" if name == "gateway-batching" else "false"
             else:

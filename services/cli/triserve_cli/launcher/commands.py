@@ -16,9 +16,12 @@ from triserve_cli.launcher.supervisor import Platform
 def try_it(config: PlatformConfig) -> str:
     """The lines ``up`` prints: where things are and a curl line to try."""
     gateway = config.url(config.gateway_port)
+    key = "(token auth disabled)" if config.disable_token_auth else f"(key: {config.management_key_file})"
     return "\n".join(
         [
             f"triserve is up: gateway {gateway}  (logs: {config.log_dir}/, stop: make down)",
+            f"  management API {config.url(config.management_port)} {key}, "
+            f"metrics {config.url(config.metrics_port)}/metrics",
             "Try it:",
             "  .venv/bin/triserve sample 0 > 0.png",
             f"  curl -s -T 0.png {gateway}/predictions/mnist   # prints 0",
@@ -32,6 +35,10 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         model_store=args.model_store,
         host=args.host,
         gateway_port=args.gateway_port,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+        models=args.models,
+        disable_token_auth=True if args.disable_token_auth else None,
         onnx_port=args.onnx_port,
         paddle_port=args.paddle_port,
         ts_inference_port=args.ts_inference_port,
@@ -115,8 +122,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, help="pid files, platform.json, logs/ (default run/)")
     parser.add_argument("--model-store", type=Path, help="model store for every backend")
     parser.add_argument("--host", help="address every service binds to (default 127.0.0.1)")
+    parser.add_argument("--models", help="models loaded at start: all (default), none, or mnist,fashion:1")
+    parser.add_argument("--disable-token-auth", action="store_true",
+                        help="no management key check (as TorchServe's --disable-token-auth); local use only")
     for flag, what in (
         ("--gateway-port", "gateway"),
+        ("--management-port", "gateway management API"),
+        ("--metrics-port", "gateway metrics"),
         ("--onnx-port", "ONNX service"),
         ("--paddle-port", "Paddle service"),
         ("--ts-inference-port", "TorchServe inference API"),

@@ -42,6 +42,11 @@ class PlatformSettings(BaseSettings):
     """How long ``up`` waits for every service to be ready before failing."""
     stop_timeout_s: float = 20.0
     """How long ``down`` waits after SIGTERM before SIGKILL."""
+    models: str = "all"
+    """Models every backend loads and the gateway registers at start (TorchServe's ``--models``):
+    ``all``, ``none`` (register them later on the management API), or ``mnist,fashion:1``."""
+    disable_token_auth: bool = False
+    """Start the gateway with its management key check off (TorchServe's ``--disable-token-auth``)."""
 
 
 def _service_defaults() -> dict[str, Any]:
@@ -64,6 +69,8 @@ def _service_defaults() -> dict[str, Any]:
         raise PlatformError(f"the gateway's routing file gives no TorchServe port for {', '.join(missing)}")
     return {
         "gateway_port": gateway.port,
+        "management_port": gateway.management_port,
+        "metrics_port": gateway.metrics_port,
         "onnx_port": OnnxSettings().port,
         "paddle_port": PaddleSettings().port,
         "settle_s": routing.health.interval_s + routing.health.timeout_s,
@@ -86,6 +93,13 @@ class PlatformConfig:
     ts_metrics_port: int
     ready_timeout_s: float
     stop_timeout_s: float
+    management_port: int = 8081
+    """Gateway management API."""
+    metrics_port: int = 8082
+    """Gateway metrics."""
+    models: str = "all"
+    """Start set of every service (:attr:`PlatformSettings.models`)."""
+    disable_token_auth: bool = False
     ts_grpc_inference_port: int = TORCHSERVE_GRPC_PORTS[0]
     ts_grpc_management_port: int = TORCHSERVE_GRPC_PORTS[1]
     settle_s: float = 0.0
@@ -102,6 +116,8 @@ class PlatformConfig:
             "host": settings.host,
             "ready_timeout_s": settings.ready_timeout_s,
             "stop_timeout_s": settings.stop_timeout_s,
+            "models": settings.models,
+            "disable_token_auth": settings.disable_token_auth,
             **_service_defaults(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -118,5 +134,10 @@ class PlatformConfig:
     def log_dir(self) -> Path:
         """Where every service's log goes."""
         return self.run_dir / "logs"
+
+    @property
+    def management_key_file(self) -> Path:
+        """Where the gateway keeps its generated management key (mode 0600)."""
+        return self.run_dir / "gateway" / "key_file.management"
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triserve_cli.launcher.config import PlatformConfig, PlatformError
+from triserve_common.manifest import list_versions
 from triserve_common.paths import REPO_ROOT
+from triserve_common.repository import ALL, parse_model_list
 
 
 def torchserve_store(model_store: Path, model: str = "mnist") -> Path:
@@ -34,6 +36,22 @@ class ServiceSpec:
     port_names: Mapping[str, int]
 
 
+def torchserve_models(model_store: Path, models: str) -> str:
+    """The platform's start set (``all``, ``none``, ``mnist,fashion:1``) in TorchServe's ``--models``
+    syntax over the archives ``start.sh`` links: ``name=<name>.v<version>.mar,...``."""
+    spec = parse_model_list(models)
+    if spec == ALL:
+        return "all"
+    assert not isinstance(spec, str)
+    entries = []
+    for name, version in spec:
+        versions = [version] if version else list_versions(model_store, name)
+        for v in versions:
+            if (model_store / name / v / f"{name}.mar").is_file():
+                entries.append(f"{name}={name}.v{v}.mar")
+    return ",".join(entries) or "none"
+
+
 def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> ServiceSpec:
     """An OIP v2 runtime service (``triserve_<name>``, env prefix ``TRISERVE_<NAME>_``)."""
     prefix = f"TRISERVE_{name.upper()}_"
@@ -44,6 +62,8 @@ def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> Servi
             f"{prefix}HOST": config.host,
             f"{prefix}PORT": str(port),
             f"{prefix}MODEL_STORE": str(config.model_store),
+            # the platform's start set, unless this service's own setting is in the environment
+            f"{prefix}LOAD_MODELS": os.environ.get(f"{prefix}LOAD_MODELS", config.models),
         },
         ready_url=f"{config.url(port)}/v2/health/ready",
         port_names={"http": port},
@@ -54,9 +74,9 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
     """The four services in start order (backends first, gateway last)."""
     store = str(config.model_store)
     try:
-        ts_store = torchserve_store(config.model_store)
-    except PlatformError:  # reported by Platform.start(); down/status need no model
-        ts_store = config.model_store
+        ts_models = torchserve_models(config.model_store, config.models)
+    except ValueError as exc:
+        raise PlatformError(f"models: {exc}") from None
     ts_inference = config.url(config.ts_inference_port)
     onnx_url = config.url(config.onnx_port)
     paddle_url = config.url(config.paddle_port)
@@ -71,7 +91,8 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "TS_METRICS_PORT": str(config.ts_metrics_port),
                 "TS_GRPC_INFERENCE_PORT": str(config.ts_grpc_inference_port),
                 "TS_GRPC_MANAGEMENT_PORT": str(config.ts_grpc_management_port),
-                "TS_MODEL_STORE": str(ts_store),
+                "TS_MODEL_STORE": store,
+                "TS_MODELS": ts_models,
                 "TS_RUN_DIR": str(config.run_dir / "torchserve"),
                 # start.sh runs `torchserve` from PATH: the one of this venv.
                 "PATH": f"{Path(config.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -93,6 +114,13 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
             env={
                 "TRISERVE_GATEWAY_HOST": config.host,
                 "TRISERVE_GATEWAY_PORT": str(config.gateway_port),
+                "TRISERVE_GATEWAY_MANAGEMENT_HOST": config.host,
+                "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(config.management_port),
+                "TRISERVE_GATEWAY_METRICS_HOST": config.host,
+                "TRISERVE_GATEWAY_METRICS_PORT": str(config.metrics_port),
+                "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(config.management_key_file),
+                "TRISERVE_GATEWAY_DISABLE_TOKEN_AUTH": str(config.disable_token_auth).lower(),
+                "TRISERVE_GATEWAY_LOAD_MODELS": config.models,
                 "TRISERVE_GATEWAY_MODEL_STORE": store,
                 "TRISERVE_GATEWAY_TORCHSERVE_URL": ts_inference,
                 "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": config.url(config.ts_management_port),
@@ -100,6 +128,10 @@ def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
                 "TRISERVE_GATEWAY_PADDLE_URL": paddle_url,
             },
             ready_url=f"{config.url(config.gateway_port)}/v2/health/ready",
-            port_names={"http": config.gateway_port},
+            port_names={
+                "http": config.gateway_port,
+                "management": config.management_port,
+                "metrics": config.metrics_port,
+            },
         ),
     ]

@@ -7,7 +7,7 @@ const enc = encodeURIComponent;
 const BRUSH = 22; // px on the 280 px pad: ~2.2 px at 28x28, like MNIST strokes
 
 const state = {
-  model: null, version: null, labels: [], backends: [], explainers: [], topk: 5,
+  model: null, version: null, labels: [], backends: [], explainers: [], topk: 5, catalog: [],
   blob: null, source: "", seq: 0,
 };
 
@@ -53,7 +53,8 @@ function showError(message) {
 // ------------------------------------------------------------------ model and version
 
 async function loadModels() {
-  const { models } = await getJSON("models");
+  const { models } = await getJSON("demo/models");
+  state.catalog = models;
   const select = $("#model");
   select.replaceChildren(...models.map((m) => new Option(m.modelName, m.modelName)));
   const wanted = new URLSearchParams(location.search).get("model");
@@ -63,16 +64,16 @@ async function loadModels() {
 }
 
 async function selectModel(name) {
-  const [desc] = await getJSON(`models/${enc(name)}`);
+  const desc = state.catalog.find((m) => m.modelName === name);
   state.model = name;
-  state.backends = desc.backends.map((b) => ({ name: b.name, protocol: b.protocol, health: b.health, engine: b.engine }));
+  state.backends = desc.backends.map((b) => ({ name: b.name, protocol: b.protocol, health: b.health }));
   state.explainers = state.backends.filter((b) => b.protocol === "torchserve").map((b) => b.name);
   const select = $("#version");
   select.replaceChildren(...desc.versions.map((v) => new Option(v, v)));
   select.value = desc.modelVersion;
   select.disabled = desc.versions.length < 2;
   $("#model-info").textContent = `${desc.ready ? "ready" : "NOT ready"} · strategy ${desc.strategy} · backends: ` +
-    state.backends.map((b) => `${b.name} (${b.health}${b.engine ? `, ${b.engine}` : ""})`).join(", ");
+    state.backends.map((b) => `${b.name} (${b.health})`).join(", ");
   buildColumns();
   await selectVersion(desc.modelVersion);
 }
