@@ -56,7 +56,9 @@ class Backends:
 
     def gateway(self, log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
         """A (not yet started) gateway in front of these backends on a fresh port."""
-        config = dataclasses.replace(self.config, gateway_port=free_port())
+        config = dataclasses.replace(
+            self.config, gateway_port=free_port(), management_port=free_port(), metrics_port=free_port()
+        )
         return service_processes(config, log_dir, extra_env={"gateway": dict(env or {})})["gateway"]
 
 
@@ -79,8 +81,8 @@ def base_url(proc: ServiceProcess) -> str:
 
 
 def metrics_url(proc: ServiceProcess) -> str:
-    """Where the gateway's Prometheus metrics are served."""
-    return f"{base_url(proc)}/metrics"
+    """Where the gateway's Prometheus metrics are served (its metrics listener)."""
+    return f"http://127.0.0.1:{proc.env['TRISERVE_GATEWAY_METRICS_PORT']}/metrics"
 
 
 def metric_values(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
