@@ -1,6 +1,7 @@
 # triserve developer commands. A fresh clone (with ../shared beside it) needs only:
-#   make up      # venv + install + Java 17, then all four services in the background (gateway :8080)
-#   make test    # the whole test suite (unit + integration with real services)
+#   make up      # system packages + venv + install, then all four services in the background (gateway :8080)
+#   make test    # system packages the tests need, then the whole test suite (unit, integration, compose)
+# System packages come from scripts/system-deps.sh (apt-get when root; otherwise it prints the command).
 # See README.md for the rest; `make help` lists every target.
 
 SHELL := /bin/bash
@@ -14,10 +15,14 @@ STAMP := $(VENV)/.triserve-installed
 # Extra arguments: `make up ARGS="--gateway-port 9080"`, `make test PYTEST_ARGS="-k gateway -x"`.
 ARGS ?=
 PYTEST_ARGS ?=
+# Images: `make images OFFLINE=1` (no registry: local Debian base image, torch's wheel from disk),
+# `EXTRA_CA=/path/ca.pem` (a CA pip must trust in the builds, e.g. a TLS-intercepting proxy's).
+OFFLINE ?= auto
+EXTRA_CA ?=
 # Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: help venv install java data up down run status test lint readme clean
+.PHONY: help venv install java deps data up down run status test bench lint readme clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -40,18 +45,11 @@ $(STAMP): requirements-dev.txt constraints.txt $(wildcard services/*/pyproject.t
 
 install: $(STAMP) ## install the project and dev tools into .venv (only when requirements changed)
 
-java: ## check for Java >= 17 (TorchServe); install it with apt when root
-	@java="$${JAVA_HOME:+$$JAVA_HOME/bin/}java"; \
-	v=$$("$$java" -version 2>&1 | sed -nE 's/.*version "(1\.)?([0-9]+).*/\2/p' | head -n1); \
-	if [ -n "$$v" ] && [ "$$v" -ge 17 ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "Java 17 not found: installing openjdk-17-jre-headless with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless; \
-	else \
-	  echo "TorchServe needs Java 17 (found: $${v:-none}). Install it, then re-run make:"; \
-	  echo "  sudo apt-get install -y openjdk-17-jre-headless    # Debian/Ubuntu"; \
-	  echo "  (or any JDK/JRE >= 17 on PATH or in JAVA_HOME)"; exit 1; \
-	fi
+java: ## system packages `make up` needs: Python 3.11, Java 17 (TorchServe), libgomp1 (Paddle), curl
+	@scripts/system-deps.sh run
+
+deps: ## system packages the tests need too: wrk, Docker engine, debootstrap, docker-compose, kubectl, ...
+	@scripts/system-deps.sh test
 
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (apt, when root); MNIST is looked up at run time
@@ -64,10 +62,10 @@ data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (apt, when root); MNI
 	  echo "  (or set TRISERVE_FASHION_MNIST_DIR; the trainer and triserve sample can also download it)"; \
 	fi
 
-up: install java ## start the platform in the background; waits until the gateway is ready
+up: java install ## start the platform in the background; waits until the gateway is ready
 	$(ACTIVATE) $(BIN)/triserve up $(ARGS)
 
-run: install java ## start the platform in the foreground; Ctrl-C stops everything
+run: java install ## start the platform in the foreground; Ctrl-C stops everything
 	$(ACTIVATE) $(BIN)/triserve run $(ARGS)
 
 down: ## stop what `make up` started (pid files under run/)
@@ -76,8 +74,21 @@ down: ## stop what `make up` started (pid files under run/)
 status: install ## which services run and are ready
 	$(BIN)/triserve status $(ARGS)
 
-test: install java data ## the whole test suite (unit + integration with real services)
+test: deps install ## the whole test suite (unit, integration with real services, compose end to end)
 	$(ACTIVATE) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole benchmark (BENCHMARKS.md): every path at 1/8/32/64 clients, ~17 min; needs wrk and Java 17.
+# `make bench ARGS="--out docs/benchmarks --retries 1"` writes where BENCHMARKS.md links.
+bench: install java ## the full benchmark (`triserve bench`): table, JSON, plot and PASS/MISS per target
+	@command -v wrk >/dev/null || { echo "wrk not found: sudo apt-get install -y wrk"; exit 1; }
+	$(ACTIVATE) $(BIN)/triserve bench $(ARGS)
+
+images: ## build the CPU images (OFFLINE=1: no registry needed; EXTRA_CA=FILE: CA for pip in builds)
+	@scripts/system-deps.sh docker
+	OFFLINE=$(OFFLINE) EXTRA_CA=$(EXTRA_CA) deploy/docker/build-images.sh
+
+compose-test: deps install ## docker compose end to end (tests/compose): build, up, checks, down -v
+	$(ACTIVATE) $(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)
 
 lint: install ## ruff + mypy (strict)
 	$(BIN)/ruff check .

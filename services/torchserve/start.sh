@@ -23,6 +23,9 @@
 #                       logs, pid file and extracted model files — never the repo checkout
 #                                                                       [<repo>/run/torchserve]
 #   TS_JAVA_HEAP        JVM max heap                                    [512m]
+#   TS_LOG_CONFIG       a log4j2.xml for the frontend (-Dlog4j.configurationFile), e.g.
+#                       services/torchserve/log4j2-quiet.xml       [TorchServe's own: INFO, access log]
+#   PYTHON              interpreter for verify_mar.py (checks each .mar against manifest.json) [python3]
 # Any further TorchServe property may be overridden with TS_<PROPERTY_IN_CAPS> (enable_envvars_config).
 set -euo pipefail
 
@@ -35,6 +38,9 @@ mkdir -p "$run_dir/logs" "$run_dir/tmp"
 run_dir="$(cd "$run_dir" && pwd)"
 config="$run_dir/config.properties"
 models="${TS_MODELS:-all}"
+
+# Refuse to start on an archive its manifest does not vouch for (size + sha256; one line naming the file).
+"${PYTHON:-python3}" "$here/verify_mar.py" "$store"
 
 # TorchServe loads archives by file name from one flat folder: link every archive of the store
 # there as <model>.v<version>.mar (the name the gateway registers), and a flat folder's archives as is.
@@ -59,7 +65,7 @@ inference_address=http://${host}:${TS_INFERENCE_PORT:-8085}
 management_address=http://${TS_MANAGEMENT_HOST:-$host}:${TS_MANAGEMENT_PORT:-8086}
 metrics_address=http://${host}:${TS_METRICS_PORT:-8087}
 model_store=${archives}
-vmargs=-Xmx${TS_JAVA_HEAP:-512m} -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=${run_dir}/tmp
+vmargs=-Xmx${TS_JAVA_HEAP:-512m} -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=${run_dir}/tmp${TS_LOG_CONFIG:+ -Dlog4j.configurationFile=file://$(cd "$(dirname "$TS_LOG_CONFIG")" && pwd)/$(basename "$TS_LOG_CONFIG")}
 PROPS
 
 export LOG_LOCATION="$run_dir/logs"
@@ -67,7 +73,8 @@ export METRICS_LOCATION="$run_dir/logs"
 # TorchServe keeps its pid file in $TMPDIR; a per-run TMPDIR lets several instances coexist.
 export TMPDIR="$run_dir/tmp"
 # The TS_* names above are ours, not TorchServe properties: keep them out of its env-var overrides.
-unset TS_HOST TS_MANAGEMENT_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT TS_MODEL_STORE TS_MODELS TS_RUN_DIR TS_JAVA_HEAP
+unset TS_HOST TS_MANAGEMENT_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT TS_MODEL_STORE TS_MODELS TS_RUN_DIR TS_JAVA_HEAP \
+  TS_LOG_CONFIG
 load=()
 if [ -n "$models" ] && [ "$models" != "none" ]; then
   load=(--models "$models")

@@ -41,6 +41,7 @@ def test_smoke_run_succeeds_with_every_output(smoke: Smoke) -> None:
         assert f"| {path.name} | 1 |" in proc.stdout
         assert f"| {path.name} | 4 |" in proc.stdout
     assert "load generator check" in proc.stdout
+    assert "FP32 / INT8 = INT8 ratio" in proc.stdout  # mnist v2 vs v1 per backend, same run
     assert (out / "bench.md").read_text().startswith("| path | clients | req/s |")
     with Image.open(out / "bench.png") as png:
         assert png.format == "PNG"

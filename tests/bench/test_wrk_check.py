@@ -114,6 +114,14 @@ def test_non_2xx_counts_as_bad_status(canned: Canned) -> None:
     assert result.sample.startswith("503 ")
 
 
+def test_answers_are_counted_per_x_backend(canned: Canned) -> None:
+    """The routing split under load: every answer's ``X-Backend`` is counted (none without the header)."""
+    result = _run("text", reply_bytes(b"7", {"x-backend": "onnx"}), 7, canned)
+    assert result.requests > 100 and result.errors == 0
+    assert result.backends == {"onnx": result.requests}, result
+    assert _run("text", reply_bytes(b"7"), 7, canned).backends == {}
+
+
 def test_v2_binary_with_an_extra_output_is_wrong(canned: Canned) -> None:
     """Binary logits must be exactly the 10 floats after the header: anything else is not trusted."""
     body, headers = codec.encode_response(

@@ -119,7 +119,7 @@ def open_demo(browser: Browser, gateway: str, **context: Any) -> Demo:
     demo = Demo(page, gateway, [], [])
     page.on("request", lambda r: demo.requests.append(r.url))
     page.on("pageerror", lambda e: demo.errors.append(str(e)))
-    page.goto(f"{gateway}/")
+    page.goto(f"{gateway}/?model=mnist")  # the store has several models; these tests draw digits
     page.wait_for_selector("body[data-ready='true']", timeout=TIMEOUT_MS)
     return demo
 
@@ -136,7 +136,7 @@ def demo(browser: Browser, gateway: str) -> Iterator[Demo]:
 
 def test_page_lists_models_and_backends_from_the_gateway(demo: Demo) -> None:
     page = demo.page
-    assert page.url == f"{demo.gateway}/demo/"
+    assert page.url == f"{demo.gateway}/demo/?model=mnist"
     models = httpx.get(f"{demo.gateway}/demo/models").json()["models"]
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     assert options == [m["modelName"] for m in models] and "mnist" in options
@@ -192,7 +192,7 @@ def test_drawn_stroke_gets_an_answer(demo: Demo, artifacts: Path) -> None:
 def test_non_image_shows_the_gateway_message(demo: Demo, artifacts: Path) -> None:
     page = demo.page
     body = b"this is a text file, not an image"
-    expected = httpx.put(f"{demo.gateway}/predictions/mnist/1?topk=5", content=body).json()["error"]
+    expected = httpx.put(f"{demo.gateway}/predictions/mnist/1?topk=5", content=body).json()["message"]
     demo.upload("notes.txt", body, mime="text/plain")
     error = page.locator("#error")
     assert error.is_visible()

@@ -93,7 +93,9 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
     assert httpx.get(f"{management}/models", timeout=10).status_code == 401
     auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
     listed = httpx.get(f"{management}/models", headers=auth, timeout=10).json()["models"]
-    assert "mnist" in {m["modelName"] for m in listed}  # every model of the store, registered at start
+    assert {m["modelName"] for m in listed} == {"fashion", "mnist"}  # every model of the store, at start
+    entries = httpx.get(f"{management}/models/mnist/all", headers=auth, timeout=10).json()
+    assert sorted(e["modelVersion"] for e in entries) == ["1", "2"]
 
     # The README's two lines, as written (sample from ../shared or $TRISERVE_MNIST_DIR).
     sample = triserve("sample", "0", "--data-dir", str(mnist_dir), "-o", str(tmp_path / "0.png"))
@@ -101,7 +103,7 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
     assert shutil.which("curl"), "the README's try-it line needs curl: apt-get install -y curl"
     answer = subprocess.run(curl_line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert answer.stdout == "0", answer
-    # Every backend, forced, on a typical image of every digit.
+    # Every backend, forced, on a typical image of every digit; the INT8 version on the two that serve it.
     with httpx.Client(base_url=gateway, timeout=30) as client:
         for digit in range(10):
             png = pick(mnist_dir, digit=digit).png()
@@ -109,6 +111,15 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
                 response = client.put("/predictions/mnist", content=png, headers={"X-Backend": backend})
                 assert response.status_code == 200, (backend, response.text)
                 assert (response.text, response.headers["x-backend"]) == (str(digit), backend)
+            for backend in ("onnx", "torchserve"):
+                response = client.put("/predictions/mnist/2", content=png, headers={"X-Backend": backend})
+                assert (response.status_code, response.text) == (200, str(digit)), (backend, response.text)
+    # The README's fashion line: an ankle boot answered by its name.
+    boot = triserve("sample", "--model", "fashion", "9", "--no-download", "-o", str(tmp_path / "boot.png"))
+    assert boot.returncode == 0, boot.stderr
+    body = (tmp_path / "boot.png").read_bytes()
+    answer = httpx.put(f"{gateway}/predictions/fashion", content=body, timeout=30)
+    assert (answer.status_code, answer.text) == (200, '"Ankle boot"'), answer.text
 
     down = triserve("down", "--run-dir", str(run_dir), *args, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

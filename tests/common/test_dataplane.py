@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from tests.common.runtime_fakes import FakeRuntime, expected_logits
 from triserve_common import codec
 from triserve_common.dataplane import UNKNOWN_MODEL_LABEL, DataPlane
-from triserve_common.errors import BadRequestError, ModelNotFoundError, TriserveError
+from triserve_common.errors import BadRequestError, ModelNotFoundError, PayloadTooLargeError, TriserveError
 from triserve_common.repository import ModelRepository
 
 
@@ -50,8 +50,12 @@ async def run(
 
 
 def samples(dp: DataPlane, model: str, status: str) -> float:
-    value = dp.metrics.requests.labels(model, status)._value.get()
-    return float(value)
+    """Requests of ``model`` answered ``status``, over every version label."""
+    (family,) = dp.metrics.requests.collect()
+    return sum(
+        s.value for s in family.samples
+        if s.name.endswith("_total") and s.labels["model"] == model and s.labels["status"] == status
+    )
 
 
 async def test_binary_request_runs_the_runtime(plane: DataPlane) -> None:
@@ -85,7 +89,6 @@ async def test_json_request_gets_json_outputs(plane: DataPlane) -> None:
         ([tensor(shape=[2, 28, 28])], "shape [2, 28, 28] does not match the model's [-1, 1, 28, 28]"),
         ([tensor(shape=[2, 3, 28, 28])], "shape [2, 3, 28, 28] does not match"),
         ([tensor(shape=[0, 1, 28, 28])], "empty batch"),
-        ([tensor(shape=[9, 1, 28, 28])], "batch size 9 exceeds this model's max_batch_size 8"),
     ],
 )
 async def test_inputs_are_validated_against_the_spec(
@@ -95,6 +98,17 @@ async def test_inputs_are_validated_against_the_spec(
         await run(plane, body_of(*inputs))
     assert fragment in err.value.message
     assert err.value.status_code == 400
+
+
+async def test_batches_over_max_batch_size_are_refused_json_before_parsing(plane: DataPlane) -> None:
+    x = np.zeros((9, 1, 28, 28), np.float32)
+    body, headers = codec.encode_request({"input": x})
+    with pytest.raises(BadRequestError, match="batch size 9 exceeds this model's max_batch_size 8"):
+        await run(plane, body, header_length=headers[codec.HEADER_LENGTH])
+    with pytest.raises(
+        PayloadTooLargeError, match=r"over the limit of 6336 \(raised by the model's max_batch_size\)"
+    ):
+        await run(plane, body_of(tensor(shape=[9, 1, 28, 28])))
 
 
 async def test_missing_input_is_named(plane: DataPlane) -> None:
@@ -139,7 +153,8 @@ async def test_metrics_count_requests_by_model_and_status(plane: DataPlane) -> N
     assert samples(plane, "mnist", "200") == 2
     assert samples(plane, "mnist", "400") == 1
     assert samples(plane, UNKNOWN_MODEL_LABEL, "404") == 1
-    batch = plane.metrics.batch_size.labels("mnist")
+    assert plane.metrics.requests.labels(UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, "404")._value.get() == 1
+    batch = plane.metrics.batch_size.labels("mnist", "1")
     assert batch._sum.get() == 5  # 2 + 3 items
 
 

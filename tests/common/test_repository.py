@@ -240,3 +240,21 @@ async def test_route_errors_name_what_is_wrong(
 ) -> None:
     r = await client.post(path, content=body)
     assert r.status_code == status and fragment in r.json()["error"], r.text
+
+
+def test_a_version_whose_manifest_lists_other_backends_is_not_served(
+    tmp_path: Path, factory: Factory
+) -> None:
+    """An INT8 version lists the runtimes that serve it: a service not listed never loads it, and a
+    request for it is a 404 saying why; the start set skips it instead of failing."""
+    store = write_store(tmp_path, {"mnist": ["1", "2"]})
+    int8 = make_manifest(name="mnist", version="2").model_copy(update={"backends": ["torchserve"]})
+    (store / "mnist" / "2" / "manifest.json").write_text(int8.model_dump_json())
+    repo = ModelRepository(store, "onnx", factory)
+    assert repo.store_versions("mnist") == ["1"]
+    repo.load_startup(ALL)
+    repo.load_startup([("mnist", "2")])  # named explicitly: skipped, not an error
+    assert [(s.name, s.version) for s in repo.loaded()] == [("mnist", "1")]
+    with pytest.raises(ModelNotFoundError, match="does not serve it: the manifest of mnist version 2 lists"):
+        repo.resolve("mnist", "2")
+    assert [(r["version"], r["state"]) for r in repo.index()] == [("1", "READY")]

@@ -34,7 +34,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def json_body(shape: list[int], datatype: str = "FP32", name: str = "input") -> dict[str, object]:
-    return v2_request(v2_input(name, shape, datatype, fill=0.5))
+    fill = 0 if "INT" in datatype else 0.5  # JSON integers for integer datatypes (strict codec)
+    return v2_request(v2_input(name, shape, datatype, fill=fill))
 
 
 async def test_health_and_metadata(client: httpx.AsyncClient) -> None:
@@ -151,10 +152,10 @@ async def test_metrics_count_requests_and_name_engine(client: httpx.AsyncClient)
     await client.post("/v2/models/other/infer", json=json_body([1, 1, 28, 28]))
     await client.post(INFER, content=b"x" * (LIMIT + 1))
     text = (await client.get("/metrics")).text
-    assert 'triserve_inference_requests_total{model="mnist",status="200"} 1.0' in text
-    assert 'triserve_inference_requests_total{model="mnist",status="400"} 1.0' in text
-    assert 'triserve_inference_requests_total{model="mnist",status="413"} 1.0' in text
-    assert 'triserve_inference_requests_total{model="_unknown",status="404"} 1.0' in text
-    assert 'triserve_inference_batch_size_sum{model="mnist"} 2.0' in text
-    assert 'triserve_inference_request_duration_seconds_count{model="mnist"} 3.0' in text
+    assert 'triserve_inference_requests_total{model="mnist",status="200",version="1"} 1.0' in text
+    assert 'triserve_inference_requests_total{model="mnist",status="400",version="1"} 1.0' in text
+    assert 'triserve_inference_requests_total{model="mnist",status="413",version="1"} 1.0' in text
+    assert 'triserve_inference_requests_total{model="_unknown",status="404",version="_unknown"} 1.0' in text
+    assert 'triserve_inference_batch_size_sum{model="mnist",version="1"} 2.0' in text
+    assert 'triserve_inference_request_duration_seconds_count{model="mnist",version="1"} 3.0' in text
     assert 'engine="fake-engine"' in text and "triserve_model_ready" in text

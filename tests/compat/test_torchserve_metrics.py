@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.gateway.fakes import FakeBackend, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import FakeBackend, digit_png, fake_admins, fakes, routing, write_store
 from triserve_common.metrics import new_registry
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
@@ -69,7 +69,8 @@ async def app(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator
     settings = GatewaySettings.model_validate(
         {"model_store": write_store(tmp_path), "management_key_file": tmp_path / "management.key"}
     )
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         yield app
 

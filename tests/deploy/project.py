@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from unittest import mock
 
+import pytest
 import yaml
 
 from triserve_common.paths import REPO_ROOT
@@ -40,6 +42,7 @@ TORCHSERVE_METRICS_PATH = "/metrics"
 TORCHSERVE_PORT_KEYS = ("inference", "management", "metrics")
 TORCHSERVE_CONFIG = REPO / "services" / "torchserve" / "config.properties"
 TORCHSERVE_START = REPO / "services" / "torchserve" / "start.sh"
+COMPOSE = REPO / "docker-compose.yml"
 
 
 # --------------------------------------------------------------------------- settings and ports
@@ -377,8 +380,14 @@ def files_under(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- tools
 
 
-def run_tool(argv: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+def run_tool(
+    argv: list[str], cwd: Path = REPO, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool; ``env`` is added to this process's environment."""
+    full_env = {**os.environ, **env} if env else None
+    return subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=full_env
+    )
 
 
 def load_yaml_docs(text: str) -> list[dict[str, Any]]:
@@ -387,3 +396,44 @@ def load_yaml_docs(text: str) -> list[dict[str, Any]]:
 
 def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def compose_config(
+    *files: Path, profiles: tuple[str, ...] = (), env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``docker-compose config`` output (what compose itself makes of the files), parsed."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail("docker-compose not found: apt-get install -y docker-compose (make deps)")
+    argv = [exe]
+    for f in files:
+        argv += ["-f", str(f)]
+    for p in profiles:
+        argv += ["--profile", p]
+    result = run_tool([*argv, "config"], env=env)
+    names = [f.name for f in files]
+    assert result.returncode == 0, f"docker-compose config rejected {names}:\n{result.stderr}"
+    config = yaml.safe_load(result.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+def env_names_read_by(image: str) -> set[str]:
+    """Every environment variable the image's process reads as configuration.
+
+    Python services: their settings class's fields under its prefix. TorchServe: start.sh's own ``TS_*``
+    names (those it unsets before starting TorchServe).
+    The trainer: the ``TRISERVE_*`` names its code reads.
+    """
+    if image in PYTHON_SERVICES:
+        cls = settings_class(image)
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        return {f"{prefix}{name}".upper() for name in cls.model_fields}
+    if image == "torchserve":
+        unset = re.search(r"^unset (TS_.+)$", TORCHSERVE_START.read_text(), re.M)
+        assert unset, "start.sh no longer unsets its own TS_* names"
+        return set(unset.group(1).split())
+    if image == "trainer":  # the variables its code (and the shared package's) names
+        sources = [f for d in ("trainer", "common") for f in (REPO / "services" / d).rglob("*.py")]
+        return {name for f in sources for name in re.findall(r"[\"'](TRISERVE_[A-Z_]+)[\"']", f.read_text())}
+    raise KeyError(image)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +15,26 @@ from prometheus_client import CollectorRegistry
 
 from tests.deploy.project import (
     BACKENDS,
+    COMPOSE,
     PYTHON_SERVICES,
     REPO,
     SERVICES,
+    compose_config,
     dockerfile,
     endpoints,
-    run_tool,
     served_ports,
     settings_under,
     url_port,
 )
 
-COMPOSE = REPO / "docker-compose.yml"
 COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
+COMPOSE_OFFLINE = REPO / "docker-compose.offline.yml"
+COMPOSE_TEST = REPO / "tests" / "compose" / "docker-compose.test.yml"
+BASE_IMAGE_SCRIPT = REPO / "deploy" / "docker" / "base-image.sh"
+PROMETHEUS_DOCKERFILE = REPO / "deploy" / "prometheus" / "Dockerfile"
+STORE = "/opt/triserve/model_store"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = REPO / "deploy" / "grafana"
-
-
-def compose_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``docker-compose config`` output (what compose itself makes of the files), parsed."""
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.fail("docker-compose not found: apt-get install -y docker-compose")
-    argv = [exe]
-    for f in files:
-        argv += ["-f", str(f)]
-    for p in profiles:
-        argv += ["--profile", p]
-    result = run_tool([*argv, "config"])
-    names = [f.name for f in files]
-    assert result.returncode == 0, f"docker-compose config rejected {names}:\n{result.stderr}"
-    config = yaml.safe_load(result.stdout)
-    assert isinstance(config, dict)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +66,18 @@ def mounts_of(svc: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def published_ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host address, published port, container port) of a service, long or short syntax ("" = all)."""
+    out = []
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            out.append((str(port.get("host_ip", "")), int(port["published"]), int(port["target"])))
+        else:
+            *host, published, target = str(port).split("/")[0].split(":")
+            out.append((":".join(host), int(published), int(target)))
+    return out
+
+
 def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
     """Target → host path of the bind mounts."""
     return {target: Path(source) for target, source in mounts_of(svc) if source.startswith("/")}
@@ -93,9 +91,9 @@ def test_compose_files_are_accepted(compose: dict[str, Any], compose_gpu: dict[s
 def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
     assert set(published) == {"gateway"}, published
-    (port,) = published["gateway"]
-    assert int(port["published"]) == 8080
-    assert int(port["target"]) == served_ports("gateway", container_env("gateway", compose))["http"]
+    ((host, published_port, target),) = published_ports(compose["services"]["gateway"])
+    assert (host, published_port) == ("", 8080)
+    assert target == served_ports("gateway", container_env("gateway", compose))["http"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -264,3 +262,87 @@ def test_backends_are_reachable_from_the_gateway_only(compose: dict[str, Any]) -
     # the gateway's own management API: on its loopback (docker compose exec), never published
     assert gateway.management_host == "127.0.0.1"  # type: ignore[attr-defined]
     assert gateway.metrics_host == "0.0.0.0"  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- model store volume
+
+
+def test_services_serve_the_store_volume_the_trainer_writes(compose: dict[str, Any]) -> None:
+    """One named volume at the store path every service reads (read-only), the trainer's output (rw)."""
+    def store_mount(svc: dict[str, Any]) -> tuple[str, bool]:
+        """(source, read-only?) of the service's mount at the store path."""
+        for volume in svc.get("volumes", []):
+            if isinstance(volume, dict) and volume["target"] == STORE:
+                return str(volume.get("source")), bool(volume.get("read_only"))
+            if isinstance(volume, str) and volume.split(":")[1] == STORE:
+                return volume.split(":")[0], volume.endswith(":ro")
+        raise AssertionError(f"nothing mounted at {STORE}")
+
+    trainer = compose_config(COMPOSE, profiles=("train",))["services"]["trainer"]
+    assert store_mount(trainer) == ("model-store", False) and "model-store" in compose["volumes"]
+    for service in SERVICES:
+        svc = compose["services"][service]
+        assert store_mount(svc) == ("model-store", True), f"{service}: the store volume, read-only"
+        env = container_env(service, compose)
+        if service == "torchserve":
+            assert env["TS_MODEL_STORE"] == STORE  # the whole store: start.sh links every archive
+        else:
+            assert str(settings_under(service, env).model_store) == STORE  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- offline override
+
+
+@pytest.fixture(scope="module")
+def compose_offline() -> dict[str, Any]:
+    return compose_config(COMPOSE, COMPOSE_OFFLINE, profiles=("train",))
+
+
+def test_offline_override_builds_every_image_from_the_local_base(
+    compose: dict[str, Any], compose_offline: dict[str, Any]
+) -> None:
+    default_tag = re.search(r'tag="\$\{1:-([^}]+)\}"', BASE_IMAGE_SCRIPT.read_text())
+    assert default_tag, "deploy/docker/base-image.sh has no default tag"
+    from tests.deploy.project import IMAGES
+
+    for image in IMAGES:
+        svc = compose_offline["services"][image]
+        args = svc["build"]["args"]
+        assert set(args) <= set(dockerfile(image).declared_args()), f"{image}: undeclared build args"
+        assert args["BASE_IMAGE"] == default_tag.group(1)
+        if "TORCH_INDEX_URL" in dockerfile(image).declared_args():
+            assert args["TORCH_INDEX_URL"] == "", f"{image}: offline, torch comes from deploy/docker/wheels"
+        assert svc["image"] == compose_config(COMPOSE, profiles=("train",))["services"][image]["image"]
+    # Same services, same images as the default file: only how they are built differs.
+    for name, svc in compose["services"].items():
+        if name not in ("prometheus", "grafana"):
+            assert compose_offline["services"][name]["image"] == svc["image"]
+
+
+def test_offline_prometheus_is_built_from_debian_and_checked_like_its_image(
+    compose: dict[str, Any], compose_offline: dict[str, Any]
+) -> None:
+    from tests.deploy.project import parse_dockerfile
+
+    prom = compose_offline["services"]["prometheus"]
+    assert Path(prom["build"]["context"]).resolve() == PROMETHEUS_DOCKERFILE.parent
+    df = parse_dockerfile(PROMETHEUS_DOCKERFILE)
+    assert re.search(r"apt-get install .*\bprometheus\b", " ".join(i.args for i in df.runtime.all("RUN")))
+    (check,) = df.runtime.all("HEALTHCHECK")
+    _flags, rest = check.flags()
+    assert prom["healthcheck"]["test"] == ["CMD", *(check.exec_form(rest.removeprefix("CMD ").strip()) or [])]
+    assert "ready" in prom["healthcheck"]["test"][-1]
+    # Mounted config, data volume and flags as for the upstream image.
+    assert bind_mounts(prom) == bind_mounts(compose["services"]["prometheus"])
+    assert prom["command"] == compose["services"]["prometheus"]["command"]
+    # Grafana (no Debian package) only with its profile.
+    assert compose_offline["services"]["grafana"]["profiles"] == ["grafana"]
+    assert not compose["services"]["grafana"].get("profiles")
+
+
+def test_the_compose_test_publishes_only_on_loopback() -> None:
+    """tests/compose reaches the stack only through 127.0.0.1 ports of its choosing."""
+    env = {"TRISERVE_GATEWAY_PUBLISH": "127.0.0.1:18123", "TRISERVE_TEST_PROMETHEUS_PORT": "18124"}
+    config = compose_config(COMPOSE, COMPOSE_OFFLINE, COMPOSE_TEST, env=env)
+    published = {(name, *port) for name, svc in config["services"].items() for port in published_ports(svc)}
+    assert published == {("gateway", "127.0.0.1", 18123, 8080), ("prometheus", "127.0.0.1", 18124, 9090)}

@@ -129,7 +129,7 @@ def test_versions_are_pinned(image: str) -> None:
                 constrained = "-c" in words and words[words.index("-c") + 1] == "constraints.txt"
                 it = iter(words[words.index("install") + 1 :])
                 for word in it:
-                    if word in ("-c", "--index-url", "--extra-index-url", "-e"):
+                    if word in ("-c", "--index-url", "--extra-index-url", "-e", "--find-links"):
                         next(it)  # the option's value: a file, an index, a local folder
                         continue
                     if word.startswith(("-", "./", "{", "$")):
@@ -256,19 +256,26 @@ def test_trainer_has_no_healthcheck_port() -> None:
     assert not df.runtime.all("EXPOSE")
 
 
-@pytest.mark.parametrize(
-    "image,arg",
-    [
-        ("onnx", "ORT_PACKAGE"),
-        ("paddle", "PADDLE_PACKAGE"),
-        ("torchserve", "TORCH_INDEX_URL"),
-        ("onnx", "BASE_IMAGE"),
-        ("paddle", "BASE_IMAGE"),
-        ("torchserve", "BASE_IMAGE"),
-    ],
-)
-def test_gpu_variant_is_a_build_argument(image: str, arg: str) -> None:
-    assert arg in dockerfile(image).declared_args()
+@pytest.mark.parametrize("image", IMAGES)
+def test_offline_build_inputs_are_build_arguments_and_stay_out_of_the_runtime(image: str) -> None:
+    """The base image is a build argument (the offline path swaps it); torch's source too. The extra CAs and
+    local wheels are copied into build stages only, never into the image that runs."""
+    df = dockerfile(image)
+    args = df.declared_args()
+    assert "BASE_IMAGE" in args and df.stages[0].base == "${BASE_IMAGE}"
+    build_only = ("deploy/docker/ca", "deploy/docker/wheels")
+    for stage in df.stages:
+        copied = [s.rstrip("/") for srcs, _d, flags in stage.copies() if "from" not in flags for s in srcs]
+        if stage is df.runtime:
+            assert not set(copied) & set(build_only), f"{image}: the runtime image copies {copied}"
+        elif any(ins.keyword == "RUN" and "pip install" in ins.args for ins in stage.instructions):
+            assert "deploy/docker/ca" in copied, f"{image}: pip does not get the extra CAs"
+            assert "PIP_CERT" in stage.env()
+    runs = " ".join(ins.args for stage in df.stages for ins in stage.all("RUN"))
+    if re.search(r"\btorch==", runs):
+        assert "TORCH_INDEX_URL" in args and "cpu" in args["TORCH_INDEX_URL"], "CPU torch by default"
+        sources = {src for stage in df.stages for srcs, _d, _f in stage.copies() for src in srcs}
+        assert "deploy/docker/wheels/" in sources, "no local wheel folder for the offline path"
 
 
 def test_routes_have_health_and_metrics(routes: dict[str, dict[str, str]]) -> None:

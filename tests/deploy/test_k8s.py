@@ -17,11 +17,14 @@ import yaml
 
 from tests.deploy.project import (
     BACKENDS,
+    COMPOSE,
     IMAGES,
     REPO,
     SERVICES,
+    compose_config,
     dockerfile,
     endpoints,
+    env_names_read_by,
     load_yaml_docs,
     matches,
     run_tool,
@@ -377,3 +380,76 @@ def test_gateway_keys_come_from_a_secret_and_management_is_fenced(rendered: tupl
             assert peer["podSelector"]["matchLabels"]["triserve.io/management-client"] == "true"
         else:
             assert "management" not in ports
+
+
+# --------------------------------------------------------------------------- in step with compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_config(COMPOSE, profiles=("train",))
+
+
+def workload_containers(objs: list[Obj]) -> dict[str, Obj]:
+    """Image name (gateway, onnx, ..., trainer) → the container running it."""
+    out = {}
+    for obj in [*find(objs, "Deployment"), *find(objs, "Job")]:
+        container = main_container(obj)
+        out[container["image"].split("/")[1].split(":")[0]] = container
+    return out
+
+
+def test_cpu_overlay_runs_the_images_compose_runs(compose: dict[str, Any]) -> None:
+    containers = workload_containers(render("cpu"))
+    assert set(containers) == set(IMAGES)
+    for image, container in containers.items():
+        assert container["image"] == compose["services"][image]["image"], image
+
+
+def test_env_names_are_ones_the_services_read(
+    rendered: tuple[str, list[Obj]], compose: dict[str, Any]
+) -> None:
+    """Every variable the manifests, compose and the images set is configuration the process reads
+    (a renamed setting cannot leave a stale name behind in one of them)."""
+    _overlay, objs = rendered
+    for image, container in workload_containers(objs).items():
+        known = env_names_read_by(image)
+        sources = {
+            "k8s": {e["name"] for e in container.get("env", [])},
+            "compose": set(compose["services"][image].get("environment") or {}),
+            "Dockerfile": {k for k in dockerfile(image).runtime.env() if k.startswith(("TRISERVE_", "TS_"))},
+        }
+        for where, names in sources.items():
+            assert names <= known, f"{image}: {where} sets {sorted(names - known)}, which nothing reads"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_k8s_and_compose_configure_each_service_alike(service: str, compose: dict[str, Any]) -> None:
+    """Same bind address, ports and model store in a pod (cpu overlay) as in the compose container."""
+    k8s_env = container_env(service, workload_containers(render("cpu"))[service])
+    compose_env = dockerfile(service).runtime.env()
+    compose_env.update((compose["services"][service].get("environment") or {}).items())
+    assert served_ports(service, k8s_env) == served_ports(service, compose_env)
+    if service == "torchserve":
+        for key in ("TS_HOST", "TS_MODEL_STORE"):
+            assert k8s_env.get(key) == compose_env.get(key), key
+        return
+    in_k8s, in_compose = settings_under(service, k8s_env), settings_under(service, compose_env)
+    fields = {"host", "port", "model_store", "model_name", "model_version"} & set(type(in_k8s).model_fields)
+    assert {"host", "port", "model_store"} <= fields
+    for field in sorted(fields):
+        assert getattr(in_k8s, field) == getattr(in_compose, field), f"{service}: {field}"
+
+
+def test_trainer_job_and_compose_trainer_agree(compose: dict[str, Any]) -> None:
+    from triserve_trainer.cli import build_parser
+
+    job = main_container(one(render("cpu"), "Job", "trainer"))
+    svc = compose["services"]["trainer"]
+    in_job, in_compose = build_parser().parse_args(job["args"]), build_parser().parse_args(svc["command"])
+    assert in_job.store == in_compose.store and in_job.work_dir == in_compose.work_dir
+    data = container_env("trainer", job)["TRISERVE_MNIST_DIR"]
+    assert data in {m["mountPath"] for m in job["volumeMounts"]}
+    assert data in {v.split(":")[1] for v in svc["volumes"] if isinstance(v, str)} | {
+        v.get("target") for v in svc["volumes"] if isinstance(v, dict)
+    }

@@ -25,7 +25,7 @@ from triserve_gateway.admin import BackendAdminError, HeldVersion, LoadOptions
 from triserve_gateway.config import RoutingConfig
 from triserve_gateway.models import ModelCatalog, ModelVersion
 
-SPEC = PreprocessSpec()
+SPEC = PreprocessSpec(width=28, height=28, mean=[0.1307], std=[0.3081])  # MNIST's
 
 
 def gray_png(value: int, size: tuple[int, int] = (28, 28), mode: str = "L") -> bytes:

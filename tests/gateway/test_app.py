@@ -19,6 +19,14 @@ from triserve_gateway.errors import BackendUnavailableError
 from triserve_gateway.settings import GatewaySettings
 
 
+def ts_error(r: httpx.Response) -> str:
+    """The message of an error of the TorchServe API, checking TorchServe's error shape."""
+    body = r.json()
+    assert set(body) == {"code", "type", "message"} and body["code"] == r.status_code, body
+    assert body["type"].endswith("Exception")
+    return str(body["message"])
+
+
 @pytest.fixture
 def backends() -> dict[str, FakeBackend]:
     return fakes()
@@ -102,13 +110,13 @@ async def test_multipart_errors_are_400(client: httpx.AsyncClient, content_type:
                                         needle: str) -> None:
     r = await client.post("/predictions/mnist", content=body, headers={"Content-Type": content_type})
     assert r.status_code == 400, r.text
-    assert "multipart" in r.json()["error"] and needle in r.json()["error"]
+    assert "multipart" in ts_error(r) and needle in ts_error(r)
 
 
 async def test_multipart_body_limit_is_413_before_parsing(client: httpx.AsyncClient) -> None:
     files = [("data", (f"{i}.png", b"\0" * 60_000, "image/png")) for i in range(4)]
     r = await client.post("/predictions/mnist", files=files)
-    assert r.status_code == 413 and "exceeds" in r.json()["error"]
+    assert r.status_code == 413 and "exceeds" in ts_error(r)
 
 
 async def test_topk_option(client: httpx.AsyncClient) -> None:
@@ -120,7 +128,7 @@ async def test_topk_option(client: httpx.AsyncClient) -> None:
     r = await client.post("/predictions/mnist", content=digit_png(1), headers={"X-TopK": "2"})
     assert next(iter(r.json())) == "1"
     r = await client.post("/predictions/mnist?topk=11", content=digit_png(1))
-    assert r.status_code == 400 and "topk" in r.json()["error"]
+    assert r.status_code == 400 and "topk" in ts_error(r)
 
 
 async def test_forced_backend_header_and_query(client: httpx.AsyncClient) -> None:
@@ -130,7 +138,7 @@ async def test_forced_backend_header_and_query(client: httpx.AsyncClient) -> Non
         r = await client.post(f"/predictions/mnist?backend={name}", content=digit_png(6))
         assert r.headers["x-backend"] == name
     r = await client.post("/predictions/mnist", content=digit_png(6), headers={"X-Backend": "triton"})
-    assert r.status_code == 400 and "triton" in r.json()["error"]
+    assert r.status_code == 400 and "triton" in ts_error(r)
 
 
 @pytest.mark.parametrize(
@@ -148,13 +156,13 @@ async def test_client_errors_are_json_with_their_code(
 ) -> None:
     r = await client.post("/predictions/mnist", content=body)
     assert r.status_code == status
-    assert needle in r.json()["error"]
+    assert needle in ts_error(r)
 
 
 async def test_unknown_model_or_version_is_404(client: httpx.AsyncClient) -> None:
     assert (await client.post("/predictions/cifar", content=digit_png(1))).status_code == 404
     r = await client.post("/predictions/mnist/9", content=digit_png(1))
-    assert r.status_code == 404 and "version" in r.json()["error"]
+    assert r.status_code == 404 and "version" in ts_error(r)
 
 
 async def test_no_healthy_backend_is_503(client: httpx.AsyncClient, app: FastAPI,
@@ -167,7 +175,7 @@ async def test_no_healthy_backend_is_503(client: httpx.AsyncClient, app: FastAPI
         f.healthy = False
     await app.state.gateway.check_health()
     r = await client.post("/predictions/mnist", content=digit_png(1))
-    assert r.status_code == 503 and "no healthy backend" in r.json()["error"]
+    assert r.status_code == 503 and "no healthy backend" in ts_error(r)
     assert r.headers["retry-after"] == "1"
     assert (await client.get("/ping")).json() == {"status": "Unhealthy"}
     assert (await client.get("/v2/health/ready")).status_code == 503
@@ -226,7 +234,7 @@ async def test_v2_bytes_json_and_binary_and_fp32_agree(client: httpx.AsyncClient
 @pytest.mark.parametrize(
     ("req", "status", "needle"),
     [
-        (v2_request(v2_input("input", [1, 28, 28], fill=0.0)), 400, "FP32"),
+        (v2_request(v2_input("input", [1, 27, 28], fill=0.0)), 400, "not rows of the model's input"),
         (v2_request(v2_input("image", [1], "BYTES", ["!!notbase64"])), 400, "base64"),
         (v2_request(v2_images("image", [b"text"])), 415, "not an image"),
         (v2_request(v2_input("x", [1], "INT32", [1])), 400, "INT32"),
@@ -247,12 +255,20 @@ async def test_metrics_show_traffic_by_backend(app: FastAPI, client: httpx.Async
     for name in ("onnx", "paddle"):
         await client.post("/predictions/mnist", content=digit_png(1), headers={"X-Backend": name})
     await client.post("/predictions/mnist", content=b"junk")
+    # unknown versions and models share one label value each: clients cannot grow the label set
+    for path in ("/predictions/mnist/9", "/predictions/mnist/x1", "/predictions/nope/1", "/predictions/no"):
+        assert (await client.post(path, content=digit_png(1))).status_code == 404
     metrics = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.state.metrics_app), base_url="http://m")
     async with metrics:
         text = (await metrics.get("/metrics")).text
-    assert 'triserve_gateway_requests_total{backend="onnx",model="mnist",status="200"} 1.0' in text
-    assert 'triserve_gateway_requests_total{backend="paddle",model="mnist",status="200"} 1.0' in text
-    assert 'triserve_gateway_requests_total{backend="none",model="mnist",status="415"} 1.0' in text
+    total = "triserve_gateway_requests_total"
+    assert f'{total}{{backend="onnx",model="mnist",status="200",version="1"}} 1.0' in text
+    assert f'{total}{{backend="paddle",model="mnist",status="200",version="1"}} 1.0' in text
+    assert f'{total}{{backend="none",model="mnist",status="415",version="1"}} 1.0' in text
+    assert f'{total}{{backend="none",model="mnist",status="404",version="_unknown"}} 2.0' in text
+    assert f'{total}{{backend="none",model="_unknown",status="404",version="_unknown"}} 2.0' in text
+    stage = "triserve_gateway_stage_duration_seconds_count"
+    assert f'{stage}{{backend="onnx",model="mnist",stage="backend",version="1"}}' in text
     for name in (
         "triserve_gateway_stage_duration_seconds_bucket",
         "triserve_gateway_request_duration_seconds",

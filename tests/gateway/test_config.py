@@ -55,3 +55,11 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_override_of_unknown_backend_is_an_error() -> None:
     with pytest.raises(RoutingConfigError, match="undefined backend"):
         apply_overrides(load_routing(), GatewaySettings(backend_urls={"tf": "http://x"}))
+
+
+def test_strategy_override_reaches_models_without_a_route() -> None:
+    """``TRISERVE_GATEWAY_STRATEGY`` applies to every route, and to models registered without one."""
+    base = load_routing()
+    assert base.default_strategy == "p2c"
+    cfg = apply_overrides(base, GatewaySettings(strategy="round-robin"))
+    assert cfg.default_strategy == "round-robin" and cfg.models["mnist"].strategy == "round-robin"

@@ -19,7 +19,17 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from tests.gateway.fakes import SPEC, FakeBackend, classify, digit_png, fakes, gray_png, routing, write_store
+from tests.gateway.fakes import (
+    SPEC,
+    FakeBackend,
+    classify,
+    digit_png,
+    fake_admins,
+    fakes,
+    gray_png,
+    routing,
+    write_store,
+)
 from triserve_common import codec
 from triserve_gateway.app import create_app
 from triserve_gateway.demo import STATIC_DIR
@@ -86,7 +96,8 @@ async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncItera
         model_store=write_store(tmp_path), max_body_bytes=200_000, explain_max_steps=64,
         management_key_file=tmp_path / "key",
     )
-    app = create_app(settings, routing=routing(), clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     async for c in _client(app):
         yield c
 
@@ -145,7 +156,7 @@ async def test_explanation_client_errors(
         kwargs = {**kwargs, "content": digit_png(1)}
     r = await client.post(path, **kwargs)
     assert r.status_code == status, r.text
-    assert words in r.json()["error"]
+    assert words in r.json()["message"]
     assert fake(backends).explain_headers == []  # refused before reaching the backend
 
 
@@ -155,17 +166,17 @@ async def test_explanation_backend_failures(
     ts = fake(backends)
     ts.reject = BackendRejectedError("backend 'torchserve' answered 400: steps too big", status_code=400)
     r = await client.post("/explanations/mnist", content=digit_png(1))
-    assert r.status_code == 400 and "steps too big" in r.json()["error"]
+    assert r.status_code == 400 and "steps too big" in r.json()["message"]
     ts.reject = None
     ts.answer = {"explanations": [{"attributions": [[1.0]]}]}
     r = await client.post("/explanations/mnist", content=digit_png(1))
-    assert r.status_code == 502 and "unusable explanations" in r.json()["error"]
+    assert r.status_code == 502 and "unusable explanations" in r.json()["message"]
     ts.answer = None
     ts.healthy = False
     app_gateway = client._transport.app.state.gateway  # type: ignore[attr-defined]
     await app_gateway.check_health()
     r = await client.post("/explanations/mnist", content=digit_png(1))
-    assert r.status_code == 503 and "torchserve: unhealthy" in r.json()["error"]
+    assert r.status_code == 503 and "torchserve: unhealthy" in r.json()["message"]
 
 
 async def test_model_without_torchserve_backend(tmp_path: Path, backends: dict[str, FakeBackend]) -> None:
@@ -174,7 +185,7 @@ async def test_model_without_torchserve_backend(tmp_path: Path, backends: dict[s
     app = create_app(settings, routing=only_onnx, clients=lambda _: backends)  # type: ignore[arg-type,return-value]
     async for c in _client(app):
         r = await c.post("/explanations/mnist", content=digit_png(1))
-        assert r.status_code == 404 and "no TorchServe backend" in r.json()["error"]
+        assert r.status_code == 404 and "no TorchServe backend" in r.json()["message"]
 
 
 async def test_v2_explain(client: httpx.AsyncClient, backends: dict[str, FakeBackend]) -> None:
@@ -209,12 +220,14 @@ async def test_v2_explain(client: httpx.AsyncClient, backends: dict[str, FakeBac
     assert r.status_code == 400 and "steps" in r.json()["error"]
     bad = {"inputs": [{"name": "input", "shape": [1, 1, 27, 28], "datatype": "FP32", "data": [0.0] * 756}]}
     r = await client.post("/v2/models/mnist/explain", json=bad)
-    assert r.status_code == 400 and "must be FP32" in r.json()["error"]
+    assert r.status_code == 400 and "not rows of the model's input" in r.json()["error"]
 
 
 async def test_demo_page_and_assets(client: httpx.AsyncClient) -> None:
     r = await client.get("/")
     assert r.status_code == 307 and r.headers["location"] == "/demo/"
+    r = await client.get("/?model=fashion")  # the page opens the model named in its query
+    assert r.status_code == 307 and r.headers["location"] == "/demo/?model=fashion"
     r = await client.get("/demo/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
@@ -249,6 +262,6 @@ async def test_demo_input_is_what_the_model_receives(client: httpx.AsyncClient) 
     assert image.size == (28, 28) and image.mode == "L"
     assert np.all(np.asarray(image) == 200)  # gray, resized, normalised, and mapped back to 8 bits
     r = await client.post("/demo/input/mnist/1", content=b"hello")
-    assert r.status_code == 415 and "request body is not an image" in r.json()["error"]
+    assert r.status_code == 415 and "request body is not an image" in r.json()["message"]
     r = await client.post("/demo/input/fashion", content=digit_png(1))
-    assert r.status_code == 404 and "not routed" in r.json()["error"]
+    assert r.status_code == 404 and "not routed" in r.json()["message"]

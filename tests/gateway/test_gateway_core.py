@@ -64,6 +64,37 @@ async def test_forced_backend_is_used_and_unknown_backend_is_400() -> None:
     await gw.close()
 
 
+async def test_p2c_follows_latency_away_from_a_backend_that_slows_down() -> None:
+    fb = fakes()
+    fb["onnx"].delay, fb["paddle"].delay, fb["torchserve"].delay = 0.001, 0.05, 0.05
+    gw, _ = make(fb, strategy="p2c", batching=False)
+    for _ in range(40):
+        await infer(gw, "mnist", None, batch(1))
+    assert len(fb["onnx"].calls) >= 36  # each of the others is tried once (unmeasured), then lost
+    fb["onnx"].delay = 0.5  # onnx gets 500x slower
+    before = {n: len(b.calls) for n, b in fb.items()}
+    for _ in range(20):
+        await infer(gw, "mnist", None, batch(1))
+    moved = sum(len(fb[n].calls) - before[n] for n in ("paddle", "torchserve"))
+    assert moved >= 15, {n: len(b.calls) - before[n] for n, b in fb.items()}
+    await gw.close()
+
+
+async def test_p2c_spreads_concurrent_requests_by_requests_in_flight() -> None:
+    fb = fakes(delay=0.02)
+    gw, _ = make(fb, strategy="p2c", batching=False)
+    for _ in range(6):  # every backend measured: equal latencies
+        await infer(gw, "mnist", None, batch(1))
+    before = {n: len(b.calls) for n, b in fb.items()}
+    results = await asyncio.gather(*(infer(gw, "mnist", None, batch(d % 10)) for d in range(30)))
+    assert [labels(r.value) for r in results] == [[d % 10] for d in range(30)]
+    share = {n: len(b.calls) - before[n] for n, b in fb.items()}
+    # not all 30 on the cheapest one: every backend takes some once the others have requests in flight
+    # (the warm-up's measured latencies vary with the machine's load, so the exact split is not asserted)
+    assert all(count >= 1 for count in share.values()) and max(share.values()) < 30, share
+    await gw.close()
+
+
 async def test_weights_route_traffic_and_zero_weight_is_failover_only() -> None:
     fb = fakes()
     gw, _ = make(fb, weights={"onnx": 3, "paddle": 1, "torchserve": 0}, batching=False)
@@ -90,7 +121,9 @@ async def test_retry_on_another_backend_after_retryable_error(error: Exception) 
     results = [await infer(gw, "mnist", None, batch(d), f"r{d}") for d in range(10)]
     assert [labels(r.value)[0] for r in results] == list(range(10))
     assert all(r.backend != "onnx" for r in results)
-    assert sample(metrics, "triserve_gateway_failovers_total", model="mnist", backend="onnx") >= 1
+    name = "triserve_gateway_failovers_total"
+    failovers = sample(metrics, name, model="mnist", version="1", backend="onnx")
+    assert failovers >= 1
     await gw.close()
 
 
@@ -176,7 +209,7 @@ async def test_concurrent_requests_are_batched_per_backend_with_own_answers() ->
     assert sum(calls) == 64 and len(calls) < 64 and max(calls) <= 16
     # the ids of the batch's requests travel with it
     assert any(rid and "," in rid for rid in fb["onnx"].request_ids)
-    count = sample(metrics, "triserve_gateway_batch_size_count", model="mnist", backend="onnx")
+    count = sample(metrics, "triserve_gateway_batch_size_count", model="mnist", version="1", backend="onnx")
     assert count == len(calls)
     await gw.close()
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.fakes import FakeBackend, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import FakeBackend, digit_png, fake_admins, fakes, routing, write_store
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
 from triserve_gateway.settings import GatewaySettings
@@ -26,9 +26,11 @@ from triserve_gateway.shedding import inference_model
 async def gateway(
     tmp_path: Path, backends: dict[str, FakeBackend], weights: dict[str, float] | None = None, **settings: Any
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    admins = fake_admins()
     app = create_app(
-        GatewaySettings(model_store=write_store(tmp_path), **settings),
+        GatewaySettings(model_store=write_store(tmp_path), management_key_file=tmp_path / "mgmt.key", **settings),
         routing=routing(weights=weights), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+        admins=lambda _: admins,  # type: ignore[arg-type,return-value]
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -59,8 +61,10 @@ async def test_full_model_answers_503_with_retry_after_at_once(tmp_path: Path) -
         refused = await c.put("/predictions/mnist", content=digit_png(5))
         v2 = await c.post("/v2/models/mnist/infer", json={"inputs": []})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
-        assert "overloaded" in refused.json()["error"]
+        assert refused.json()["type"] == "ServiceUnavailableException"  # TorchServe's shape off /v2
+        assert "overloaded" in refused.json()["message"] and refused.json()["code"] == 503
         assert v2.status_code == 503  # shed before its (invalid) body is even parsed
+        assert "overloaded" in v2.json()["error"] and v2.headers["retry-after"] == "2"  # OIP's shape
         assert (await first).text == "3" and (await second).text == "4"  # admitted work completes
         assert metric(app, "triserve_gateway_rejections_total", reason="queue_full") == 2
         assert metric(app, "triserve_gateway_admission_in_flight", model="mnist") == 0
@@ -70,9 +74,9 @@ async def test_full_model_answers_503_with_retry_after_at_once(tmp_path: Path) -
 async def test_client_deadline_header(tmp_path: Path) -> None:
     async with gateway(tmp_path, fakes(delay=2.0)) as (app, c):
         bad = await c.put("/predictions/mnist", content=digit_png(1), headers={"X-Request-Timeout": "soon"})
-        assert bad.status_code == 400 and "X-Request-Timeout" in bad.json()["error"]
+        assert bad.status_code == 400 and "X-Request-Timeout" in bad.json()["message"]
         late = await c.put("/predictions/mnist", content=digit_png(1), headers={"X-Request-Timeout": "50"})
-        assert late.status_code == 504 and "deadline" in late.json()["error"]
+        assert late.status_code == 504 and "deadline" in late.json()["message"]
         assert metric(app, "triserve_gateway_deadline_expired_total", model="mnist") == 1
 
 

@@ -34,7 +34,7 @@ def test_any_pillow_format_colour_and_size_is_accepted(fmt: str) -> None:
 
 
 def test_invert_and_custom_normalisation() -> None:
-    spec = PreprocessSpec(invert=True, mean=[0.0], std=[1.0])
+    spec = PreprocessSpec(width=28, height=28, invert=True, mean=[0.0], std=[1.0])
     x = ImagePreprocessor(spec)(gray_png(255))
     assert np.allclose(x, 0.0)
 

@@ -18,7 +18,16 @@ import yaml
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from tests.gateway.fakes import SPEC, FakeBackend, catalog, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import (
+    SPEC,
+    FakeBackend,
+    catalog,
+    digit_png,
+    fake_admins,
+    fakes,
+    routing,
+    write_store,
+)
 from tests.support.wait import eventually
 from triserve_common.metrics import new_registry
 from triserve_common.paths import REPO_ROOT
@@ -321,7 +330,8 @@ async def shadow_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, dict[str, F
         {"model_store": write_store(tmp_path), "management_key_file": tmp_path / "management.key"}
     )
     cfg = shadow_routing([{"backend": "paddle", "fraction": 1}])
-    app = create_app(settings, routing=cfg, clients=lambda _: backends)  # type: ignore[arg-type,return-value]
+    app = create_app(settings, routing=cfg, clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
     async with app.router.lifespan_context(app):
         yield app, backends
 

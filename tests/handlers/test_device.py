@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from tests.handlers.test_mnist_handler import FakeContext, _load_handler_module
-from triserve_common.manifest import PreprocessSpec
+from triserve_trainer.specs import get_spec
+
+MNIST_SPEC = get_spec("mnist").preprocessing()
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,7 @@ def test_select_device(gpu_id: Any, cuda: bool, expected: str) -> None:
 def test_gpu_id_without_cuda_runs_on_cpu(tmp_path: Path, model_store: Path) -> None:
     """TorchServe may hand out a gpu_id although this torch cannot use it: the worker must still start."""
     shutil.copy(model_store / "mnist" / "1" / "model.pt", tmp_path / "model.pt")
-    (tmp_path / "preprocess.json").write_text(PreprocessSpec().model_dump_json())
+    (tmp_path / "preprocess.json").write_text(MNIST_SPEC.model_dump_json())
     module = _load_handler_module()
     handler = module.MnistHandler()
     ctx = FakeContext(tmp_path)

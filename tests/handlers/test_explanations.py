@@ -19,9 +19,12 @@ import torch
 from tests.support.encode import npy, png
 from tests.support.mnist import one_per_digit, preprocess
 from tests.support.procs import REPO_ROOT
-from triserve_common.manifest import PreprocessSpec, read_manifest
+from triserve_common.manifest import read_manifest
+from triserve_trainer.specs import get_spec
 
-SPEC = PreprocessSpec()
+MNIST_SPEC = get_spec("mnist").preprocessing()
+
+SPEC = MNIST_SPEC
 
 
 def _load_handler_module() -> ModuleType:

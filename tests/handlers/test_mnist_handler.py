@@ -21,6 +21,9 @@ from tests.support.encode import npy, png
 from tests.support.mnist import held_out, preprocess
 from tests.support.procs import REPO_ROOT
 from triserve_common.manifest import PreprocessSpec, list_versions, read_manifest, verify_artifact
+from triserve_trainer.specs import get_spec
+
+MNIST_SPEC = get_spec("mnist").preprocessing()
 
 
 def _load_handler_module() -> ModuleType:
@@ -72,7 +75,7 @@ def digits(mnist_dir: Path, model_store: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalised(images: np.ndarray) -> np.ndarray:
-    return preprocess(images, PreprocessSpec())
+    return preprocess(images, MNIST_SPEC)
 
 
 def test_exactly_one_class_for_torchserve() -> None:

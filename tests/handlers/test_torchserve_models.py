@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +38,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def torchserve(service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    ts_store = tmp_path_factory.mktemp("ts-store")
-    shutil.copy(STORE / "fashion" / "1" / "fashion.mar", ts_store)
-    shutil.copy(STORE / "mnist" / "2" / "mnist.mar", ts_store)
+    # the committed store itself: start.sh checks every archive against its manifest and links
+    # <model>/<version>/<model>.mar as <model>.v<version>.mar
     config = free_port_config(tmp_path_factory.mktemp("ts-run"), STORE)
-    env = {"TS_MODEL_STORE": str(ts_store), "TS_MODELS": "fashion=fashion.mar,mnist=mnist.mar"}
+    env = {"TS_MODEL_STORE": str(STORE), "TS_MODELS": "fashion=fashion.v1.mar,mnist=mnist.v2.mar"}
     proc = service_processes(config, service_logs, {"torchserve": env})["torchserve"]
     proc.start()
     try:

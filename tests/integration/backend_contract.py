@@ -68,9 +68,11 @@ def request_count(url: str, model: str, status: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         if family.name == "triserve_inference_requests":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels == {"model": model, "status": status}:
-                    return sample.value
+            return sum(
+                sample.value for sample in family.samples
+                if sample.name.endswith("_total") and sample.labels["model"] == model
+                and sample.labels["status"] == status
+            )
     return 0.0
 
 
@@ -165,6 +167,9 @@ class BackendContract:
         return {
             f"{p}PORT": str(port),
             f"{p}MODEL_STORE": str(store),
+            # the contract is checked on the FP32 version (a request without a version gets the highest
+            # loaded one, and the store also holds the INT8 mnist/2)
+            f"{p}MODEL_VERSION": "1",
             f"{p}MAX_BODY_BYTES": str(MAX_BODY),
             f"{p}LOG_LEVEL": "info",
             **{f"{p}{k.upper()}": v for k, v in extra.items()},
@@ -280,7 +285,7 @@ class BackendContract:
         assert request_count(url, "mnist", "400") == bad0 + 1
         assert request_count(url, "_unknown", "404") == unknown0 + 1
         text = httpx.get(f"{url}/metrics").text
-        assert 'triserve_inference_batch_size_bucket{le="4.0",model="mnist"}' in text
+        assert 'triserve_inference_batch_size_bucket{le="4.0",model="mnist",version="1"}' in text
         assert "triserve_inference_request_duration_seconds_bucket" in text
 
     def test_request_id_is_echoed(self, service: Running, digits: Digits) -> None:
@@ -308,7 +313,8 @@ class BackendContract:
             two = {"parameters": {"version": 1, "instance_count": 2}}
             load = httpx.post(f"{repo}/models/mnist/load", json=two, timeout=120)
             assert load.status_code == 200 and load.content == b"", load.text
-            (row,) = [r for r in httpx.post(f"{repo}/index").json() if r["version"] == "1"]
+            index = httpx.post(f"{repo}/index").json()
+            (row,) = [r for r in index if (r["name"], r["version"]) == ("mnist", "1")]
             assert row["state"] == "READY" and row["instances"] == 2
             _, logits = infer_binary(url, digits.x[:8])
             expected = self.direct(model_store / "mnist" / "1", digits.x[:8])

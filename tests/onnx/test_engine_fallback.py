@@ -35,7 +35,7 @@ def gpu_build(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def settings(**kw: object) -> OnnxSettings:
-    return OnnxSettings(model_store=REPO_ROOT / "model_store", **kw)  # type: ignore[arg-type]
+    return OnnxSettings(model_store=REPO_ROOT / "model_store", model_version="1", **kw)  # type: ignore[arg-type]
 
 
 class Factory:

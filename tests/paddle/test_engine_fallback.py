@@ -25,7 +25,8 @@ NO_DEVICE = "(External) CUDA error(100), no CUDA-capable device is detected."
 
 
 def settings(**kw: object) -> PaddleSettings:
-    return PaddleSettings(model_store=REPO_ROOT / "model_store", predictor_pool_size=1, **kw)  # type: ignore[arg-type]
+    store = REPO_ROOT / "model_store"
+    return PaddleSettings(model_store=store, model_version="1", predictor_pool_size=1, **kw)  # type: ignore[arg-type]
 
 
 class Predictors:

@@ -1,4 +1,4 @@
-"""MNIST images for tests, cut from the t10k IDX files at test time (never committed).
+"""MNIST and Fashion-MNIST images for tests, cut from the t10k IDX files at test time (never committed).
 
 Accuracy is only ever checked on images the model was NOT trained on: the committed model was
 trained on 8,000 t10k images, so :func:`held_out` returns the other 2,000, chosen by the trainer's
@@ -15,9 +15,11 @@ import numpy as np
 
 from tests.support.encode import png
 from triserve_cli.sample import typical_index
+from triserve_common.datasets import find_dataset
 from triserve_common.idx import load_split
-from triserve_common.manifest import Manifest, PreprocessSpec
+from triserve_common.manifest import Manifest, PreprocessSpec, read_manifest
 from triserve_trainer.data import stratified_split
+from triserve_trainer.specs import get_spec
 
 
 def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -74,3 +76,18 @@ def one_per_digit(mnist_dir: Path, manifest: Manifest) -> Digits:
     """The most typical held-out image of each digit 0..9 (chosen as ``triserve sample`` chooses)."""
     digits = held_out(mnist_dir, manifest)
     return digits[[typical_index(digits.images, digits.labels, d) for d in range(10)]]
+
+
+def model_held_out(model_store: Path, name: str, version: str) -> Digits:
+    """The held-out t10k images of store model ``name`` ``version``, found by the project's data lookup
+    (:func:`triserve_common.datasets.find_dataset`, never a download: ``../shared/data/mnist``, Debian's
+    ``/usr/share/datasets/fashion-mnist``, ...) for the data set its trainer spec names."""
+    manifest = read_manifest(model_store / name / version)
+    folder = find_dataset(get_spec(name).dataset.name, ("t10k",), download=False, progress=False)
+    return held_out(folder, manifest)
+
+
+def typical_per_class(images: Digits) -> Digits:
+    """The most typical image of each class present, in class order (as ``triserve sample`` picks)."""
+    classes = sorted(int(c) for c in np.unique(images.labels))
+    return images[[typical_index(images.images, images.labels, c) for c in classes]]

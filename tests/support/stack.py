@@ -78,6 +78,30 @@ def wait_torchserve_worker(
     raise RuntimeError(f"{model} worker not READY after {timeout}s:\n{proc.log_tail()}")
 
 
+def wait_torchserve_all(
+    management: str, proc: ServiceProcess, timeout: float = 240.0
+) -> list[tuple[str, str]]:
+    """Wait until TorchServe has registered every archive of its start set and each version has a
+    READY worker; returns the (model, version) pairs it serves."""
+    deadline = time.monotonic() + timeout
+    last = "nothing registered yet"
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"torchserve exited:\n{proc.log_tail()}")
+        try:
+            names = [m["modelName"] for m in httpx.get(f"{management}/models", timeout=5).json()["models"]]
+            entries = [e for n in names for e in httpx.get(f"{management}/models/{n}/all", timeout=5).json()]
+            pending = [f"{e['modelName']}/{e['modelVersion']}" for e in entries
+                       if not any(w["status"] == "READY" for w in e.get("workers") or [])]
+            last = f"registered {len(entries)}, without a READY worker: {pending}"
+            if entries and not pending:
+                return sorted((e["modelName"], str(e["modelVersion"])) for e in entries)
+        except (httpx.HTTPError, KeyError, ValueError, TypeError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"TorchServe not ready after {timeout}s ({last}):\n{proc.log_tail()}")
+
+
 def start_platform(config: PlatformConfig, procs: Mapping[str, ServiceProcess]) -> None:
     """Start ``procs`` (from :func:`service_processes`): TorchServe first (the slowest) with the Python
     backends meanwhile, then the gateway once TorchServe's worker is READY. The caller stops them."""

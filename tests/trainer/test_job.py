@@ -28,17 +28,19 @@ from triserve_trainer.export_torch import check_onnx
 from triserve_trainer.model import MAX_MACS, MnistNet, count_macs
 from triserve_trainer.parity import check_parity, run_paddle
 from triserve_trainer.runner import run_job
+from triserve_trainer.specs import get_spec
 from triserve_trainer.train import TrainConfig, load_checkpoint, normalise, to_tensor, train
 
 from .conftest import SMALL, Job, config
+
+MNIST_SPEC = get_spec("mnist").preprocessing()
 
 
 @pytest.fixture()
 def held_out(mnist_dir: Path) -> np.ndarray:
     data = load_mnist(mnist_dir, seed=0, limit_test=200)
-    from triserve_common.manifest import PreprocessSpec
 
-    return normalise(to_tensor(data.test_images), PreprocessSpec()).numpy()
+    return normalise(to_tensor(data.test_images), MNIST_SPEC).numpy()
 
 
 def test_layout_and_manifest(job: Job) -> None:
@@ -168,7 +170,6 @@ def test_parity_catches_perturbed_paddle(job: Job, held_out: np.ndarray, tmp_pat
 
 def test_resume_continues_exactly(job: Job, mnist_dir: Path, tmp_path: Path) -> None:
     """Resuming from the epoch-1 checkpoint reproduces the uninterrupted run's final weights."""
-    from triserve_common.manifest import PreprocessSpec
 
     first = load_checkpoint(job.checkpoints / "epoch-001.pt")
     final = load_checkpoint(job.checkpoints / "epoch-002.pt")
@@ -178,7 +179,7 @@ def test_resume_continues_exactly(job: Job, mnist_dir: Path, tmp_path: Path) -> 
     cfg = TrainConfig(
         epochs=2, seed=0, work_dir=tmp_path, resume=tmp_path / "checkpoints" / "epoch-001.pt", progress=False
     )
-    resumed = train(data, cfg, PreprocessSpec())
+    resumed = train(data, cfg, MNIST_SPEC)
     assert [int(r["epoch"]) for r in resumed.history] == [1, 2]
     for key, value in final["model"].items():
         assert torch.equal(resumed.model.state_dict()[key], value), key

@@ -31,12 +31,14 @@ from triserve_common.errors import (
 from triserve_common.manifest import TensorSpec
 from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from triserve_common.repository import ModelRepository, ServedModel
+from triserve_common.tensor_checks import json_limits
 from triserve_common.v2 import MetadataModelResponse, MetadataTensor, ServerMetadataResponse
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_MODEL_LABEL = "_unknown"
-"""``model`` label of requests for a model this service does not serve (bounded cardinality)."""
+"""``model`` / ``version`` label of requests for a model or version this service does not serve
+(bounded cardinality)."""
 
 
 class DataPlaneMetrics:
@@ -45,28 +47,28 @@ class DataPlaneMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "triserve_inference_requests",
-            "Inference requests by model and HTTP status.",
-            ["model", "status"],
+            "Inference requests by model, version and HTTP status.",
+            ["model", "version", "status"],
             registry=registry,
         )
         self.request_latency = Histogram(
             "triserve_inference_request_duration_seconds",
             "Inference request time in the service, body read to response encoded.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.compute_latency = Histogram(
             "triserve_inference_compute_duration_seconds",
             "Time in the runtime's infer() (queueing for a worker thread excluded).",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
             "triserve_inference_batch_size",
             "Items per inference batch.",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
@@ -80,7 +82,8 @@ class DataPlaneMetrics:
             registry=registry,
         )
         self.model_ready = Gauge(
-            "triserve_model_ready", "1 when the model is ready.", ["model"], registry=registry
+            "triserve_model_ready", "1 when the model version is ready.", ["model", "version"],
+            registry=registry,
         )
 
 
@@ -143,7 +146,7 @@ class DataPlane:
         for served in self.repository.loaded():
             self.publish_model_info(served)
             rt = served.runtime
-            self.metrics.model_ready.labels(rt.name).set(1 if rt.ready and self._started else 0)
+            self.metrics.model_ready.labels(rt.name, rt.version).set(1 if rt.ready and self._started else 0)
 
     def publish_model_info(self, served: ServedModel) -> None:
         """``triserve_model_info`` for the engine the version's runtime reports *now*: an engine that
@@ -278,11 +281,13 @@ class DataPlane:
         Raises :class:`~triserve_common.errors.TriserveError` with the status to answer.
         """
         label = name if name in {s.name for s in self.repository.loaded()} else UNKNOWN_MODEL_LABEL
+        version_label = UNKNOWN_MODEL_LABEL
         started = time.perf_counter()
         status = 500
         self.metrics.inflight.inc()
         try:
             with self.repository.use(name, version) as served:
+                version_label = served.version
                 result = await self._infer(served, read_body, header_length, label)
             status = 200
             return result
@@ -291,15 +296,17 @@ class DataPlane:
             raise
         finally:
             self.metrics.inflight.dec()
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.request_latency.labels(label).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(label, version_label, str(status)).inc()
+            self.metrics.request_latency.labels(label, version_label).observe(time.perf_counter() - started)
 
     async def _infer(
         self, served: ServedModel, read_body: BodyReader, header_length: str | None, label: str
     ) -> EncodedResponse:
         length = codec.parse_header_length(header_length)
         body = await read_body()
-        decoded = codec.decode_request(body, length)
+        rt = served.runtime
+        limits = json_limits(rt.inputs, rt.max_batch_size, "the model's max_batch_size")
+        decoded = codec.decode_request(body, length, limits)
         datatypes = {inp.name: inp.datatype for inp in decoded.request.inputs}
         batch = self.validate(served, decoded.tensors, datatypes)
         wanted = self._requested_outputs(served, decoded)
@@ -308,7 +315,7 @@ class DataPlane:
 
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(served.executor, self._run, served, decoded.tensors, label)
-        self.metrics.batch_size.labels(label).observe(batch)
+        self.metrics.batch_size.labels(label, served.version).observe(batch)
 
         selected = {out: outputs[out] for out in wanted}
         binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
@@ -328,7 +335,7 @@ class DataPlane:
             raise TriserveError(f"inference failed: {type(exc).__name__}: {exc}", 500) from exc
         finally:
             self.publish_model_info(served)
-        self.metrics.compute_latency.labels(label).observe(time.perf_counter() - started)
+        self.metrics.compute_latency.labels(label, served.version).observe(time.perf_counter() - started)
         missing = [out for out in served.output_names if out not in outputs]
         if missing:
             raise TriserveError(f"runtime returned no output {missing}", 500)

@@ -1,11 +1,13 @@
 """Errors that carry their HTTP status, and the FastAPI handlers that render them.
 
-Every error body is the Open Inference Protocol's ``{"error": "<message>"}``.
+Error bodies are the Open Inference Protocol's ``{"error": "<message>"}`` unless the app installs
+another :class:`ErrorRenderer` (the gateway answers its TorchServe API in TorchServe's shape).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +59,13 @@ class UnprocessableError(TriserveError):
     status_code = 422
 
 
+class ClientClosedRequestError(TriserveError):
+    """The client went away before its request body was complete (499, nginx's status for it:
+    counted under its own label, never as a server error; nobody reads the answer)."""
+
+    status_code = 499
+
+
 class ModelNotReadyError(TriserveError):
     """The model or every backend for it is not ready (503)."""
 
@@ -100,22 +109,36 @@ def _format_validation(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Render :class:`TriserveError`, validation and HTTP errors as ``{"error": ...}`` JSON."""
+class ErrorRenderer(Protocol):
+    """Builds the error response of a request (the body's shape is the API's business)."""
 
-    async def triserve_handler(_: Request, exc: Exception) -> JSONResponse:
+    def __call__(
+        self, request: Request, status: int, message: str, exc: Exception, headers: Mapping[str, str] | None
+    ) -> JSONResponse: ...
+
+
+def v2_error(
+    request: Request, status: int, message: str, exc: Exception, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The OIP v2 error response: ``{"error": message}``."""
+    return JSONResponse(error_body(message), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, render: ErrorRenderer = v2_error) -> None:
+    """Render :class:`TriserveError`, validation and HTTP errors with ``render`` (default:
+    ``{"error": ...}`` JSON)."""
+
+    async def triserve_handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TriserveError)
-        return JSONResponse(error_body(exc.message), status_code=exc.status_code, headers=exc.headers)
+        return render(request, exc.status_code, exc.message, exc, exc.headers)
 
-    async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse(error_body(_format_validation(exc)), status_code=400)
+        return render(request, 400, _format_validation(exc), exc, None)
 
-    async def http_handler(_: Request, exc: Exception) -> JSONResponse:
+    async def http_handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return JSONResponse(
-            error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-        )
+        return render(request, exc.status_code, str(exc.detail), exc, exc.headers)
 
     app.add_exception_handler(TriserveError, triserve_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)

@@ -1,7 +1,7 @@
 """MNIST IDX reader (numpy + gzip only; no torch), shared by the trainer, the gateway's tests and the CLI.
 
 IDX format: big-endian header ``00 00 <dtype code> <ndim>``, then ``ndim`` big-endian uint32 sizes,
-then the data. MNIST uses dtype code ``0x08`` (uint8): images are ``[N, 28, 28]`` (magic 2051),
+then the data. MNIST-style files use dtype code ``0x08`` (uint8): images are ``[N, rows, cols]`` (magic 2051),
 labels ``[N]`` (magic 2049). Files may be gzip-compressed (``.gz``) or raw.
 
 Every problem (missing, truncated, wrong magic, inconsistent sizes) raises :class:`IdxError`,

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from triserve_common.errors import ArtifactIntegrityError, ModelNotFoundError
 
@@ -35,16 +35,19 @@ class TensorSpec(BaseModel):
 
 
 class PreprocessSpec(BaseModel):
-    """How an encoded image becomes the model's input tensor (applied once, at the gateway)."""
+    """How an encoded image becomes the model's input tensor (applied once, at the gateway).
+
+    Size and normalisation belong to the model: every manifest states them (no defaults here; the
+    trainer's per-model specs write them)."""
 
     color_mode: Literal["L"] = "L"
-    width: int = 28
-    height: int = 28
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
     resample: Literal["nearest", "bilinear", "bicubic", "lanczos", "box"] = "bilinear"
     invert: bool = False
     scale: float = 1.0 / 255.0
-    mean: list[float] = Field(default_factory=lambda: [0.1307])
-    std: list[float] = Field(default_factory=lambda: [0.3081])
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
 
@@ -118,6 +121,24 @@ class Manifest(BaseModel):
     labels: list[str]
     parity: Parity
     artifacts: dict[str, Artifact]
+    backends: list[str] | None = None
+    """Runtimes that serve this version (``torchserve``, ``onnx``, ``paddle``); None = every runtime
+    whose artifact is in :attr:`artifacts`. An INT8 version lists only those with an INT8 route."""
+
+    def serves_on(self, kind: str) -> bool:
+        """Whether a runtime running artifact ``kind`` serves this version (artifact present and,
+        when the manifest lists its backends, listed)."""
+        return kind in self.artifacts and (self.backends is None or kind in self.backends)
+
+    def not_served_reason(self, kind: str) -> str:
+        """Why a runtime running artifact ``kind`` does not serve this version ("" when it does)."""
+        if self.backends is not None and kind not in self.backends:
+            return (f"the manifest of {self.name} version {self.version} lists backends "
+                    f"{', '.join(self.backends)}")
+        if kind not in self.artifacts:
+            return (f"the manifest of {self.name} version {self.version} has no '{kind}' artifact "
+                    f"(artifacts: {', '.join(sorted(self.artifacts))})")
+        return ""
 
 
 def sha256_file(path: Path) -> str:
@@ -167,8 +188,27 @@ def resolve_version(store: Path, name: str, version: str | None) -> str:
 
 
 def read_manifest(version_dir: Path) -> Manifest:
-    """Parse ``manifest.json`` of a version directory."""
-    return Manifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+    """Parse ``manifest.json`` of a version directory.
+
+    A missing, unreadable or malformed manifest raises :class:`ArtifactIntegrityError` whose
+    one-line message names the file (services print it and stop; never a traceback).
+    """
+    path = version_dir / MANIFEST_FILE
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"manifest {path} not found") from None
+    except OSError as exc:
+        raise ArtifactIntegrityError(f"manifest {path} cannot be read: {exc.strerror}") from None
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "document"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise ArtifactIntegrityError(
+            f"manifest {path} is malformed: {where}: {first['msg']}{more}"
+        ) from None
 
 
 def verify_artifact(manifest: Manifest, version_dir: Path, kind: str) -> list[Path]:

@@ -161,16 +161,17 @@ class ModelRepository:
     # ------------------------------------------------------------------ store
 
     def store_versions(self, name: str) -> list[str]:
-        """Versions of ``name`` in the store that carry this service's artifact."""
-        found = []
-        for version in list_versions(self.store, name):
-            try:
-                manifest = read_manifest(self.store / name / version)
-            except (OSError, ValueError):
-                continue
-            if self.artifact_kind in manifest.artifacts:
-                found.append(version)
-        return found
+        """Versions of ``name`` in the store this service serves: its artifact is there and the
+        manifest's ``backends`` (when it lists them) include it."""
+        return [v for v in list_versions(self.store, name) if not self.not_served_reason(name, v)]
+
+    def not_served_reason(self, name: str, version: str) -> str:
+        """Why this service does not serve a store version ("" when it does)."""
+        try:
+            manifest = read_manifest(self.store / name / version)
+        except (OSError, ValueError) as exc:
+            return f"the manifest of {name} version {version} cannot be read: {exc}"
+        return manifest.not_served_reason(self.artifact_kind)
 
     def store_models(self) -> list[str]:
         """Model names in the store with at least one version this service can load."""
@@ -189,8 +190,13 @@ class ModelRepository:
         if version in (None, "", "latest"):
             return versions[-1]
         if version not in versions:
+            why = ""
+            if version in list_versions(self.store, name):
+                why = f"; this '{self.artifact_kind}' service does not serve it: " + (
+                    self.not_served_reason(name, version)
+                )
             raise ModelNotFoundError(
-                f"version '{version}' of model '{name}' not found (versions: {', '.join(versions)})"
+                f"version '{version}' of model '{name}' not found (versions: {', '.join(versions)}{why})"
             )
         return version
 
@@ -273,7 +279,15 @@ class ModelRepository:
         if not isinstance(models, str):
             wanted = models
         for name, version in wanted:
+            in_store = list_versions(self.store, name)
             versions = self.store_versions(name) if version is None else [version]
+            if version is not None and version in in_store and (why := self.not_served_reason(name, version)):
+                log.info("start set: %s version %s not loaded here: %s", name, version, why)
+                continue
+            if not versions and in_store:
+                log.info("start set: no version of %s is served by this '%s' service", name,
+                         self.artifact_kind)
+                continue
             if not versions:
                 self.resolve(name, None)  # 404 naming the models there are
             for v in versions:

@@ -18,9 +18,15 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from triserve_common.errors import BadRequestError, PayloadTooLargeError, TriserveError
+from triserve_common.errors import (
+    BadRequestError,
+    ClientClosedRequestError,
+    PayloadTooLargeError,
+    TriserveError,
+)
 from triserve_common.limits import ServerLimits, uvicorn_options
 from triserve_common.settings import ServiceSettings
 
@@ -65,30 +71,40 @@ def model_target(request: Request) -> tuple[str, str | None]:
     return params["model_name"], params.get("model_version")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) a declared or streamed size over ``limit`` bytes."""
+async def read_body(request: Request, limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
+    """The request body, refusing (413 naming ``setting``) a declared or streamed size over
+    ``limit`` bytes. A client that disconnects mid-body is one log line and a 499."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
-            raise BadRequestError(f"invalid Content-Length '{declared}'") from None
+            raise BadRequestError(f"invalid Content-Length '{declared[:40]}'") from None
         if size > limit:
-            raise PayloadTooLargeError(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+            raise PayloadTooLargeError(
+                f"request body of {size} bytes exceeds the limit of {limit} bytes (setting {setting})"
+            )
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        if not chunk:
-            continue
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLargeError(
+                    f"request body exceeds the limit of {limit} bytes (setting {setting})"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.info(
+            "client disconnected after %d of %s body bytes: %s %s",
+            total, declared or "?", request.method, request.url.path[:200],
+        )
+        raise ClientClosedRequestError(f"client disconnected after {total} body bytes") from None
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
-
-
 
 
 def configure_logging(level: str) -> None:

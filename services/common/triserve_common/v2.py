@@ -2,7 +2,8 @@
 
 See https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/ .
 Tensor ``data`` stays ``Any`` here: the codec turns it into numpy arrays (and binary
-tensors never pass through these models at all).
+tensors never pass through these models at all). Request models are strict: a field of the wrong
+JSON type (a string shape, a numeric name, ``"shape": [1.0]``) is a 400, never coerced.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ Parameters = dict[str, Any]
 
 class _V2Model(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class _V2Request(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
 
 
 class ServerMetadataResponse(_V2Model):
@@ -40,7 +45,7 @@ class MetadataModelResponse(_V2Model):
     parameters: Parameters | None = None
 
 
-class RequestInput(_V2Model):
+class RequestInput(_V2Request):
     name: str
     shape: list[int]
     datatype: str
@@ -48,12 +53,12 @@ class RequestInput(_V2Model):
     data: Any = None
 
 
-class RequestOutput(_V2Model):
+class RequestOutput(_V2Request):
     name: str
     parameters: Parameters | None = None
 
 
-class InferenceRequest(_V2Model):
+class InferenceRequest(_V2Request):
     id: str | None = None
     parameters: Parameters | None = None
     inputs: list[RequestInput]

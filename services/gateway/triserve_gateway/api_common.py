@@ -5,18 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
-from triserve_common.errors import TriserveError
+from triserve_common.errors import ClientClosedRequestError
 from triserve_gateway.deadline import Deadline, request_budget_s
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, InferenceService, RequestTrack, Served
 
 Array = np.ndarray[Any, Any]
 JSON = "application/json"
+
+# ------------------------------------------------------------------ routes
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint gets the ``Request`` as is and returns the ``Response``.
+
+    FastAPI's documented custom-route hook (``get_route_handler``) without dependency solving or
+    parameter/body validation: for the hot inference endpoints, which parse the request themselves.
+    Middleware, exception handlers and the OpenAPI entry stay as for any route. Measured (py-spy, 32
+    clients, PNG): FastAPI's per-route handling was ~20 % of the gateway's samples.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
+
 
 # ------------------------------------------------------------------ request fields
 
@@ -35,12 +53,6 @@ def forced_backend(request: Request) -> str | None:
     """Backend named by ``X-Backend`` or ``?backend=`` (lower-cased), if any."""
     value = request.headers.get("x-backend") or request.query_params.get("backend")
     return value.strip().lower() if value else None
-
-
-class ClientClosedError(TriserveError):
-    """The client closed its connection before the answer (499, as nginx logs it; nobody reads it)."""
-
-    status_code = 499
 
 
 async def infer_request(request: Request, track: RequestTrack, call: InferenceCall) -> Served:
@@ -70,7 +82,7 @@ async def infer_request(request: Request, track: RequestTrack, call: InferenceCa
         if not gone:
             raise
         task.uncancel()
-        raise ClientClosedError("client closed the connection before the answer") from None
+        raise ClientClosedRequestError("client closed the connection before the answer") from None
     finally:
         watcher.cancel()
 

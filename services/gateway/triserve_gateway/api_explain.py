@@ -8,7 +8,7 @@ the predicted one). The answer (JSON)::
     {"model_name": "mnist", "model_version": "1", "backend": "torchserve",
      "method": "integrated_gradients", "steps": 32,
      "explanations": [{"label": "7", "target": 7, "probability": 0.99, "convergence_delta": 0.001,
-                       "shape": [1, 28, 28], "attributions": [[[...28 floats] x 28]]}]}
+                       "shape": [C, H, W], "attributions": [[[...W floats] x H] x C]}]}
 
 ``POST /v2/models/{m}[/versions/{v}]/explain`` (OIP v2 request as for ``/infer``: one ``BYTES``
 input of encoded images or one ``FP32`` tensor; request ``parameters`` ``steps`` and ``target``)
@@ -33,9 +33,10 @@ from fastapi.responses import JSONResponse, Response
 from triserve_common import codec
 from triserve_common.errors import BadRequestError
 from triserve_common.server import model_target, read_body
+from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import forced_backend, request_id_of, service_of
 from triserve_gateway.api_torchserve import request_images
-from triserve_gateway.api_v2 import images_of
+from triserve_gateway.api_v2 import as_model_rows, images_of
 from triserve_gateway.explain import METHOD, Explainer, ExplainLimits, Explanation
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceService, Payload
@@ -117,7 +118,7 @@ async def explanations(request: Request) -> Response:
     mv = service.gateway.resolve(model, version).mv
     steps = explainer.steps(_param(request, "steps", "x-explain-steps"))
     target = explainer.target(mv, _param(request, "target", "x-explain-target"))
-    images = await request_images(request, service.settings.max_body_bytes)
+    images = await request_images(request, service.settings)
     explainer.check_count(len(images))
     what = "request body" if len(images) == 1 else "form part"
     x, preprocess_s = await _input(service, mv, Payload(images=images, what=what))
@@ -141,7 +142,7 @@ def _v2_payload(mv: ModelVersion, decoded: codec.DecodedRequest, explainer: Expl
         explainer.check_count(len(images))
         return Payload(images=images, what=f"input '{inp.name}' image")
     if inp.datatype == mv.input.datatype:
-        return Payload(tensor=np.ascontiguousarray(arr, dtype=np.float32))
+        return Payload(tensor=np.ascontiguousarray(as_model_rows(inp.name, arr, mv), dtype=np.float32))
     raise BadRequestError(
         f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} or BYTES images"
     )
@@ -154,7 +155,7 @@ async def explain_v2(request: Request) -> Response:
     model, version = model_target(request)
     body = await read_body(request, service.settings.max_body_bytes)
     header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-    decoded = codec.decode_request(body, header_length)
+    decoded = codec.decode_request(body, header_length, service.decode_limits)
     mv = service.gateway.resolve(model, version).mv
     params = decoded.request.parameters or {}
     steps = explainer.steps(None if params.get("steps") is None else str(params["steps"]))
@@ -181,18 +182,19 @@ def register(app: FastAPI) -> None:
     settings = app.state.settings
     limits = ExplainLimits(settings.explain_steps, settings.explain_max_steps, settings.explain_max_images)
     app.state.explainer = Explainer(app.state.gateway, limits)
-    for path, suffix in (
-        ("/explanations/{model_name}", ""),
-        ("/explanations/{model_name}/{model_version}", "_version"),
+    for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
+        app.add_api_route(  # one route for both methods: a 405 names them both in Allow
+            path, explanations, methods=["POST", "PUT"], tags=TAGS,
+            summary="Explain a classification: Integrated Gradients attributions per pixel",
+            openapi_extra=spec.with_path(path, _EXPLAIN_BODY), responses=spec.explanation_responses(),
+        )
+    for prefix, suffix in (
+        ("/v2/models/{model_name}", ""),
+        ("/v2/models/{model_name}/versions/{model_version}", "_version"),
     ):
-        for method in ("POST", "PUT"):
-            app.add_api_route(
-                path, explanations, methods=[method], tags=TAGS,
-                summary="Explain a classification: Integrated Gradients attributions per pixel",
-                openapi_extra=_EXPLAIN_BODY, operation_id=f"explanations{suffix}_{method.lower()}",
-            )
-    for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
         app.add_api_route(
             prefix + "/explain", explain_v2, methods=["POST"], tags=["OIP v2"],
             summary="Explain: Integrated Gradients attributions (KServe v2 style)",
+            operation_id=f"explain{suffix}", openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
+            responses=spec.infer_responses(),
         )

@@ -26,15 +26,17 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
-from triserve_common.errors import BadRequestError
+from triserve_common.errors import BadRequestError, PayloadTooLargeError
 from triserve_common.server import model_target, read_body
+from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import (
     JSON,
+    DirectRoute,
     class_count,
     forced_backend,
     infer_request,
@@ -45,6 +47,7 @@ from triserve_gateway.api_common import (
 )
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, Payload
+from triserve_gateway.settings import GatewaySettings
 
 Array = np.ndarray[Any, Any]
 TAGS: list[str | Enum] = ["TorchServe inference API"]
@@ -92,7 +95,7 @@ def parse_topk(raw: str | None, classes: int) -> int | None:
     try:
         k = int(raw)
     except ValueError:
-        raise BadRequestError(f"topk must be an integer, got '{raw}'") from None
+        raise BadRequestError(f"topk must be an integer, got '{raw[:40]}'") from None
     if not 1 <= k <= classes:
         raise BadRequestError(f"topk must be between 1 and {classes}, got {k}")
     return k
@@ -109,8 +112,9 @@ def images_payload(images: list[bytes], topk: str | None, mv: ModelVersion) -> P
     return Payload(images=images, what="request body" if len(images) == 1 else "form part")
 
 
-async def form_images(request: Request, body: bytes) -> list[bytes]:
-    """The file parts of a ``multipart/form-data`` ``body``, in order (400 when malformed or none).
+async def form_images(request: Request, body: bytes, max_images: int) -> list[bytes]:
+    """The file parts of a ``multipart/form-data`` ``body``, in order (400 when malformed or none,
+    413 over ``max_images`` parts).
 
     ``body`` was already read under the size limit; it is replayed to Starlette's form parser
     (``python-multipart``), one part at most as big as the body itself.
@@ -125,8 +129,15 @@ async def form_images(request: Request, body: bytes) -> list[bytes]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_part_size=len(body) + 1)
+        form = await Request(request.scope, replay).form(
+            max_part_size=len(body) + 1, max_files=max_images, max_fields=max_images
+        )
     except HTTPException as exc:  # Starlette's MultiPartException, as a 400 inside an app
+        if str(exc.detail).startswith("Too many"):
+            raise PayloadTooLargeError(
+                f"multipart/form-data request with more than {max_images} parts (setting "
+                f"{GatewaySettings.env_name('max_images_per_request')})"
+            ) from None
         raise BadRequestError(f"malformed multipart/form-data request: {exc.detail}") from None
     try:
         images = [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -137,11 +148,11 @@ async def form_images(request: Request, body: bytes) -> list[bytes]:
     return images
 
 
-async def request_images(request: Request, limit: int) -> list[bytes]:
+async def request_images(request: Request, settings: GatewaySettings) -> list[bytes]:
     """The images of a predictions request: the raw body, or each file part of a form."""
-    body = await read_body(request, limit)
+    body = await read_body(request, settings.max_body_bytes, settings.env_name("max_body_bytes"))
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        return await form_images(request, body)
+        return await form_images(request, body, settings.max_images_per_request)
     return [body]
 
 
@@ -151,8 +162,8 @@ async def predictions(request: Request) -> Response:
     service = service_of(request)
     model, version = model_target(request)
     topk = raw_topk(request)
-    with service.track(model, start) as track:
-        images = await request_images(request, service.settings.max_body_bytes)
+    with service.track(model, start, version) as track:
+        images = await request_images(request, service.settings)
         prepare = partial(images_payload, images, topk)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
         served = await infer_request(request, track, call)
@@ -168,17 +179,27 @@ async def ping(request: Request) -> Response:
     return Response(body, status_code=200 if healthy else 500, media_type=JSON)
 
 
+async def api_description(request: Request) -> JSONResponse:
+    """The OpenAPI description of this API, as TorchServe answers ``GET /api-description`` and
+    ``OPTIONS /``."""
+    return JSONResponse(request.app.openapi())
+
+
 def register(app: FastAPI) -> None:
     """Add the TorchServe-style routes to ``app``."""
-    for path, suffix in (
-        ("/predictions/{model_name}", ""),
-        ("/predictions/{model_name}/{model_version}", "_version"),
-    ):
-        for method in ("POST", "PUT"):
-            app.add_api_route(
-                path, predictions, methods=[method], tags=TAGS,
-                summary="Classify image(s) (TorchServe-compatible)", openapi_extra=_PREDICTIONS_BODY,
-                operation_id=f"predictions{suffix}_{method.lower()}",
-            )
-    app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it")
-
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        app.router.add_api_route(  # one route for both methods: a 405 names them both in Allow
+            path, predictions, methods=["POST", "PUT"], tags=TAGS,
+            summary="Classify image(s) (TorchServe-compatible)",
+            openapi_extra=spec.with_path(path, _PREDICTIONS_BODY), responses=spec.predictions_responses(),
+            route_class_override=DirectRoute,
+        )
+    app.add_api_route("/ping", ping, methods=["GET"], tags=TAGS, summary="Health, as TorchServe answers it",
+                      responses={**spec.ok(spec.STATUS_BODY, "Healthy"),
+                                 500: {"description": "Unhealthy",
+                                       "content": {"application/json": {"schema": spec.STATUS_BODY}}}})
+    for path, method in (("/api-description", "GET"), ("/", "OPTIONS")):
+        app.add_api_route(path, api_description, methods=[method], tags=TAGS,
+                          summary="This OpenAPI description (as TorchServe answers it)",
+                          operation_id=f"api_description_{method.lower()}",
+                          responses=spec.ok(spec.OPENAPI_DOC, "OpenAPI description"))

@@ -3,9 +3,13 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer`` takes exactly one input, JSON or binary
 (``Inference-Header-Content-Length``):
 
-- ``FP32`` shaped like the model input (``[-1,1,28,28]``): passed through to the backend;
-- ``BYTES`` ``[N]``: N encoded images (base64 strings in JSON, raw bytes in binary mode),
-  preprocessed at the gateway per the model's manifest.
+- ``FP32`` image rows: the model input's own shape (``[N,C,H,W]``, from its manifest), or what
+  KServe/TorchServe clients send for the same images — ``[N,H,W]``, ``[N,H*W]``, or one image
+  ``[H,W]`` / ``[H*W]`` — reshaped to the model's input when each row holds one image's elements;
+- ``BYTES`` ``[N]`` (or ``[-1]``): N encoded images (base64 strings in JSON, raw bytes in binary
+  mode), preprocessed at the gateway per the model's manifest.
+
+Data is strict (:mod:`triserve_common.tensor_checks`): FP32 takes finite JSON numbers only.
 
 Outputs: the model's ``logits`` by default; ``probabilities`` (softmax, FP32) and ``label``
 (BYTES) on request. Binary outputs when asked (``binary_data`` per output or top-level
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from enum import Enum
 from functools import partial
@@ -29,7 +34,9 @@ from triserve_common import codec, v2
 from triserve_common.errors import BadRequestError
 from triserve_common.server import model_target, read_body
 from triserve_gateway import __version__
+from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import (
+    DirectRoute,
     class_count,
     forced_backend,
     infer_request,
@@ -45,19 +52,6 @@ Array = np.ndarray[Any, Any]
 SERVER_NAME = "triserve-gateway"
 EXTRA_OUTPUTS = ("probabilities", "label")
 TAGS: list[str | Enum] = ["OIP v2"]
-
-_INFER_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "OIP v2 inference request: JSON, or JSON header + binary tensors "
-        "(Inference-Header-Content-Length). One input: FP32 [-1,1,28,28] or BYTES [N] encoded images.",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-
 
 def _is_binary(inp: Any) -> bool:
     return bool(inp.parameters and "binary_data_size" in inp.parameters)
@@ -128,12 +122,40 @@ def tensor_payload(decoded: codec.DecodedRequest, mv: ModelVersion) -> Payload:
     arr = decoded.tensors[inp.name]
     wanted_outputs(req, mv)
     if inp.datatype == "BYTES":
+        if arr.ndim != 1:
+            raise BadRequestError(
+                f"input '{inp.name}': BYTES images take shape [N] (or [-1]), got {list(arr.shape)}"
+            )
         return Payload(images=images_of(inp.name, arr, _is_binary(inp)), what=f"input '{inp.name}' image")
     if inp.datatype == mv.input.datatype:
-        return Payload(tensor=np.ascontiguousarray(arr, dtype=np.float32))
+        return Payload(tensor=np.ascontiguousarray(as_model_rows(inp.name, arr, mv), dtype=np.float32))
     raise BadRequestError(
         f"input '{inp.name}' is {inp.datatype}: send {mv.input.datatype} {mv.input.shape} "
         "tensors or BYTES encoded images"
+    )
+
+
+def _squeezed(shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def as_model_rows(name: str, arr: Array, mv: ModelVersion) -> Array:
+    """``arr`` reshaped to the model input ``[N, *row]`` (see module doc); 400 when its rows are
+    not the model's (one row = one image: ``[C,H,W]``, ``[H,W]`` or ``[H*W]`` of its input)."""
+    row = list(mv.input.shape[1:])
+    if any(d < 0 for d in row):
+        return arr
+    size = math.prod(row)
+    images = {_squeezed(row), (size,)}
+    if arr.ndim >= 2 and _squeezed(arr.shape[1:]) in images:
+        return arr.reshape(arr.shape[0], *row)
+    if _squeezed(arr.shape) in images:
+        return arr.reshape(1, *row)
+    raise BadRequestError(
+        f"input '{name}': shape {list(arr.shape)} is not rows of the model's input "
+        f"{mv.input.shape}: send [N, {', '.join(map(str, row))}], "
+        f"[N, {', '.join(map(str, _squeezed(row)))}], [N, {size}] or one image "
+        f"[{', '.join(map(str, _squeezed(row)))}]"
     )
 
 
@@ -172,8 +194,8 @@ async def metadata(request: Request) -> JSONResponse:
     """OIP v2 metadata of a model version as the gateway serves it."""
     gateway = service_of(request).gateway
     target = gateway.resolve(*model_target(request))
-    backends = [b.name for b in target.route.config.backends]
-    return JSONResponse(model_metadata(target.mv, gateway.catalog.versions(target.model), backends))
+    backends = gateway.serving(target.model, target.mv.version)
+    return JSONResponse(model_metadata(target.mv, gateway.served_versions(target.model), backends))
 
 
 async def model_ready(request: Request) -> JSONResponse:
@@ -189,10 +211,11 @@ async def infer(request: Request) -> Response:
     start = time.perf_counter()
     service = service_of(request)
     model, version = model_target(request)
-    with service.track(model, start) as track:
-        body = await read_body(request, service.settings.max_body_bytes)
+    with service.track(model, start, version) as track:
+        settings = service.settings
+        body = await read_body(request, settings.max_body_bytes, settings.env_name("max_body_bytes"))
         length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-        decoded = codec.decode_request(body, length)
+        decoded = codec.decode_request(body, length, service.decode_limits)
         prepare = partial(tensor_payload, decoded)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
         served = await infer_request(request, track, call)
@@ -207,13 +230,27 @@ async def infer(request: Request) -> Response:
 
 def register(app: FastAPI) -> None:
     """Add the OIP v2 routes to ``app``."""
-    app.add_api_route("/v2/health/live", live, methods=["GET"], tags=TAGS)
-    app.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=TAGS)
-    app.add_api_route("/v2", server_metadata, methods=["GET"], tags=TAGS)
-    for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
-        app.add_api_route(prefix, metadata, methods=["GET"], tags=TAGS, summary="Model metadata")
+    app.add_api_route("/v2/health/live", live, methods=["GET"], tags=TAGS, summary="Liveness",
+                      responses=spec.ok(spec.LIVE, "Live"))
+    app.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=TAGS, summary="Readiness",
+                      responses={**spec.ok(spec.READY, "Ready"),
+                                 503: {"description": "Not ready",
+                                       "content": {"application/json": {"schema": spec.READY}}}})
+    app.add_api_route("/v2", server_metadata, methods=["GET"], tags=TAGS, summary="Server metadata",
+                      responses=spec.ok(spec.SERVER_METADATA, "Server metadata"))
+    for prefix, suffix in (
+        ("/v2/models/{model_name}", ""),
+        ("/v2/models/{model_name}/versions/{model_version}", "_version"),
+    ):
+        app.add_api_route(prefix, metadata, methods=["GET"], tags=TAGS, summary="Model metadata",
+                          operation_id=f"model_metadata{suffix}", openapi_extra=spec.with_path(prefix),
+                          responses=spec.metadata_responses())
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=TAGS,
-                          summary="Model readiness (a healthy backend exists)")
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
-                          summary="Inference: FP32 tensors or BYTES encoded images",
-                          openapi_extra=_INFER_BODY)
+                          summary="Model readiness (a healthy backend exists)",
+                          operation_id=f"model_ready{suffix}", openapi_extra=spec.with_path(prefix),
+                          responses=spec.model_ready_responses())
+        app.router.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=TAGS,
+                                 summary="Inference: FP32 tensors or BYTES encoded images",
+                                 operation_id=f"infer{suffix}",
+                                 openapi_extra=spec.with_path(prefix, spec.infer_request_body()),
+                                 responses=spec.infer_responses(), route_class_override=DirectRoute)

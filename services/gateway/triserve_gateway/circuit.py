@@ -75,6 +75,11 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._probe_started = None
 
+    def release(self) -> None:
+        """A request ended without telling anything about the backend (a client error): a
+        half-open probe slot is freed, the state stays."""
+        self._probe_started = None
+
     def record_failure(self) -> None:
         """A request failed: open after ``failure_threshold`` in a row, or at once when half-open."""
         self._failures += 1

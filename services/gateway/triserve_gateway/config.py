@@ -8,9 +8,10 @@ Schema (see the default file for a commented example)::
                    management_url: "http://127.0.0.1:8086", metrics_url: "http://127.0.0.1:8087"}
     models:
       mnist:
-        strategy: weighted          # weighted | round-robin | least-outstanding | fastest
-        backends: [{name: onnx, weight: 80}, {name: torchserve, weight: 20}]
+        strategy: p2c               # p2c | weighted | round-robin | least-outstanding | fastest
+        backends: [{name: onnx, weight: 100}, {name: torchserve, weight: 1}]
         batching: {enabled: true, max_batch_size: 32, max_queue_delay_ms: 2}
+        default_version: "1"        # optional: else the highest registered version
         shadow:                     # optional: mirror a share of requests to candidates (docs/shadow.md)
           candidates: [{backend: paddle, fraction: 0.1}, {version: "2", fraction: 0.05}]
           max_concurrent: 2
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from triserve_common.errors import TriserveError
 from triserve_common.manifest import ArtifactKind
-from triserve_gateway.routing import StrategyName
+from triserve_gateway.routing import DEFAULT_STRATEGY, StrategyName
 from triserve_gateway.settings import DEFAULT_ROUTING_FILE, GatewaySettings, RoutingOverrides
 
 Protocol = Literal["oip-v2", "torchserve"]
@@ -71,7 +72,8 @@ class BackendRef(_Strict):
 
     name: str
     weight: float = Field(default=1.0, ge=0)
-    """Relative share under ``weighted``; 0 = no regular traffic, failover and forced use only."""
+    """Relative worth: the share under ``weighted``, the cost divisor under ``p2c``; 0 = no regular
+    traffic, failover and forced use only."""
 
 
 class BatchingConfig(_Strict):
@@ -119,12 +121,15 @@ class ModelRoute(_Strict):
     """Routing of one model."""
 
     backends: list[BackendRef] = Field(min_length=1)
-    strategy: StrategyName = "weighted"
+    strategy: StrategyName = DEFAULT_STRATEGY
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_attempts: int | None = Field(default=None, ge=1)
     """Backends tried per request (first try + failovers); None = every backend of the model."""
     shadow: ShadowConfig | None = None
     """Shadow traffic to candidates (:mod:`triserve_gateway.shadow`); None = none."""
+    default_version: str | None = None
+    """Version a request without one gets, once registered at start; None = the highest registered
+    (the management API's ``set-default`` changes it at run time)."""
 
 
 class HealthConfig(_Strict):
@@ -148,6 +153,9 @@ class RoutingConfig(_Strict):
     models: dict[str, ModelRoute]
     health: HealthConfig = Field(default_factory=HealthConfig)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    default_strategy: StrategyName = DEFAULT_STRATEGY
+    """Strategy of a model registered without a route under ``models:`` (e.g. ``fashion``); the
+    strategy override (``TRISERVE_GATEWAY_STRATEGY``) sets it too."""
 
     @model_validator(mode="after")
     def _check_refs(self) -> RoutingConfig:
@@ -210,6 +218,7 @@ def apply_overrides(config: RoutingConfig, settings: GatewaySettings | RoutingOv
             ref.weight = o.weights.get(ref.name, ref.weight)
         route.strategy = o.strategy or route.strategy
         route.batching = _updated(route.batching, o.batching)
+    cfg.default_strategy = o.strategy or cfg.default_strategy
     cfg.health = _updated(cfg.health, o.health)
     cfg.circuit = _updated(cfg.circuit, o.circuit)
     return cfg

@@ -9,7 +9,7 @@
   readiness, routing strategy and its backends' names, protocols and health; no URL and no error
   message (those are on the management API only).
 - ``POST|PUT /demo/input/{model}[/{version}]``: the image the model receives after the gateway's
-  preprocessing, as a PNG of the input's size (28x28 for MNIST): the float tensor mapped back to
+  preprocessing, as a PNG of the input's size (the manifest's width x height): the float tensor mapped back to
   8-bit pixels (``(x * std + mean) / scale``), so inversion and resizing show as the model sees them.
 """
 
@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from triserve_common.server import model_target, read_body
+from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import service_of
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import Payload
@@ -53,9 +54,10 @@ def input_png(mv: ModelVersion, x: Array) -> bytes:
     return buf.getvalue()
 
 
-async def root() -> RedirectResponse:
-    """``GET /`` and ``GET /demo``: to the page."""
-    return RedirectResponse("/demo/", status_code=307)
+async def root(request: Request) -> RedirectResponse:
+    """``GET /`` and ``GET /demo``: to the page, query kept (``/?model=fashion`` opens that model)."""
+    query = request.url.query
+    return RedirectResponse("/demo/" + (f"?{query}" if query else ""), status_code=307)
 
 
 async def page() -> FileResponse:
@@ -73,7 +75,8 @@ async def model_input(request: Request) -> Response:
     service = service_of(request)
     model, version = model_target(request)
     mv = service.gateway.resolve(model, version).mv
-    body = await read_body(request, service.settings.max_body_bytes)
+    settings = service.settings
+    body = await read_body(request, settings.max_body_bytes, settings.env_name("max_body_bytes"))
     x = await service.model_input(mv, Payload(images=[body], what="request body"))
     elapsed = time.perf_counter() - start
     return Response(
@@ -92,7 +95,7 @@ async def catalog(request: Request) -> JSONResponse:
     gateway = service_of(request).gateway
     models = []
     for name in gateway.routed():
-        versions = gateway.catalog.versions(name)
+        versions = gateway.served_versions(name)
         if not versions:
             continue
         route = gateway.route(name)
@@ -110,19 +113,18 @@ async def catalog(request: Request) -> JSONResponse:
 
 def register(app: FastAPI) -> None:
     """Add the demo page, its static files and ``/demo/input/...`` to ``app``."""
-    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/", root, methods=["GET"], tags=["Demo"], summary="Redirect to the web demo page",
+                      responses=spec.redirect_responses())
     app.add_api_route("/demo", root, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/demo/", page, methods=["GET"], tags=["Demo"], summary="The web demo page")
+    app.add_api_route("/demo/", page, methods=["GET"], tags=["Demo"], summary="The web demo page",
+                      responses=spec.html_responses())
     app.add_api_route("/demo/models", catalog, methods=["GET"], tags=["Demo"],
-                      summary="Registered models, versions and backends (names and health only)")
-    for path, suffix in (
-        ("/demo/input/{model_name}", ""),
-        ("/demo/input/{model_name}/{model_version}", "_version"),
-    ):
-        for method in ("POST", "PUT"):
-            app.add_api_route(
-                path, model_input, methods=[method], tags=["Demo"],
-                summary="The preprocessed model input of an image, as a PNG",
-                operation_id=f"demo_input{suffix}_{method.lower()}",
-            )
+                      summary="Registered models, versions and backends (names and health only)",
+                      responses=spec.ok(spec.DEMO_MODELS, "Models, versions and backends"))
+    for path in ("/demo/input/{model_name}", "/demo/input/{model_name}/{model_version}"):
+        app.add_api_route(  # one route for both methods: a 405 names them both in Allow
+            path, model_input, methods=["POST", "PUT"], tags=["Demo"],
+            summary="The preprocessed model input of an image, as a PNG",
+            openapi_extra=spec.with_path(path, spec.image_request_body()), responses=spec.png_responses(),
+        )
     app.mount("/demo/static", StaticFiles(directory=STATIC_DIR), name="demo-static")

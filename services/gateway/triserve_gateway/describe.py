@@ -13,7 +13,8 @@ import logging
 from typing import Any
 
 from triserve_gateway.admin import BackendAdminError, HeldVersion
-from triserve_gateway.manager import ModelManager, Registration
+from triserve_gateway.manager import ModelManager
+from triserve_gateway.reconcile import Registration
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,14 @@ class BackendUnavailableError(ModelNotReadyError):
 
 
 class BackendRejectedError(TriserveError):
-    """A backend refused the request as a client error (its 4xx status is kept); not retried."""
+    """A backend refused the request as a client error (its 4xx status is kept).
+
+    A client's mistake, not the backend's: it neither opens nor closes the backend's breaker.
+    """
+
+
+class BackendNotServingError(BackendRejectedError):
+    """A backend answered 404: it does not serve this model version. Tried elsewhere, not counted."""
 
 
 class UnknownBackendError(BadRequestError):
@@ -36,12 +43,19 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RETRYABLE)
 
 
+def tries_elsewhere(exc: BaseException) -> bool:
+    """Whether the request moves on to the next backend: a failure, or a backend not serving it."""
+    return isinstance(exc, (*RETRYABLE, BackendNotServingError))
+
+
 __all__ = [
     "RETRYABLE",
     "BackendError",
+    "BackendNotServingError",
     "BackendRejectedError",
     "BackendTimeoutError",
     "BackendUnavailableError",
     "UnknownBackendError",
     "is_retryable",
+    "tries_elsewhere",
 ]

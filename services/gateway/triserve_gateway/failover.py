@@ -1,18 +1,21 @@
 """Which backend a request tries next (HTTP-free): the request's candidates, the next one to
-try (breaker acquired, retry budget spent for a retry or hedge), and whether another attempt may
-start at all. Used by :meth:`triserve_gateway.gateway.Gateway.infer`."""
+try (the route's strategy — p2c by default — picks among the routable untried ones; breaker
+acquired, retry budget spent for a retry or hedge), and whether another attempt may start at all.
+Used by :mod:`triserve_gateway.hedging`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 
+from triserve_common.errors import ModelNotReadyError
 from triserve_gateway.errors import UnknownBackendError
 from triserve_gateway.health import BackendState
 from triserve_gateway.metrics import GatewayMetrics
+from triserve_gateway.models import clip
 from triserve_gateway.retry_budget import RetryBudget
 from triserve_gateway.routing import Candidate
-from triserve_gateway.targets import Target
+from triserve_gateway.targets import Absence, Target
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,18 @@ def next_backend(
             continue
         if retry and target.route.budget.try_withdraw():
             metrics.retries.labels(target.model).inc()
-            metrics.failovers.labels(target.model, tried[-1]).inc()
+            metrics.failovers.labels(target.model, target.mv.version, tried[-1]).inc()
         tried.append(cand.name)
         return state
     return None
 
 
-def candidates(target: Target, backend: str | None) -> tuple[list[Candidate], int]:
-    """Candidates and attempts of a request: the forced backend once, else the route's."""
+def candidates(
+    target: Target, backend: str | None, absent: Mapping[tuple[str, str], Mapping[str, Absence]]
+) -> tuple[list[Candidate], int]:
+    """Candidates and attempts of a request: the forced backend once, else the route's backends
+    holding the version. A forced backend that lacks the version is refused naming why (``absent``):
+    400 when it can never serve it, 503 while it does not hold it."""
     r = target.route
     placed = target.placed
     if not backend:
@@ -63,9 +70,15 @@ def candidates(target: Target, backend: str | None) -> tuple[list[Candidate], in
         return pool, r.config.max_attempts or len(pool)
     cand = r.by_name.get(backend)
     if cand is None or (placed is not None and backend not in placed):
-        choices = [n for n in r.by_name if placed is None or n in placed]
-        raise UnknownBackendError(
-            f"backend '{backend}' does not serve model '{target.model}' version {target.version} "
-            f"(choose from: {', '.join(choices) or 'none'})"
+        choices = ", ".join(n for n in r.by_name if placed is None or n in placed) or "none"
+        what = f"model '{target.model}' version {target.version}"
+        absence = absent.get((target.model, target.mv.version), {}).get(backend)
+        if cand is None or absence is None or absence.permanent:
+            why = f": {absence.reason}" if absence is not None else ""
+            raise UnknownBackendError(
+                f"backend '{clip(backend)}' does not serve {what}{why} (choose from: {choices})"
+            )
+        raise ModelNotReadyError(
+            f"backend '{backend}' does not hold {what} now: {absence.reason} (choose from: {choices})"
         )
     return [cand], 1

@@ -2,72 +2,59 @@
 
 :meth:`Gateway.infer` takes an already preprocessed float32 batch and returns the model's output:
 
-1. candidates = the model's backends that pass the active health check and whose circuit
-   breaker admits a request (a forced backend — ``X-Backend`` — is the only candidate);
+1. candidates = the model's backends that hold the requested version (:attr:`Gateway.placement`,
+   from what each backend reports), pass the active health check and whose circuit breaker admits a
+   request (a forced backend — ``X-Backend`` — is the only candidate; one that lacks the version is
+   refused naming why: 400 when it can never serve it, 503 while it does not hold it);
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
-4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
-   and an attempt slower than 1.5x its backend's attempt timeout gets a hedge elsewhere (first
-   answer wins), up to ``max_attempts`` and while the model's retry budget allows; the breaker
-   records one outcome per backend call.
+4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried, and
+   an attempt slower than 1.5x its backend's attempt timeout gets a hedge elsewhere (first answer
+   wins: :mod:`triserve_gateway.hedging`), up to ``max_attempts`` and while the model's retry
+   budget allows; the breaker records one outcome per backend call. A backend's 4xx is the
+   client's mistake and leaves its breaker as it is (a 404 — version not served there — moves on
+   to the next backend).
 
-Every request has one :class:`~triserve_gateway.deadline.Deadline` (504); attempts and backend calls
-are cut at each backend's attempt timeout (:mod:`triserve_gateway.attempts`); :meth:`Gateway.admit`
-bounds each model's in-flight work and queue.
-
-503 when no backend is routable, otherwise the last failure's status (502/503/504).
+Every request has one :class:`~triserve_gateway.deadline.Deadline` (504); :meth:`Gateway.admit`
+bounds each model's in-flight work and queue (503 + ``Retry-After``). 503 when no backend is
+routable, otherwise the last failure's status (502/503/504).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from triserve_common.errors import ModelNotFoundError, ModelNotReadyError, TriserveError
+from triserve_common.errors import ModelNotFoundError
 from triserve_gateway.admission import OverloadedError, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
 from triserve_gateway.batching import BatcherPool, MicroBatcher
-from triserve_gateway.circuit import CircuitBreaker, CircuitState
+from triserve_gateway.calls import BackendCaller
+from triserve_gateway.circuit import CircuitBreaker
 from triserve_gateway.config import ModelRoute, RoutingConfig
 from triserve_gateway.deadline import Deadline
-from triserve_gateway.errors import (
-    BackendError,
-    BackendRejectedError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    is_retryable,
-)
-from triserve_gateway.failover import can_add, candidates, next_backend
+from triserve_gateway.errors import BackendRejectedError
+from triserve_gateway.failover import candidates
 from triserve_gateway.health import BackendState, HealthChecker
+from triserve_gateway.hedging import AttemptRunner, Outcome
 from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
-from triserve_gateway.models import ModelCatalog, ModelVersion, check_input
+from triserve_gateway.models import ModelCatalog, check_input, clip
 from triserve_gateway.retry_budget import RetryBudget
 from triserve_gateway.routing import BackendStats, Candidate, make_strategy
-from triserve_gateway.targets import RoutedResult, RouteState, Target
-
-log = logging.getLogger(__name__)
+from triserve_gateway.targets import Absence, RoutedResult, RouteState, Target
 
 Array = np.ndarray[Any, Any]
 BatchKey = tuple[str, str | None, str]
 """(model, version, backend)."""
-
-
-_FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
-    (BackendUnavailableError, "unavailable"),
-    (BackendTimeoutError, "timeout"),
-    (BackendRejectedError, "rejected"),
-    (BackendError, "error"),
-)
 
 
 class Gateway:
@@ -105,10 +92,16 @@ class Gateway:
             self.add_route(model, route)
         self.placement: dict[tuple[str, str], frozenset[str]] = {}
         """(model, version) → backends holding it, when known (else every backend of the route)."""
+        self.absent: dict[tuple[str, str], dict[str, Absence]] = {}
+        """(model, version) → why each backend of the route outside its placement does not serve it."""
+        self.settling: Callable[[], bool] | None = None
+        """True while healthy backends are still loading the start set (the model manager's)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
         self.health = HealthChecker(self.backends, routing.health, metrics, self.attempts.reset)
+        self._calls = BackendCaller(metrics, self.attempts, self.health.publish_up, self.unplace)
+        self._runner = AttemptRunner(self.backends, metrics, self.attempts, limits.retry_after_s)
         for state in self.backends.values():
-            self._publish_up(state)
+            self.health.publish_up(state)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,13 +117,17 @@ class Gateway:
         await self._batchers.close()
         await asyncio.gather(*(s.client.aclose() for s in self.backends.values()), return_exceptions=True)
 
+    async def check_health(self) -> None:
+        """Probe every backend once, concurrently (see :class:`~triserve_gateway.health.HealthChecker`)."""
+        await self.health.check()
+
     # ------------------------------------------------------------------ queries
 
     def _route(self, model: str) -> RouteState:
         r = self._routes.get(model)
         if r is None:
             known = ", ".join(sorted(self._routes))
-            raise ModelNotFoundError(f"model '{model}' is not routed (models: {known})")
+            raise ModelNotFoundError(f"model '{clip(model)}' is not routed (models: {known})")
         return r
 
     def route(self, model: str) -> ModelRoute:
@@ -145,7 +142,8 @@ class Gateway:
         return Target(model, mv.version, mv, route, self.placement.get((model, mv.version)))
 
     def add_route(self, model: str, route: ModelRoute) -> None:
-        """Route ``model`` (a model registered at run time) as ``route`` says."""
+        """Route ``model`` (a model registered at run time) as ``route`` says, with its own
+        admission control and retry budget."""
         cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
         self._routes[model] = RouteState(
             route, make_strategy(route.strategy, self._rng), cands, {c.name: c for c in cands},
@@ -160,7 +158,35 @@ class Gateway:
     async def forget(self, model: str, version: str) -> None:
         """Drop the batchers and placement of an unregistered version."""
         self.placement.pop((model, version), None)
+        self.absent.pop((model, version), None)
         await self._batchers.drop(lambda key: key[0] == model and key[1] == version)
+
+    def place(self, model: str, version: str, holders: frozenset[str], absent: dict[str, Absence]) -> None:
+        """Route ``model`` ``version`` to ``holders`` only; ``absent`` says why the others do not serve it."""
+        self.placement[(model, version)] = holders
+        self.absent[(model, version)] = absent
+
+    def unplace(self, model: str, version: str, backend: str, reason: str) -> None:
+        """Stop routing ``version`` to ``backend`` (it answered that it lacks it) until it is placed again."""
+        key = (model, version)
+        route = self._routes.get(model)
+        held = self.placement.get(key)
+        if held is None:
+            held = frozenset(route.by_name) if route is not None else frozenset()
+        self.placement[key] = held - {backend}
+        self.absent.setdefault(key, {})[backend] = Absence(reason)
+
+    def serving(self, model: str, version: str) -> list[str]:
+        """Backends of ``model``'s route holding ``version`` (every backend when placement is unknown)."""
+        route = self._routes.get(model)
+        if route is None:
+            return []
+        placed = self.placement.get((model, version))
+        return [c.name for c in route.candidates if placed is None or c.name in placed]
+
+    def served_versions(self, model: str) -> list[str]:
+        """Versions of ``model`` some backend of its route holds (or may hold: placement unknown)."""
+        return [v for v in self.catalog.versions(model) if self.serving(model, v)]
 
     def routed(self) -> list[str]:
         """The routed models."""
@@ -182,10 +208,13 @@ class Gateway:
         )
 
     def ready(self) -> bool:
-        """Every registered model has a routable backend (true with none registered, as TorchServe)."""
+        """Every registered model has a routable backend (true with none registered, as TorchServe), and
+        the backends are done loading the start set (:attr:`settling`)."""
+        if self.settling is not None and self.settling():
+            return False
         return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ admission
 
     def overloaded(self, model: str) -> OverloadedError | None:
         """The 503 a request for ``model`` would get from admission right now, if any (counted):
@@ -210,103 +239,53 @@ class Gateway:
         finally:
             gate.release()
 
+    # ------------------------------------------------------------------ inference
+
     async def infer(
         self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None,
         deadline: Deadline | None = None,
     ) -> RoutedResult:
-        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc.
-
-        An attempt that fails (retryable) is retried on another backend at once; one that is still
-        running after 1.5x its backend's attempt timeout gets a *hedge* on another backend, and
-        the first answer wins (Finagle's backup requests): a hung backend costs ~1.5x its attempt
-        timeout, while a machine that is merely slow loses nothing. Retries and hedges spend the
-        model's retry budget; everything ends at ``deadline`` (504)."""
+        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend before ``deadline``
+        (default: the gateway's ``request_timeout``); see module doc and :mod:`triserve_gateway.hedging`."""
         check_input(target.mv, x)
+        pool, max_attempts = candidates(target, backend, self.absent)
+
+        def attempt(state: BackendState) -> asyncio.Future[Outcome]:
+            # counted in flight now, as the choice is made: concurrent requests choose by it (p2c)
+            state.stats.outstanding += 1
+            task = asyncio.ensure_future(self._attempt(target, state, x, request_id))
+            task.add_done_callback(partial(_attempt_done, state.stats))
+            return task
+
         deadline = deadline or Deadline(self.limits.request_timeout_s)
-        pool, attempts = candidates(target, backend)
-        budget = target.route.budget
-        budget.deposit()
-        tried: list[str] = []
-        running: dict[asyncio.Future[tuple[Array, float, float]], str] = {}
-        last_exc: TriserveError | None = None
-        start_next = True
-        try:
-            while True:
-                state = None
-                if start_next:
-                    retry = bool(tried)
-                    state = next_backend(self.backends, self.metrics, target, pool, tried, attempts, retry)
-                if state is not None:
-                    running[asyncio.ensure_future(self._attempt(target, state, x, request_id))] = state.name
-                if not running:
-                    break
-                wait_s = deadline.remaining()
-                if can_add(self.backends, pool, tried, attempts, budget):
-                    newest = next(reversed(running.values()))
-                    wait_s = min(wait_s, 1.5 * self.attempts.timeout(newest))
-                done, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                if not done and deadline.expired():
-                    self.metrics.deadline_expired.labels(target.model, "backend").inc()
-                    raise deadline.exceeded(f"waiting for backend(s) {', '.join(running.values())}")
-                start_next = True  # a hedge when nothing is done yet, a retry after a failure
-                for fut in done:
-                    name = running.pop(fut)
-                    exc = fut.exception()
-                    if exc is None:
-                        value, queue_s, backend_s = fut.result()
-                        return RoutedResult(value, name, target.mv.version, queue_s, backend_s, len(tried))
-                    if not isinstance(exc, TriserveError) or not is_retryable(exc):
-                        raise exc
-                    last_exc = exc
-                    log.warning("request %s: backend %s failed: %s", request_id, name, exc.message)
-        finally:
-            for fut in running:
-                fut.cancel()  # the losers: queued ones leave their queue, sent ones are dropped
-        if last_exc is not None:
-            if len(tried) == 1:
-                raise last_exc
-            message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
-            raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
-        states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        error = ModelNotReadyError(
-            f"no healthy backend for model '{target.model}' version {target.version} "
-            f"({states or 'no backend holds it'})"
-        )
-        error.headers = {"Retry-After": str(max(1, math.ceil(self.limits.retry_after_s)))}
-        raise error
+        return await self._runner.run(target, pool, max_attempts, deadline, attempt, request_id)
 
     async def _attempt(
         self, target: Target, state: BackendState, x: Array, request_id: str | None
-    ) -> tuple[Array, float, float]:
-        """One try, batched or direct: (output, queue s, backend s). Cancelled, it leaves its batch
-        queue, or, once sent, lets the call complete and drops its answer."""
-        state.stats.outstanding += 1
-        try:
-            if target.route.config.batching.enabled:
-                key = (target.model, target.version, state.name)
-                outcome = await self._batchers.get(key).submit(x, request_id)
-                return outcome.value, outcome.queue_s, outcome.run_s
+    ) -> Outcome:
+        """One try on one backend, batched or direct: (output, queue seconds, backend seconds).
+        Cancelled, it leaves its batch queue, or, once sent, lets the call complete and drops its answer."""
+        if target.route.config.batching.enabled:
+            key = (target.model, target.version, state.name)
+            outcome = await self._batchers.get(key).submit(x, request_id)
+            value, queue_s, run_s = outcome.value, outcome.queue_s, outcome.run_s
+        else:
             start = time.perf_counter()
-            call = asyncio.ensure_future(self._call(state, target.mv, target.version, x, [request_id]))
-            call.add_done_callback(_retrieve)
-            try:
-                value = await asyncio.shield(call)
-            except asyncio.CancelledError:
-                self.metrics.cancelled.labels(target.model, "sent").inc()
-                raise
-            return value, 0.0, time.perf_counter() - start
-        finally:
-            state.stats.outstanding -= 1
+            value = await self._calls.sent(state, target.mv, target.version, x, request_id)
+            queue_s, run_s = 0.0, time.perf_counter() - start
+        state.stats.observe_latency(queue_s + run_s)  # what this request saw there: routing's signal
+        return value, queue_s, run_s
 
     def _make_batcher(self, key: BatchKey) -> MicroBatcher:
         model, version, backend = key
         state = self.backends[backend]
         cfg = self._routes[model].config.batching
         mv = self.catalog.get(model, version)
-        histogram = self.metrics.batch_size.labels(model, backend)
+        histogram = self.metrics.batch_size.labels(model, mv.version, backend)
+        cancelled = self.metrics.cancelled
 
         async def run(x: Array, tags: list[Any]) -> Array:
-            return await self._call(state, mv, version, x, tags)
+            return await self._calls.call(state, mv, version, x, tags)
 
         return MicroBatcher(
             run,
@@ -315,77 +294,12 @@ class Gateway:
             max_concurrent_batches=cfg.max_concurrent_batches,
             isolate=lambda exc: isinstance(exc, BackendRejectedError),
             on_batch=histogram.observe,
-            on_cancel=lambda stage: self.metrics.cancelled.labels(model, stage).inc(),
+            on_cancel=lambda stage: cancelled.labels(model, stage).inc(),
         )
 
-    async def _call(
-        self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
-    ) -> Array:
-        """One backend call (one batch), cut after the backend's ``timeout_s`` (routing file):
-        breaker bookkeeping, latency stats, failure metrics."""
-        ids = [t for t in tags if t]
-        request_id = ",".join(ids) if ids else None
-        timeout = self.routing.backends[state.name].timeout_s
-        start = time.perf_counter()
-        try:
-            try:
-                async with asyncio.timeout(timeout):
-                    y = await state.client.infer(
-                        mv.name, version, x, request_id, mv.input.name, mv.output.name
-                    )
-            except TimeoutError:
-                raise BackendTimeoutError(
-                    f"backend '{state.name}' did not answer within {timeout * 1e3:.0f} ms"
-                ) from None
-            if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
-                raise BackendError(
-                    f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
-                    f"({len(mv.labels)} classes expected)"
-                )
-        except TriserveError as exc:
-            self._record_failure(state, exc)
-            raise
-        except Exception as exc:  # a bug or an unexpected client error: count it, fail over
-            err = BackendError(f"backend '{state.name}' failed: {type(exc).__name__}: {exc}")
-            self._record_failure(state, err)
-            raise err from exc
-        elapsed = time.perf_counter() - start
-        state.breaker.record_success()
-        state.stats.observe_latency(elapsed)
-        self.attempts.observe(state.name, elapsed)
-        self.metrics.backend_calls.labels(state.name).inc()
-        self.metrics.attempt_timeout.labels(state.name).set(self.attempts.timeout(state.name))
-        self._publish_up(state)
-        return y.astype(np.float32, copy=False)
 
-    def _record_failure(self, state: BackendState, exc: TriserveError) -> None:
-        reason = next((r for cls, r in _FAILURE_REASONS if isinstance(exc, cls)), "error")
-        self.metrics.backend_failures.labels(state.name, reason).inc()
-        if isinstance(exc, BackendRejectedError):
-            state.breaker.record_success()  # the backend is alive; the request was at fault
-            return
-        state.last_error = exc.message
-        before = state.breaker.state
-        state.breaker.record_failure()
-        if before is not CircuitState.OPEN and state.breaker.state is CircuitState.OPEN:
-            self.metrics.ejections.labels(state.name, reason).inc()
-            log.warning("backend %s ejected after %d consecutive failures: %s",
-                        state.name, state.breaker.consecutive_failures, exc.message)
-        self._publish_up(state)
-
-    # ------------------------------------------------------------------ health
-
-    def _publish_up(self, state: BackendState) -> None:
-        self.health.publish_up(state)
-
-    async def check_health(self) -> None:
-        """Probe every backend once, concurrently (see :class:`HealthChecker`)."""
-        await self.health.check()
+def _attempt_done(stats: BackendStats, _: asyncio.Future[Outcome]) -> None:
+    stats.outstanding -= 1
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # seen: its caller may have left
-
-
-__all__ = ["BackendState", "Gateway", "RouteState", "RoutedResult", "Target"]
+__all__ = ["Absence", "BackendState", "Gateway", "RouteState", "RoutedResult", "Target"]

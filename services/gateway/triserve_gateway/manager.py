@@ -3,7 +3,8 @@
 :class:`ModelManager` implements TorchServe's management semantics over all the backends at once:
 
 - **register** a store version (see :mod:`triserve_gateway.store` for the ``url`` forms): every
-  backend of the model's route that can run it (its ``artifact`` is in the manifest) loads it —
+  backend of the model's route that can run it (its ``artifact`` is in the manifest, and the
+  manifest's ``backends`` list it when it has one) loads it —
   TorchServe through its management API, ONNX/Paddle through the v2 repository extension — and the
   version is routed to those that did. The first version of a model becomes its default.
 - **unregister**: the version stops taking requests at once (404), the gateway waits for its
@@ -12,10 +13,10 @@
 - **scale**: TorchServe's workers and the runtime services' instances of a version (0 = none).
 - **set default**: the version a request without one gets.
 
-Models registered at start (``load_models``) are assumed held by their backends until the
-reconciliation pass (:meth:`ModelManager.reconcile`) has asked each backend what it holds; that pass
-loads what a backend lacks and runs again whenever a backend comes back from being unhealthy
-(e.g. restarted with nothing loaded).
+Models registered at start (``load_models``) are routed to a backend once it reports holding them;
+every version is routed only to the backends whose latest report (every health-check interval) has it
+ready (:mod:`triserve_gateway.reconcile`), so the gateway is ready once the backends are. The default
+version is the highest, unless the model's route in ``routing.yaml`` sets ``default_version``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from triserve_common.repository import ALL, parse_model_list
-from triserve_gateway.admin import BackendAdmin, BackendAdminError, LoadOptions
+from triserve_gateway.admin import BackendAdmin, BackendAdminError
 from triserve_gateway.config import BackendRef, BatchingConfig, ModelRoute
 from triserve_gateway.gateway import Gateway
 from triserve_gateway.models import ModelVersion
+from triserve_gateway.reconcile import FAILED, LOADING, READY, UNLOADED, Reconciler, Registration, absences
+from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 from triserve_gateway.store import ModelStore, StoreVersion
 from triserve_gateway.torchserve_errors import (
     BadRequestException,
@@ -42,41 +46,6 @@ from triserve_gateway.torchserve_errors import (
 )
 
 log = logging.getLogger(__name__)
-
-READY, LOADING, FAILED, UNLOADED = "READY", "LOADING", "FAILED", "UNLOADED"
-
-
-@dataclass
-class Registration:
-    """One registered model version: its settings and its state on each backend that can run it."""
-
-    store: StoreVersion
-    mv: ModelVersion
-    url: str
-    backends: list[str]
-    min_workers: int
-    max_workers: int
-    batch_size: int
-    max_batch_delay: int
-    response_timeout: int
-    loaded_at_startup: bool = False
-    state: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.mv.name
-
-    @property
-    def version(self) -> str:
-        return self.mv.version
-
-    def placed(self) -> frozenset[str]:
-        """Backends holding this version, ready to serve it."""
-        return frozenset(b for b, s in self.state.items() if s == READY)
-
-    def options(self) -> LoadOptions:
-        return LoadOptions(self.batch_size, self.max_batch_delay, self.response_timeout)
 
 
 @dataclass(frozen=True)
@@ -97,17 +66,20 @@ class ModelManager:
         admins: Mapping[str, BackendAdmin],
         max_pixels: int,
         drain_timeout_s: float = 30.0,
+        image_formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
+        settle_timeout_s: float = 180.0,
     ) -> None:
         self.gateway = gateway
         self.store = store
         self.admins = dict(admins)
         self.max_pixels = max_pixels
+        self.image_formats = tuple(image_formats)
         self.drain_timeout_s = drain_timeout_s
         self.registered: dict[str, dict[str, Registration]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._synced: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self.reconciler = Reconciler(self, settle_timeout_s)
+        gateway.settling = self.reconciler.settling
 
     # ------------------------------------------------------------------ queries
 
@@ -123,20 +95,25 @@ class ModelManager:
         return reg
 
     def eligible(self, name: str, store_version: StoreVersion) -> list[str]:
-        """Backends of ``name``'s route (every backend if unrouted) that can run this version."""
+        """Backends of ``name``'s route (every backend if unrouted) that can run this version: its
+        manifest has their artifact and, when it lists ``backends``, lists them."""
         route = self.gateway.routing.models.get(name)
         names = [ref.name for ref in route.backends] if route else list(self.gateway.routing.backends)
-        artifacts = store_version.manifest.artifacts
+        manifest = store_version.manifest
         return [
             b for b in names
-            if (kind := self.gateway.routing.backends[b].artifact) is None or kind in artifacts
+            if (kind := self.gateway.routing.backends[b].artifact) is None or manifest.serves_on(kind)
         ]
+
+    def busy(self, name: str) -> bool:
+        """Whether an admin call (register, scale, unregister) is changing ``name`` right now."""
+        return self._lock(name).locked()
 
     # ------------------------------------------------------------------ start set
 
     def register_startup(self, models: str) -> None:
         """Register ``load_models`` (``all``, ``none``, ``mnist,fashion:1``) without calling any backend:
-        the backends are assumed to hold them until :meth:`reconcile` has checked."""
+        each version is routed to a backend once its report (:meth:`reconcile`) says it holds it."""
         try:
             spec = parse_model_list(models)
         except ValueError as exc:
@@ -159,10 +136,18 @@ class ModelManager:
                 continue
             reg = self._new_registration(store_version, f"{name}/{version}", None, None, None, None)
             reg.loaded_at_startup = True
-            reg.state = dict.fromkeys(backends, READY)
+            # routed to a backend once it reports holding it (one it cannot be asked: assumed)
+            reg.state = {b: LOADING if b in self.admins else READY for b in backends}
             self._install(reg)
-        for name in self.registered:  # at start, the highest version is the default (as before)
-            self.gateway.catalog.set_default(name, self.gateway.catalog.versions(name)[-1])
+        for name in self.registered:  # at start: the route's default_version, else the highest
+            route = self.gateway.routing.models.get(name)
+            versions = self.gateway.catalog.versions(name)
+            chosen = route.default_version if route is not None else None
+            if chosen is not None and chosen not in versions:
+                log.warning("%s: default_version %s is not registered (versions: %s); using %s",
+                            name, chosen, ", ".join(versions), versions[-1])
+                chosen = None
+            self.gateway.catalog.set_default(name, chosen or versions[-1])
 
     # ------------------------------------------------------------------ register / unregister
 
@@ -264,13 +249,15 @@ class ModelManager:
 
     # ------------------------------------------------------------------ reconciliation
 
-    async def start(self, interval_s: float) -> None:
-        """Reconcile now and then every ``interval_s`` (a backend back from unhealthy is re-checked)."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop(interval_s))
+    async def start(self, interval_s: float, first_timeout_s: float = 5.0) -> None:
+        """The backends' first reports (at most ``first_timeout_s``), then reconcile every ``interval_s``."""
+        await self.reconciler.start(interval_s, first_timeout_s)
+
 
     async def close(self) -> None:
         """Stop reconciling and background work; close the admin clients."""
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        await self.reconciler.stop()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -279,41 +266,8 @@ class ModelManager:
         await asyncio.gather(*(a.aclose() for a in self.admins.values()), return_exceptions=True)
 
     async def reconcile(self) -> None:
-        """Each healthy backend not checked since it (re)appeared: ask what it holds, load what it lacks."""
-        for backend, admin in self.admins.items():
-            state = self.gateway.backends.get(backend)
-            if state is None or not state.healthy:
-                self._synced.discard(backend)
-                continue
-            if backend in self._synced:
-                continue
-            try:
-                await self._reconcile_backend(backend, admin)
-            except BackendAdminError as exc:
-                log.warning("cannot reconcile backend %s: %s", backend, exc.message)
-                continue
-            self._synced.add(backend)
-
-    async def _reconcile_backend(self, backend: str, admin: BackendAdmin) -> None:
-        held = await admin.held()
-        for regs in list(self.registered.values()):
-            for reg in list(regs.values()):
-                if backend not in reg.backends or reg.min_workers <= 0:
-                    continue
-                if (reg.name, reg.version) in held:
-                    reg.state[backend] = READY
-                else:
-                    log.info("backend %s lacks %s version %s: loading it", backend, reg.name, reg.version)
-                    await self._load_one(reg, backend)
-                self._publish(reg)
-
-    async def _reconcile_loop(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:  # keep reconciling whatever happens
-                log.exception("reconciliation round failed")
-            await asyncio.sleep(interval_s)
+        """One reconciliation round (:meth:`triserve_gateway.reconcile.Reconciler.reconcile`)."""
+        await self.reconciler.reconcile()
 
     # ------------------------------------------------------------------ internals
 
@@ -329,7 +283,7 @@ class ModelManager:
             min_w = max_w = 1 if initial_workers is None else max(0, initial_workers)
         return Registration(
             store=sv,
-            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels),
+            mv=ModelVersion.from_manifest(sv.manifest, self.max_pixels, self.image_formats),
             url=url,
             backends=self.eligible(sv.name, sv),
             min_workers=min_w,
@@ -346,24 +300,35 @@ class ModelManager:
         self.gateway.catalog.add(reg.mv)
         if first and not self.gateway.is_routed(reg.name):
             self.gateway.add_route(reg.name, self._route(reg))
-        self._publish(reg)
+        self.publish(reg)
 
     def _route(self, reg: Registration) -> ModelRoute:
+        """The model's route in ``routing.yaml``, else every backend that can run one of its versions."""
         configured = self.gateway.routing.models.get(reg.name)
         if configured is not None:
             return configured
+        names = set(reg.backends)
+        for version in self.store.versions(reg.name):
+            names.update(self.eligible(reg.name, self.store.get(reg.name, version)))
         batching = BatchingConfig(max_batch_size=max(1, reg.batch_size))
-        return ModelRoute(backends=[BackendRef(name=b) for b in reg.backends], batching=batching)
+        backends = [BackendRef(name=b) for b in self.gateway.routing.backends if b in names]
+        strategy = self.gateway.routing.default_strategy
+        return ModelRoute(backends=backends, batching=batching, strategy=strategy)
 
-    def _publish(self, reg: Registration) -> None:
-        self.gateway.placement[(reg.name, reg.version)] = reg.placed()
+    def publish(self, reg: Registration) -> None:
+        """Route ``reg`` to the backends holding it, with the reason each other backend does not."""
+        self.gateway.place(reg.name, reg.version, reg.placed(), absences(self, reg))
+
+    async def load_on(self, reg: Registration, backend: str) -> None:
+        """Load ``reg`` on one backend and record its state there."""
+        await self._load_one(reg, backend)
 
     async def _drop(self, reg: Registration) -> None:
         """Stop routing ``reg`` at once, wait for its requests in flight, then unload it everywhere."""
         regs = self.registered.get(reg.name, {})
         regs.pop(reg.version, None)
         self.gateway.catalog.remove(reg.name, reg.version)
-        self.gateway.placement[(reg.name, reg.version)] = frozenset()
+        self.gateway.place(reg.name, reg.version, frozenset(), {})
         if not regs:
             self.registered.pop(reg.name, None)
             self.gateway.remove_route(reg.name)
@@ -376,7 +341,7 @@ class ModelManager:
     async def _load_all(self, reg: Registration) -> None:
         async with self._lock(reg.name):
             await asyncio.gather(*(self._load_one(reg, b) for b in reg.backends))
-            self._publish(reg)
+            self.publish(reg)
 
     async def _load_one(self, reg: Registration, backend: str) -> None:
         await self._on_backend(reg, backend, READY,
@@ -389,13 +354,13 @@ class ModelManager:
         async with self._lock(reg.name):
             if reg.min_workers <= 0:  # out of routing first, then no workers
                 reg.state = dict.fromkeys(reg.backends, UNLOADED)
-                self._publish(reg)
+                self.publish(reg)
             await asyncio.gather(*(
                 self._on_backend(reg, b, READY if reg.min_workers > 0 else UNLOADED,
                                  lambda a: self._scale_call(a, reg))
                 for b in reg.backends
             ))
-            self._publish(reg)
+            self.publish(reg)
 
     async def _scale_call(self, admin: BackendAdmin, reg: Registration) -> None:
         held = (reg.name, reg.version) in await admin.held()
@@ -419,6 +384,8 @@ class ModelManager:
             reg.errors[backend] = exc.message
             log.warning("%s version %s on %s: %s", reg.name, reg.version, backend, exc.message)
             return
+        finally:
+            reg.changed_at = time.monotonic()
         reg.state[backend] = success
         reg.errors.pop(backend, None)
 

@@ -10,6 +10,8 @@ from triserve_common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from triserve_gateway.torchserve_metrics import TorchServeMetrics
 
 STAGES = ("preprocess", "queue", "backend")
+UNKNOWN_LABEL = "_unknown"
+"""``model`` / ``version`` label of a request naming a model or version that is not registered."""
 PAIR_LABELS = ("model", "primary", "primary_version", "candidate", "candidate_version")
 """A shadow's primary/candidate pair: the backend and version that answered, the one mirrored to."""
 SHADOW_OUTCOMES = ("compared", "failed", "dropped")
@@ -74,35 +76,41 @@ class GatewayMetrics:
     """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers;
     shadow traffic (:class:`ShadowMetrics`) and TorchServe's frontend names (:class:`TorchServeMetrics`);
     the overload protections: admission (in flight, queued, rejections), deadlines, retries and
-    their budget, ejections, cancellations."""
+    their budget, ejections, cancellations.
+
+    Every per-request series is labelled by ``model`` and ``version``: a registered model and one of
+    its versions, else :data:`UNKNOWN_LABEL` (a client cannot grow the label set); per-backend series
+    (health, failures) by ``backend``; the overload series by ``model`` only (admission, budgets and
+    deadlines are per model)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
         self.requests = LabelCache(Counter(
             "triserve_gateway_requests",
-            "Inference requests by model, backend that answered (none if no backend did) and HTTP status.",
-            ["model", "backend", "status"], registry=r,
+            "Inference requests by model, version, backend that answered (none if no backend did) and "
+            "HTTP status.",
+            ["model", "version", "backend", "status"], registry=r,
         ))  # fmt: skip
         self.latency = LabelCache(Histogram(
             "triserve_gateway_request_duration_seconds",
             "Total time of an inference request in the gateway (body read to response built).",
-            ["model", "backend"], buckets=LATENCY_BUCKETS, registry=r,
+            ["model", "version", "backend"], buckets=LATENCY_BUCKETS, registry=r,
         ))  # fmt: skip
         self.stage_latency = LabelCache(Histogram(
             "triserve_gateway_stage_duration_seconds",
             "Time of each stage of an inference request: preprocess, queue (batching), backend.",
-            ["model", "backend", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+            ["model", "version", "backend", "stage"], buckets=LATENCY_BUCKETS, registry=r,
         ))  # fmt: skip
         self.in_flight = LabelCache(Gauge(
             "triserve_gateway_requests_in_flight",
             "Inference requests being processed by the gateway.",
-            ["model"], registry=r,
+            ["model", "version"], registry=r,
         ))  # fmt: skip
         self.batch_size = LabelCache(Histogram(
             "triserve_gateway_batch_size",
             "Rows (images) per backend call.",
-            ["model", "backend"], buckets=BATCH_BUCKETS, registry=r,
+            ["model", "version", "backend"], buckets=BATCH_BUCKETS, registry=r,
         ))  # fmt: skip
         self.backend_up = LabelCache(Gauge(
             "triserve_gateway_backend_up",
@@ -117,7 +125,7 @@ class GatewayMetrics:
         self.failovers = LabelCache(Counter(
             "triserve_gateway_failovers",
             "Requests retried on another backend after a failure of this one.",
-            ["model", "backend"], registry=r,
+            ["model", "version", "backend"], registry=r,
         ))  # fmt: skip
         self.shadow = ShadowMetrics(r)
         self.torchserve = TorchServeMetrics(r)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from triserve_common.manifest import (
     version_sort_key,
 )
 from triserve_gateway.preprocess import ImagePreprocessor
+from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
 
 Array = np.ndarray[Any, Any]
 
@@ -44,7 +45,9 @@ class ModelVersion:
         return self.outputs[0]
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, max_pixels: int) -> ModelVersion:
+    def from_manifest(
+        cls, manifest: Manifest, max_pixels: int, formats: Sequence[str] = DEFAULT_IMAGE_FORMATS
+    ) -> ModelVersion:
         if not manifest.inputs or not manifest.outputs:
             raise ValueError(f"manifest of {manifest.name} v{manifest.version} lists no inputs/outputs")
         return cls(
@@ -53,7 +56,7 @@ class ModelVersion:
             inputs=list(manifest.inputs),
             outputs=list(manifest.outputs),
             labels=list(manifest.labels),
-            preprocessor=ImagePreprocessor(manifest.preprocessing, max_pixels),
+            preprocessor=ImagePreprocessor(manifest.preprocessing, max_pixels, formats),
         )
 
 
@@ -61,7 +64,7 @@ class ModelCatalog:
     """Every registered version of every model, each model's default version, and the requests in
     flight per version (so that unregistering a version can wait for them).
 
-    :meth:`get` resolves ``None``/``latest`` to the model's default version: the highest version
+    :meth:`get` resolves ``None`` to the model's default version (``latest`` is no alias): the highest version
     unless :meth:`set_default` chose another. :meth:`add` / :meth:`remove` change it at run time.
     """
 
@@ -76,7 +79,13 @@ class ModelCatalog:
             self._default[name] = self.versions(name)[-1]
 
     @classmethod
-    def from_store(cls, store: Path, names: Iterable[str], max_pixels: int) -> ModelCatalog:
+    def from_store(
+        cls,
+        store: Path,
+        names: Iterable[str],
+        max_pixels: int,
+        formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
+    ) -> ModelCatalog:
         """Read the manifests of ``names`` from the model store (404-style error if one is absent)."""
         found: list[ModelVersion] = []
         for name in names:
@@ -84,7 +93,8 @@ class ModelCatalog:
             if not versions:
                 raise ModelNotFoundError(f"model '{name}' has no manifest in model store {store}")
             for version in versions:
-                found.append(ModelVersion.from_manifest(read_manifest(store / name / version), max_pixels))
+                manifest = read_manifest(store / name / version)
+                found.append(ModelVersion.from_manifest(manifest, max_pixels, formats))
         return cls(found)
 
     def names(self) -> list[str]:
@@ -98,18 +108,24 @@ class ModelCatalog:
         return self._default.get(name)
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The requested version (the default when ``version`` is None, "" or "latest"); 404 otherwise."""
+        """The requested version (the default when ``version`` is None); 404 naming what exists.
+
+        As in TorchServe, ``latest`` is no alias: a client names a version that exists or none.
+        """
         by_version = self._models.get(name)
         if by_version is None:
             raise ModelNotFoundError(
-                f"model '{name}' is not served (models: {', '.join(self.names()) or 'none'})"
+                f"model '{clip(name)}' is not served (models: {', '.join(self.names()) or 'none'})"
             )
-        if version in (None, "", "latest"):
+        if version is None:
             return by_version[self._default[name]]
-        mv = by_version.get(version) if version is not None else None
+        mv = by_version.get(version)
         if mv is None:
             known = ", ".join(self.versions(name))
-            raise ModelNotFoundError(f"version '{version}' of model '{name}' not found (versions: {known})")
+            hint = "; omit the version for the default (no 'latest' alias)" if version == "latest" else ""
+            raise ModelNotFoundError(
+                f"version '{clip(version)}' of model '{name}' not found (versions: {known}{hint})"
+            )
         return mv
 
     # ------------------------------------------------------------------ changes
@@ -172,6 +188,12 @@ class ModelCatalog:
             event = self._idle[key] = asyncio.Event()
             event.set()
         return event
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """A client-supplied name shortened for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 def check_input(mv: ModelVersion, x: Array) -> None:
     """400 unless ``x`` is FP32 shaped like the model input."""

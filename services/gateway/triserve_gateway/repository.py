@@ -19,7 +19,8 @@ from typing import Any
 
 from triserve_common.errors import ModelNotFoundError
 from triserve_common.v2 import LoadParameters, UnloadParameters
-from triserve_gateway.manager import LOADING, READY, ModelManager
+from triserve_gateway.manager import ModelManager
+from triserve_gateway.reconcile import LOADING, READY
 
 
 class GatewayRepository:

@@ -12,7 +12,6 @@ result.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from triserve_common.errors import TriserveError
+from triserve_common.errors import TriserveError, UnprocessableError
+from triserve_common.tensor_checks import DecodeLimits
+from triserve_gateway.budget import RequestBudget
 from triserve_gateway.deadline import Deadline
 from triserve_gateway.gateway import Gateway
-from triserve_gateway.metrics import GatewayMetrics
+from triserve_gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
 from triserve_gateway.shadow import ShadowTraffic
@@ -31,7 +32,7 @@ from triserve_gateway.targets import RoutedResult
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]
-UNKNOWN_MODEL = "_unknown"
+UNKNOWN_MODEL = UNKNOWN_LABEL
 """``model`` label for requests naming a model that is not routed (bounded label cardinality)."""
 
 
@@ -93,14 +94,34 @@ class InferenceService:
         self.settings = settings
         self.shadows = shadows
         """Shadow traffic of the routes that configure it (None = no shadows)."""
+        self.budget = RequestBudget.from_settings(settings)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """OIP v2 decoding limits: JSON values for ``max_rows`` rows of the largest registered model
+        input (versions come and go at run time)."""
+        catalog = self.gateway.catalog
+        return self.budget.json_limits(
+            catalog.get(name, version).input for name in catalog.names() for version in catalog.versions(name)
+        )
 
     def model_label(self, model: str) -> str:
         """``model`` as a metrics label (:data:`UNKNOWN_MODEL` when it is not routed)."""
         return model if self.gateway.is_routed(model) else UNKNOWN_MODEL
 
-    def track(self, model: str, start: float) -> RequestTrack:
-        """Context manager accounting for one request (in-flight, count by status, total latency)."""
-        return RequestTrack(self.metrics, self.model_label(model), start)
+    def version_label(self, model: str, version: str | None) -> str:
+        """``version`` as a metrics label: the version a request gets (the default when it names
+        none), :data:`UNKNOWN_LABEL` when that is not a registered version of a routed model."""
+        if not self.gateway.is_routed(model):
+            return UNKNOWN_LABEL
+        catalog = self.gateway.catalog
+        resolved = catalog.default_version(model) if version in (None, "") else version
+        return resolved if resolved is not None and resolved in catalog.versions(model) else UNKNOWN_LABEL
+
+    def track(self, model: str, start: float, version: str | None = None) -> RequestTrack:
+        """Context manager accounting for one request of ``model`` ``version`` (None = its default):
+        in-flight, count by status, total latency."""
+        return RequestTrack(self.metrics, self.model_label(model), start, self.version_label(model, version))
 
     async def infer(
         self, track: RequestTrack, request: InferenceCall, deadline: Deadline | None = None
@@ -119,24 +140,36 @@ class InferenceService:
             if self.shadows is not None:
                 self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend
+        _check_finite(result)
         served = Served(result, target.mv, preprocess_s)
         served.total_s = time.perf_counter() - track.start
         self.metrics.torchserve.count_inference(track.model, request.version, served.total_s, result.queue_s)
-        stage = self.metrics.stage_latency
-        stage.labels(track.model, result.backend, "preprocess").observe(preprocess_s)
-        stage.labels(track.model, result.backend, "queue").observe(result.queue_s)
-        stage.labels(track.model, result.backend, "backend").observe(result.backend_s)
+        stage, version = self.metrics.stage_latency, track.version
+        stage.labels(track.model, version, result.backend, "preprocess").observe(preprocess_s)
+        stage.labels(track.model, version, result.backend, "queue").observe(result.queue_s)
+        stage.labels(track.model, version, result.backend, "backend").observe(result.backend_s)
         return served
 
     async def model_input(self, mv: ModelVersion, payload: Payload) -> Array:
-        """The payload's tensor, or its images decoded: inline when small (28x28 PNGs take
-        microseconds), in a worker thread when big. (Explanations and the demo's input view use it too.)"""
+        """The payload's tensor, or its images decoded, within the request budget
+        (:mod:`triserve_gateway.budget`: rows, images, pixels; decoded off the loop when big).
+        (Explanations and the demo's input view use it too.)"""
         if payload.images is None:
             assert payload.tensor is not None
+            self.budget.check_rows(payload.tensor.shape[0])
             return payload.tensor
-        if sum(len(i) for i in payload.images) <= self.settings.inline_decode_max_bytes:
-            return mv.preprocessor.batch(payload.images, payload.what)
-        return await asyncio.to_thread(mv.preprocessor.batch, payload.images, payload.what)
+        return await self.budget.decode(mv.preprocessor, payload.images, payload.what)
+
+
+def _check_finite(result: RoutedResult) -> None:
+    """422 when the model's output is NaN/Inf: finite inputs far outside the model's range (say
+    3e38) overflow inside it. The backend did its job (its breaker counted a success)."""
+    if not np.isfinite(result.value).all():
+        rows = np.flatnonzero(~np.isfinite(result.value).all(axis=1))
+        raise UnprocessableError(
+            f"the model's output for row(s) {rows[:10].tolist()} is not finite (NaN/Inf): "
+            "the input values are far outside the range the model was trained on"
+        )
 
 
 class RequestTrack:
@@ -145,16 +178,19 @@ class RequestTrack:
     Status is 200 on normal exit, the error's status for a :class:`TriserveError`, else 500.
     """
 
-    __slots__ = ("backend", "metrics", "model", "start")
+    __slots__ = ("backend", "metrics", "model", "start", "version")
 
-    def __init__(self, metrics: GatewayMetrics, model: str, start: float) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, model: str, start: float, version: str = UNKNOWN_LABEL
+    ) -> None:
         self.metrics = metrics
         self.model = model
+        self.version = version
         self.start = start
         self.backend = "none"
 
     def __enter__(self) -> RequestTrack:
-        self.metrics.in_flight.labels(self.model).inc()
+        self.metrics.in_flight.labels(self.model, self.version).inc()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -164,6 +200,7 @@ class RequestTrack:
             status = str(exc.status_code)
         else:
             status = "500"
-        self.metrics.in_flight.labels(self.model).dec()
-        self.metrics.requests.labels(self.model, self.backend, status).inc()
-        self.metrics.latency.labels(self.model, self.backend).observe(time.perf_counter() - self.start)
+        self.metrics.in_flight.labels(self.model, self.version).dec()
+        self.metrics.requests.labels(self.model, self.version, self.backend, status).inc()
+        elapsed = time.perf_counter() - self.start
+        self.metrics.latency.labels(self.model, self.version, self.backend).observe(elapsed)

@@ -14,14 +14,19 @@ Every field below can override the routing file from the environment, e.g.::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from triserve_common.limits import ServerLimits
 from triserve_common.settings import MIB, ServiceSettings
 from triserve_gateway.limits import Limits
 from triserve_gateway.routing import StrategyName
+
+DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+"""Image formats accepted by default (Pillow names); animated ones count by their first frame."""
+ENV_PREFIX = "TRISERVE_GATEWAY_"
 
 DEFAULT_ROUTING_FILE = Path(__file__).resolve().parent.parent / "routing.yaml"
 """``services/gateway/routing.yaml``: backends, their ports and per-model routing."""
@@ -77,7 +82,7 @@ class GatewaySettings(ServiceSettings):
     """``TRISERVE_GATEWAY_*``: listen address, limits and overrides of the routing file."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TRISERVE_GATEWAY_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", protected_namespaces=()
     )
 
     port: int = 8080
@@ -108,10 +113,19 @@ class GatewaySettings(ServiceSettings):
     the store a backend can run), ``none``, or ``mnist,fashion:1`` (a model's every version, or one)."""
     max_body_bytes: int = 8 * MIB
     """Largest request body accepted (413 above)."""
-    max_image_pixels: int = 16_000_000
-    """Largest decoded image, in pixels (413 above): protection against decompression bombs."""
-    inline_decode_max_bytes: int = 256 * 1024
-    """Images up to this size are decoded on the event loop; bigger ones in a worker thread."""
+    max_rows_per_request: int = Field(default=256, ge=1)
+    """Most rows (images or tensor rows) in one request, whatever the backend (413 above)."""
+    max_images_per_request: int = Field(default=64, ge=1)
+    """Most encoded images in one request: multipart file parts or BYTES elements (413 above)."""
+    max_image_pixels: int = Field(default=16_000_000, ge=1)
+    """Largest image, in pixels, judged from its header before decoding (413 above)."""
+    max_request_pixels: int = Field(default=32_000_000, ge=1)
+    """Most pixels of all images of one request together, judged from their headers (413 above)."""
+    inline_decode_max_pixels: int = Field(default=65_536, ge=0)
+    """Requests whose images declare at most this many pixels are decoded on the event loop;
+    larger ones in a worker thread."""
+    image_formats: Annotated[list[str], NoDecode] = list(DEFAULT_IMAGE_FORMATS)
+    """Image formats accepted (Pillow format names, comma separated in the env; others get 415)."""
 
     routing_file: Path = DEFAULT_ROUTING_FILE
     """YAML routing config (backends, models, strategies, batching, health, circuit breaker)."""
@@ -152,6 +166,21 @@ class GatewaySettings(ServiceSettings):
     """Most steps an explanation may ask for (400 above; the TorchServe handler's own cap is 256)."""
     explain_max_images: int = 1
     """Images per explanation request (413 above; at most 4): each costs ``steps`` forward+backward passes."""
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _formats(cls, value: object) -> object:
+        """Comma-separated in the env (``PNG,JPEG``), upper-cased, as Pillow names them."""
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v).strip().upper() for v in value]
+        return value
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        """The environment variable of a setting (error messages name it)."""
+        return f"{ENV_PREFIX}{field.upper()}"
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> GatewaySettings:

@@ -185,6 +185,12 @@ class ShadowTraffic:
             why = f"backend '{backend}' is not configured" if state is None else "its input differs"
             self._failed(pair, request_id, why)
             return None
+        # Placement is known only for the backends of the model's route; a candidate outside it (a
+        # backend kept for shadowing alone) is tried, and a version it lacks counts as a failed shadow.
+        placed = self.gateway.placement.get((target.model, candidate_mv.version))
+        if placed is not None and backend in target.route.by_name and backend not in placed:
+            self._failed(pair, request_id, f"backend '{backend}' does not hold version {version}")
+            return None
         asked = cand.version if cand.version else target.version
         return ShadowJob(pair, request_id, x, result.value, target.mv, candidate_mv, state, asked, cfg)
 

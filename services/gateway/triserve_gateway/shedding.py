@@ -1,8 +1,8 @@
-"""Load shedding at the door (pure ASGI, outermost): while a model's admission queue is full, its
-inference requests get their 503 + ``Retry-After`` before any routing, body reading or parsing,
-so that refusing costs far less than serving and an overloaded gateway keeps serving what it
-admitted (and its health endpoints). The core's admission control stays the authority; this only
-answers early what it would answer anyway.
+"""Load shedding at the door (pure ASGI, just inside the key check): while a model's admission
+queue is full, its inference requests get their 503 + ``Retry-After`` (in the API's error shape)
+before any routing, body reading or parsing, so that refusing costs far less than serving and an
+overloaded gateway keeps serving what it admitted (and its health endpoints). The core's admission
+control stays the authority; this only answers early what it would answer anyway.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from triserve_common.errors import error_body
+from triserve_gateway.error_shapes import is_v2, torchserve_error
 from triserve_gateway.gateway import Gateway
 
 
@@ -39,7 +40,10 @@ class LoadSheddingMiddleware:
             model = inference_model(scope["method"], scope["path"])
             refusal = None if model is None else self.gateway.overloaded(model)
             if refusal is not None:
-                response = JSONResponse(error_body(refusal.message), refusal.status_code, refusal.headers)
+                status, message = refusal.status_code, refusal.message
+                v2 = is_v2(scope["path"])
+                body = error_body(message) if v2 else torchserve_error(status, message, refusal)
+                response = JSONResponse(body, status, refusal.headers)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,5 +1,6 @@
 """What a request runs on and what it gets back: a routed model's live route (:class:`RouteState`),
-the resolved :class:`Target` of one request, and its :class:`RoutedResult` (HTTP-free)."""
+the resolved :class:`Target` of one request, and its :class:`RoutedResult`; why a backend does not
+serve a version (:class:`Absence`). HTTP-free."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ class RouteState:
 
 
 @dataclass(frozen=True)
+class Absence:
+    """Why a backend of a model's route does not serve one of its versions."""
+
+    reason: str
+    permanent: bool = False
+    """True when it never can (the manifest rules it out), False while it does not hold it now."""
+
+
+@dataclass(frozen=True)
 class Target:
     """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
 
@@ -55,4 +65,4 @@ class RoutedResult:
     attempts: int
 
 
-__all__ = ["RouteState", "RoutedResult", "Target"]
+__all__ = ["Absence", "RouteState", "RoutedResult", "Target"]

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from triserve_common.errors import ArtifactIntegrityError
 from triserve_common.manifest import Metrics, ModelInfo, Parity, read_manifest, verify_artifact
 from triserve_trainer.job import (
     JobContext,
@@ -62,7 +63,7 @@ def load_reference(ctx: JobContext) -> None:
         ref = read_manifest(ref_dir)
         for kind in ("onnx", "torchscript"):
             verify_artifact(ref, ref_dir, kind)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ArtifactIntegrityError) as exc:
         raise JobError(f"--quantize-from {cfg.quantize_from}: {exc}") from exc
     if ref.data.seed != cfg.seed:
         raise JobError(f"{ref_dir} was trained with --seed {ref.data.seed}; pass the same seed to calibrate")

@@ -46,6 +46,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"triserve bench: {exc.args[0]}", file=sys.stderr)
         return 2
+    from triserve_cli.bench.stack import TorchServeTuning
+
+    try:
+        tuning = TorchServeTuning.parse(args.torchserve_tuned or "")
+    except ValueError as exc:
+        print(f"triserve bench: --torchserve-tuned: {exc}", file=sys.stderr)
+        return 2
     out = args.out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     config = runner.BenchConfig(
         paths=paths,
@@ -59,6 +66,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         mnist_dir=args.mnist_dir,
         max_foreign_cpu=args.max_foreign_cpu,
         retries=args.retries,
+        torchserve_tuning=tuning,
         progress=not args.no_progress,
         command=shlex.join(["triserve", *sys.argv[1:]]),
     )
@@ -93,11 +101,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--model-store", type=Path, help="model store (default <repo>/model_store)")
     parser.add_argument("--mnist-dir", type=Path, help="MNIST t10k IDX files (default ../shared/data/mnist)")
     parser.add_argument(
-        "--max-foreign-cpu", type=float, default=0.25,
+        "--max-foreign-cpu",
+        type=float,
+        default=0.25,
         help="cores used by other processes above which a measurement is repeated (default 0.25)",
     )
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measurements of a disturbed run (default 2)"
+    )
+    parser.add_argument(
+        "--torchserve-tuned",
+        metavar="NAME=INT,...",
+        help="the torchserve-tuned path's per-model config, e.g. workers=2,batch_size=8,max_batch_delay_ms=5 "
+        "(default: the values the sweep in BENCHMARKS.md chose)",
     )
     parser.add_argument("--smoke", action="store_true", help="short run: levels 1,4, 1 s each, 1 s warm-up")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -54,11 +54,16 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
-        return {"path": self.path, "labels": self.labels, "answers": self.answers, "ok": self.ok,
-                "failures": self.failures}
+        return {
+            "path": self.path,
+            "labels": self.labels,
+            "answers": self.answers,
+            "ok": self.ok,
+            "failures": self.failures,
+        }
 
 
-def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float = 30.0) -> CheckResult:
+def precheck(path: BenchPath, base_url: str, digits: list[Digit], retry_s: float = 120.0) -> CheckResult:
     """Send every digit once over ``path``; transient errors (connection, 503) are retried for ``retry_s``."""
     answers: list[int] = []
     failures: list[str] = []

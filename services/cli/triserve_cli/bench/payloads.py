@@ -40,13 +40,9 @@ def mnist_dir(path: Path | str | None = None) -> Path:
     return Path(os.environ.get("TRISERVE_MNIST_DIR", DEFAULT_MNIST_DIR))
 
 
-def preprocess_spec(model_store: Path, model: str = "mnist") -> PreprocessSpec:
-    """The model's preprocessing from its latest manifest (the schema's defaults when there is none)."""
-    try:
-        version = resolve_version(model_store, model, None)
-    except Exception:  # no store yet: the manifest schema's defaults are the contract
-        return PreprocessSpec()
-    return read_manifest(model_store / model / version).preprocessing
+def preprocess_spec(model_store: Path, model: str = "mnist", version: str | None = None) -> PreprocessSpec:
+    """The model's preprocessing from its manifest (``version``, else the latest)."""
+    return read_manifest(model_store / model / resolve_version(model_store, model, version)).preprocessing
 
 
 def to_tensor(image: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.float32]:

@@ -11,13 +11,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from triserve_cli.bench.paths import ADDED_LATENCY_PAIRS
+from triserve_cli.bench.paths import ADDED_LATENCY_PAIRS, INT8_PAIRS, ROUTED_PATHS
 
 Result = dict[str, Any]
 """One measurement: ``path``, ``concurrency`` and :meth:`WrkResult.to_dict`'s fields."""
 
 PACKAGES = (
-    "torchserve", "torch", "onnxruntime", "paddlepaddle", "fastapi", "uvicorn", "httpx", "numpy", "locust",
+    "torchserve",
+    "torch",
+    "onnxruntime",
+    "paddlepaddle",
+    "fastapi",
+    "uvicorn",
+    "aiohttp",
+    "httpx",
+    "numpy",
+    "locust",
 )
 
 
@@ -30,7 +39,8 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
         mem_kb = next(
-            int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
             if line.startswith("MemTotal")
         )
     except (OSError, StopIteration, ValueError):
@@ -62,6 +72,7 @@ def versions(wrk_version: str) -> dict[str, str]:
 
 def git_state(repo: Path) -> dict[str, Any]:
     """Commit of the checkout measured and whether it had uncommitted changes under ``services/``."""
+
     def git(*args: str) -> str:
         proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
         return proc.stdout.strip()
@@ -76,34 +87,160 @@ def lookup(results: Sequence[Result], path: str, concurrency: int) -> Result | N
 
 
 def _target(
-    name: str, value: float | None, op: str, threshold: float, unit: str, detail: str
+    name: str, value: float | None, op: str, threshold: float | None, unit: str, detail: str
 ) -> dict[str, Any]:
-    met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
-    return {"name": name, "value": value, "op": op, "threshold": threshold, "unit": unit, "met": met,
-            "detail": detail}
+    """One target (``threshold`` None: reported for information, no goal)."""
+    if value is None or threshold is None:
+        met = None
+    else:
+        met = value >= threshold if op == ">=" else value <= threshold
+    return {
+        "name": name,
+        "value": value,
+        "op": op,
+        "threshold": threshold,
+        "unit": unit,
+        "met": met,
+        "detail": detail,
+    }
+
+
+def _ratio(results: Sequence[Result], num: str, den: str, concurrency: int) -> float | None:
+    a, b = lookup(results, num, concurrency), lookup(results, den, concurrency)
+    return a["rps"] / b["rps"] if a and b and b["rps"] > 0 else None
+
+
+def _field(results: Sequence[Result], path: str, concurrency: int, key: str) -> float | None:
+    row = lookup(results, path, concurrency)
+    return float(row[key]) if row else None
 
 
 def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """The issue's four targets, computed from this run (value None where a needed run is missing)."""
-    out = []
-    g32, ts32 = lookup(results, "gateway-onnx", 32), lookup(results, "torchserve-stock", 32)
-    ratio = g32["rps"] / ts32["rps"] if g32 and ts32 and ts32["rps"] > 0 else None
-    out.append(_target("gateway->ONNX vs TorchServe stock, req/s at c=32", ratio, ">=", 5.0, "x",
-                       "gateway-onnx rps / torchserve-stock rps"))
-    out.append(_target("gateway->ONNX p99 at c=32", g32["p99_ms"] if g32 else None, "<=", 50.0, "ms",
-                       "gateway-onnx p99"))
-    for gateway, direct in ADDED_LATENCY_PAIRS:
-        g1, d1 = lookup(results, gateway, 1), lookup(results, direct, 1)
-        added = g1["p50_ms"] - d1["p50_ms"] if g1 and d1 else None
-        out.append(_target(f"gateway added latency, p50 at c=1 ({direct})", added, "<=", 1.0, "ms",
-                           f"{gateway} p50 - {direct} p50"))
-    on, off = lookup(results, "gateway-batching-on", 64), lookup(results, "gateway-batching-off", 64)
-    gain = on["rps"] / off["rps"] if on and off and off["rps"] > 0 else None
-    out.append(_target("dynamic batching on vs off, req/s at c=64", gain, ">=", 2.0, "x",
-                       "gateway-batching-on rps / gateway-batching-off rps"))
+    """The targets of issue 12, computed from this run (value None where a needed run is missing),
+    then figures reported without a goal (``threshold`` None)."""
+    out = [
+        _target(
+            "gateway-png vs torchserve-stock, req/s at c=32",
+            _ratio(results, "gateway-png", "torchserve-stock", 32),
+            ">=",
+            5.0,
+            "x",
+            "gateway-png rps / torchserve-stock rps",
+        ),
+        _target(
+            "gateway-png p99 at c=32",
+            _field(results, "gateway-png", 32, "p99_ms"),
+            "<=",
+            50.0,
+            "ms",
+            "gateway-png p99 (PNG, default routing)",
+        ),
+        _target(
+            "gateway-auto vs gateway-onnx, req/s at c=32",
+            _ratio(results, "gateway-auto", "gateway-onnx", 32),
+            ">=",
+            0.9,
+            "x",
+            "default routing vs ONNX forced, same v2 body",
+        ),
+    ]
+    g1, d1 = _field(results, "gateway-onnx", 1, "p50_ms"), _field(results, "onnx", 1, "p50_ms")
+    out.append(
+        _target(
+            "gateway added latency, p50 at c=1 (onnx)",
+            g1 - d1 if g1 is not None and d1 is not None else None,
+            "<=",
+            1.0,
+            "ms",
+            "gateway-onnx p50 - onnx p50",
+        )
+    )
+    out.append(
+        _target(
+            "dynamic batching on vs off, req/s at c=64",
+            _ratio(results, "gateway-batching-on", "gateway-batching-off", 64),
+            ">=",
+            2.0,
+            "x",
+            "gateway-batching-on rps / gateway-batching-off rps",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-png vs torchserve-tuned, req/s at c=32",
+            _ratio(results, "gateway-png", "torchserve-tuned", 32),
+            ">=",
+            2.5,
+            "x",
+            "gateway-png rps / torchserve-tuned rps",
+        )
+    )
     errors = sum(int(r["errors"]) for r in results)
-    out.append(_target("errors in every run", float(errors) if results else None, "<=", 0.0, "",
-                       "socket errors + timeouts + non-2xx + wrong digits, all runs"))
+    out.append(
+        _target(
+            "errors in every run",
+            float(errors) if results else None,
+            "<=",
+            0.0,
+            "",
+            "socket errors + timeouts + non-2xx + wrong digits, all runs",
+        )
+    )
+    # reported, no goal
+    out.append(
+        _target(
+            "gateway-png vs torchserve-stock, req/s at c=64",
+            _ratio(results, "gateway-png", "torchserve-stock", 64),
+            ">=",
+            None,
+            "x",
+            "gateway-png rps / torchserve-stock rps",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-png p99 at c=64",
+            _field(results, "gateway-png", 64, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "gateway-png p99",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-auto p99 at c=32",
+            _field(results, "gateway-auto", 32, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "compare with gateway-onnx p99",
+        )
+    )
+    out.append(
+        _target(
+            "gateway-onnx p99 at c=32",
+            _field(results, "gateway-onnx", 32, "p99_ms"),
+            "<=",
+            None,
+            "ms",
+            "ONNX forced",
+        )
+    )
+    for gateway, direct in ADDED_LATENCY_PAIRS:
+        if direct == "onnx":
+            continue
+        g, d = _field(results, gateway, 1, "p50_ms"), _field(results, direct, 1, "p50_ms")
+        out.append(
+            _target(
+                f"gateway added latency, p50 at c=1 ({direct})",
+                g - d if g is not None and d is not None else None,
+                "<=",
+                None,
+                "ms",
+                f"{gateway} p50 - {direct} p50",
+            )
+        )
     return out
 
 
@@ -111,6 +248,35 @@ def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
     return f"{value:.2f}{unit}" if unit == "x" else f"{value:.3g} {unit}".strip()
+
+
+def verdicts(rows: Sequence[dict[str, Any]]) -> str:
+    """One ``PASS`` / ``MISS`` / ``n/a`` line per target with a goal (figures without one are left out)."""
+    lines = []
+    for t in rows:
+        if t["threshold"] is None:
+            continue
+        word = {True: "PASS", False: "MISS", None: "n/a "}[t["met"]]
+        goal = f"{t['op']} {_fmt(t['threshold'], t['unit'])}"
+        lines.append(f"{word}  {t['name']}: {_fmt(t['value'], t['unit'])} (goal {goal}; {t['detail']})")
+    return "\n".join(lines)
+
+
+def split_table(results: Sequence[Result]) -> str:
+    """Share of answers per backend (``X-Backend``) for the paths routed by the gateway's strategy."""
+    rows = [r for r in results if r.get("backends") and r["path"] in ROUTED_PATHS]
+    if not rows:
+        return "traffic split: no routed gateway path measured"
+    names = sorted({b for r in rows for b in r["backends"]})
+    lines = [
+        "| path (default routing) | clients | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for r in rows:
+        total = sum(r["backends"].values()) or 1
+        shares = " | ".join(f"{100 * r['backends'].get(n, 0) / total:.1f} %" for n in names)
+        lines.append(f"| {r['path']} | {r['concurrency']} | {shares} |")
+    return "\n".join(lines)
 
 
 def table(results: Sequence[Result]) -> str:
@@ -129,12 +295,40 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def _int8_ratio(fp32: float, int8: float, fmt: str) -> str:
+    return f"{fp32:{fmt}} / {int8:{fmt}} = {int8 / fp32:.2f}x" if fp32 > 0 else "n/a"
+
+
+def int8_table(results: Sequence[Result], few: int = 1, many: int = 32) -> str:
+    """INT8 (mnist v2) vs FP32 (v1) per backend, as ratios of the same run: p50 at ``few`` clients,
+    req/s at ``many`` ("" when no INT8 path was measured)."""
+    lines = []
+    for int8, fp32 in INT8_PAIRS:
+        i1, f1 = lookup(results, int8, few), lookup(results, fp32, few)
+        im, fm = lookup(results, int8, many), lookup(results, fp32, many)
+        if not (i1 and f1) and not (im and fm):
+            continue
+        p50 = _int8_ratio(f1["p50_ms"], i1["p50_ms"], ".2f") if i1 and f1 else "n/a"
+        rps = _int8_ratio(fm["rps"], im["rps"], ".0f") if im and fm else "n/a"
+        lines.append(f"| {fp32.removeprefix('gateway-')} | {p50} | {rps} |")
+    if not lines:
+        return ""
+    head = [
+        f"| backend (via the gateway) | p50 ms at c={few}: FP32 / INT8 = INT8 ratio "
+        f"| req/s at c={many}: FP32 / INT8 = INT8 ratio |",
+        "|---|---:|---:|",
+    ]
+    return "\n".join(head + lines)
+
+
 def targets_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The targets as a Markdown table."""
+    """The targets as a Markdown table (figures without a goal: "reported")."""
     lines = ["| target | measured | goal | met |", "|---|---:|---:|:---:|"]
     for t in rows:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-        goal = f"{t['op']} {_fmt(t['threshold'], t['unit'])}"
+        goal = "reported" if t["threshold"] is None else f"{t['op']} {_fmt(t['threshold'], t['unit'])}"
+        if t["threshold"] is None:
+            met = ""
         lines.append(f"| {t['name']} | {_fmt(t['value'], t['unit'])} | {goal} | {met} |")
     return "\n".join(lines)
 
@@ -165,9 +359,13 @@ def plot(results: Sequence[Result], path: Path, title: str) -> Path:
     for i, name in enumerate(names):
         rows = sorted((r for r in results if r["path"] == name), key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in rows]
-        style = {"color": cmap(i % 20), "marker": "o", "label": name,
-                 "linestyle": "--" if name == "torchserve-stock" else "-",
-                 "linewidth": 2.5 if name in ("torchserve-stock", "gateway-onnx") else 1.5}
+        style = {
+            "color": cmap(i % 20),
+            "marker": "o",
+            "label": name,
+            "linestyle": "--" if name.startswith("torchserve-") else "-",
+            "linewidth": 2.5 if name in ("torchserve-stock", "torchserve-tuned", "gateway-png") else 1.5,
+        }
         ax_rps.plot(xs, [r["rps"] for r in rows], **style)
         ax_p99.plot(xs, [r["p99_ms"] for r in rows], **style)
     for ax, label in ((ax_rps, "throughput (req/s)"), (ax_p99, "p99 latency (ms, log)")):
@@ -196,10 +394,12 @@ def write_json(document: dict[str, Any], path: Path) -> Path:
 
 def markdown(document: dict[str, Any]) -> str:
     """Results, generator check and targets of a run, as pasted into BENCHMARKS.md."""
-    return "\n\n".join(
-        [
-            table(document["results"]),
-            generator_table(document["generator"]),
-            targets_table(document["targets"]),
-        ]
-    )
+    parts = [
+        table(document["results"]),
+        int8_table(document["results"]),
+        generator_table(document["generator"]),
+        split_table(document["results"]),
+        targets_table(document["targets"]),
+        verdicts(document["targets"]),
+    ]
+    return "\n\n".join(p for p in parts if p)

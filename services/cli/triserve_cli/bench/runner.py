@@ -17,9 +17,10 @@ from triserve_cli.bench import cpu, report, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
 from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
-from triserve_cli.bench.stack import Instance, Stack, free_port
+from triserve_cli.bench.stack import Instance, Stack, TorchServeTuning
 from triserve_cli.launcher import ServiceSpec
 from triserve_common.paths import REPO_ROOT
+from triserve_common.ports import free_port
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
 SETTLE_MIN_S, SETTLE_MAX_S = 0.2, 5.0
@@ -43,6 +44,8 @@ class BenchConfig:
     """Cores used by other processes above which a measurement is repeated."""
     retries: int = 2
     """How many times a disturbed measurement is repeated."""
+    torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
+    """Per-model config of the ``torchserve-tuned`` instance."""
     progress: bool = True
     command: str = ""
 
@@ -75,8 +78,9 @@ class _Meter:
     def tick(self, seconds: float) -> None:
         self.bar.update(min(seconds, self.bar.total - self.bar.n))
 
-    def measure(self, request: wrk.Request, script: Path, connections: int, seconds: float,
-                retries: int | None = None) -> dict[str, Any]:
+    def measure(
+        self, request: wrk.Request, script: Path, connections: int, seconds: float, retries: int | None = None
+    ) -> dict[str, Any]:
         """One measurement; repeated while foreign load exceeds ``max_foreign_cpu`` (at most ``retries``
         more times, the config's by default), keeping the least disturbed attempt."""
         retries = self.config.retries if retries is None else retries
@@ -84,13 +88,23 @@ class _Meter:
         for attempt in range(1, retries + 2):
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             before = cpu.Sample.take(self.pgids)
-            result = wrk.run(script, request.url, connections, seconds, self.config.threads,
-                             self.config.timeout_s, self.tick)
+            result = wrk.run(
+                script,
+                request.url,
+                connections,
+                seconds,
+                self.config.threads,
+                self.config.timeout_s,
+                self.tick,
+            )
             after = cpu.Sample.take(self.pgids)
             reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
             generator_s = (reaped.ru_utime - usage.ru_utime) + (reaped.ru_stime - usage.ru_stime)
-            row: dict[str, Any] = {**result.to_dict(), "attempts": attempt,
-                                   **cpu.split(before, after, generator_s, result.duration_s or seconds)}
+            row: dict[str, Any] = {
+                **result.to_dict(),
+                "attempts": attempt,
+                **cpu.split(before, after, generator_s, result.duration_s or seconds),
+            }
             # wrk stops with requests in flight; let the service drain them before the next run (a queue
             # still full of abandoned requests would reject the next run's, e.g. TorchServe's 503).
             time.sleep(min(SETTLE_MAX_S, max(SETTLE_MIN_S, 2 * result.max_ms / 1000)))
@@ -118,7 +132,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     digits = load_digits(SWEEP_INDICES, config.mnist_dir, config.model_store)
     load_digit = next(d for d in digits if d.index == LOAD_INDEX)
     services = sorted({p.service for p in config.paths})
-    stack = Stack(services, work, config.model_store)
+    stack = Stack(services, work, config.model_store, torchserve_tuning=config.torchserve_tuning)
     trivial = _trivial_instance(work, load_digit)
     document: dict[str, Any] = {
         "started_at": started.isoformat(timespec="seconds"),
@@ -128,10 +142,15 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "git": report.git_state(REPO_ROOT),
         "python_path": os.environ.get("PYTHONPATH", ""),
         "settings": {
-            "concurrency": config.concurrency, "duration_s": config.duration_s, "warmup_s": config.warmup_s,
-            "wrk_threads": config.threads, "wrk_timeout_s": config.timeout_s,
-            "max_foreign_cpu": config.max_foreign_cpu, "retries": config.retries,
+            "concurrency": config.concurrency,
+            "duration_s": config.duration_s,
+            "warmup_s": config.warmup_s,
+            "wrk_threads": config.threads,
+            "wrk_timeout_s": config.timeout_s,
+            "max_foreign_cpu": config.max_foreign_cpu,
+            "retries": config.retries,
             "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
+            "torchserve_tuned": asdict(config.torchserve_tuning),
         },
         "paths": [asdict(p) | {"headers": dict(p.headers)} for p in config.paths],
     }
@@ -161,8 +180,10 @@ def run(config: BenchConfig) -> dict[str, Any]:
     document["machine"]["loadavg_at_end"] = list(os.getloadavg())
     document["targets"] = report.targets(document["results"])
     report.write_json(document, out / "bench.json")
-    title = (f"triserve bench: {document['machine']['cores']} cores ({document['machine']['cpu']}), "
-             f"{config.duration_s:g}s per level, wrk -t{config.threads}")
+    title = (
+        f"triserve bench: {document['machine']['cores']} cores ({document['machine']['cpu']}), "
+        f"{config.duration_s:g}s per level, wrk -t{config.threads}"
+    )
     report.plot(document["results"], out / "bench.png", title)
     (out / "bench.md").write_text(report.markdown(document) + "\n")
     return document
@@ -177,12 +198,18 @@ def _load(
     total = per_path * len(config.paths) + config.duration_s * len(levels)
     results: list[dict[str, Any]] = []
     calibration: list[dict[str, Any]] = []
-    with tqdm(total=round(total, 1), unit="s", disable=not config.progress, file=sys.stderr,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}]") as bar:
+    with tqdm(
+        total=round(total, 1),
+        unit="s",
+        disable=not config.progress,
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}]",
+    ) as bar:
         meter = _Meter(config, pgids, bar)
         # The generator against a trivially cheap endpoint, same body and same response check.
-        request = wrk.Request("POST", f"{trivial.url}/v2/models/mnist/infer", digit.v2, digit.v2_headers,
-                              "text", digit.label)
+        request = wrk.Request(
+            "POST", f"{trivial.url}/v2/models/mnist/infer", digit.v2, digit.v2_headers, "text", digit.label
+        )
         script = wrk.write_script(request, scripts, "trivial")
         for level in levels:
             bar.set_description(f"trivial c={level}")
@@ -190,8 +217,9 @@ def _load(
             calibration.append({"path": "trivial", "concurrency": level, **row})
         for path in config.paths:
             body, headers = path.body(digit)
-            request = wrk.Request(path.method, stack.url(path.service) + path.endpoint, body, headers,
-                                  path.answer, digit.label)
+            request = wrk.Request(
+                path.method, stack.url(path.service) + path.endpoint, body, headers, path.answer, digit.label
+            )
             script = wrk.write_script(request, scripts, path.name)
             if config.warmup_s > 0:
                 bar.set_description(f"{path.name} warm-up")

@@ -2,9 +2,10 @@
 
 Command lines and environments come from the platform launcher (:func:`triserve_cli.launcher.service_specs`),
 so the benchmark starts every service exactly as ``triserve up`` does; this module only adds the
-instances ``up`` has no use for: a second TorchServe in its stock configuration (the archive's
-``model-config.yaml`` rewritten to TorchServe's defaults: one worker, batch size 1) and gateways with
-dynamic batching forced on and off (``TRISERVE_GATEWAY_BATCHING``).
+instances ``up`` has no use for: a TorchServe in its stock configuration (the archive's
+``model-config.yaml`` rewritten to TorchServe's defaults: one worker, batch size 1), a TorchServe tuned
+as its docs advise (:class:`TorchServeTuning`) and gateways with dynamic batching forced on and off
+(``TRISERVE_GATEWAY_BATCHING``).
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import httpx
 
+from triserve_cli.bench.paths import FP32_VERSION
 from triserve_cli.launcher import (
     RUN_ID_ENV,
     PlatformConfig,
@@ -34,12 +35,73 @@ from triserve_cli.launcher import (
     torchserve_store,
 )
 from triserve_common.manifest import MANIFEST_FILE, file_entry
+from triserve_common.paths import REPO_ROOT
+from triserve_common.ports import free_port
 
 STOCK_MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n"
 """TorchServe's defaults for a model registered without options (one worker pinned, as the issue asks)."""
 
+QUIET_LOG_CONFIG = REPO_ROOT / "services" / "torchserve" / "log4j2-quiet.xml"
+
+
+@dataclass(frozen=True)
+class TorchServeTuning:
+    """TorchServe configured as its performance guide advises, for the ``torchserve-tuned`` path.
+
+    Per model (the archive's ``model-config.yaml``): ``workers`` (min = max), ``batch_size`` and
+    ``max_batch_delay_ms``, chosen by the sweep in BENCHMARKS.md. Always: the frontend logs warnings
+    only, no access log and no per-request metric lines (``services/torchserve/log4j2-quiet.xml``),
+    asynchronous logging, no system-metrics collector. PNG bodies go through the archive's own handler.
+    """
+
+    workers: int = 1
+    batch_size: int = 16
+    max_batch_delay_ms: int = 5
+
+    def model_config(self) -> str:
+        """The archive's ``model-config.yaml``."""
+        return (
+            f"minWorkers: {self.workers}\nmaxWorkers: {self.workers}\nbatchSize: {self.batch_size}\n"
+            f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 120\n"
+        )
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        """Environment of the instance (``start.sh`` and TorchServe's ``TS_<PROPERTY>`` overrides)."""
+        return {
+            "TS_LOG_CONFIG": str(QUIET_LOG_CONFIG),
+            "TS_ASYNC_LOGGING": "true",
+            "TS_DISABLE_SYSTEM_METRICS": "true",
+        }
+
+    @classmethod
+    def parse(cls, text: str) -> TorchServeTuning:
+        """``workers=2,batch_size=8,max_batch_delay_ms=5`` (any subset; the rest keeps its default)."""
+        values: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() not in {f.name for f in fields(cls)}:
+                names = ", ".join(f.name for f in fields(cls))
+                raise ValueError(f"expected NAME=INT pairs with NAME one of {names}, got {item!r}")
+            try:
+                values[key.strip()] = int(value)
+            except ValueError:
+                raise ValueError(f"{key.strip()} must be an integer, got {value!r}") from None
+        tuning = cls(**values)
+        if min(tuning.workers, tuning.batch_size) < 1 or tuning.max_batch_delay_ms < 0:
+            raise ValueError(f"workers and batch_size must be >= 1, max_batch_delay_ms >= 0: {tuning}")
+        return tuning
+
+
 SERVICES = (
-    "torchserve-stock", "torchserve", "onnx", "paddle", "gateway", "gateway-batching", "gateway-nobatching",
+    "torchserve-stock",
+    "torchserve-tuned",
+    "torchserve",
+    "onnx",
+    "paddle",
+    "gateway",
+    "gateway-batching",
+    "gateway-nobatching",
 )
 """Every instance a run may need, in start order (backends before gateways)."""
 
@@ -48,26 +110,26 @@ class StackError(RuntimeError):
     """A service did not start; the message carries its log tail."""
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _torchserve_ports() -> dict[str, int]:
     """Free ports for all five TorchServe listeners (two instances run side by side)."""
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     return {f"ts_{name}_port": free_port() for name in names}
 
 
-def stock_model_store(model_store: Path, target: Path, model: str = "mnist") -> Path:
-    """A model store at ``target`` whose ``.mar`` has TorchServe's stock per-model config.
+def stock_model_store(
+    model_store: Path,
+    target: Path,
+    model: str = "mnist",
+    model_config: str = STOCK_MODEL_CONFIG,
+    version: str = FP32_VERSION,
+) -> Path:
+    """A model store at ``target`` whose ``.mar`` (``model``/``version``) has ``model_config``
+    (default: TorchServe's stock per-model config) as its ``model-config.yaml``.
 
     The archive is copied entry by entry with ``model-config.yaml`` replaced; the copied manifest's
     ``torchserve`` entry is updated to the new archive's size and sha256 so that it still verifies.
     """
-    source = torchserve_store(model_store, model)
+    source = torchserve_store(model_store, model, version)
     version_dir = target / model / source.name
     version_dir.mkdir(parents=True, exist_ok=True)
     mar = version_dir / f"{model}.mar"
@@ -76,7 +138,7 @@ def stock_model_store(model_store: Path, target: Path, model: str = "mnist") -> 
         zipfile.ZipFile(mar, "w", zipfile.ZIP_DEFLATED) as dst,
     ):
         for info in src.infolist():
-            data = STOCK_MODEL_CONFIG.encode() if info.filename == "model-config.yaml" else src.read(info)
+            data = model_config.encode() if info.filename == "model-config.yaml" else src.read(info)
             dst.writestr(info, data)
     manifest_path = source / MANIFEST_FILE
     if manifest_path.is_file():
@@ -112,8 +174,13 @@ class Instance:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd, start_new_session=True,
+                self.spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
             )
 
     def ready(self) -> bool:
@@ -153,6 +220,7 @@ class Stack:
     workdir: Path
     model_store: Path
     ready_timeout_s: float = 300.0
+    torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
     instances: dict[str, Instance] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -164,9 +232,14 @@ class Stack:
         if wanted & {"gateway", "gateway-batching", "gateway-nobatching"}:
             wanted |= {"torchserve", "onnx", "paddle"}  # a gateway needs every backend it routes to
         config = PlatformConfig.from_env(
-            run_dir=self.workdir / "platform", model_store=self.model_store,
-            gateway_port=free_port(), management_port=free_port(), metrics_port=free_port(),
-            onnx_port=free_port(), paddle_port=free_port(), **_torchserve_ports(),
+            run_dir=self.workdir / "platform",
+            model_store=self.model_store,
+            gateway_port=free_port(),
+            management_port=free_port(),
+            metrics_port=free_port(),
+            onnx_port=free_port(),
+            paddle_port=free_port(),
+            **_torchserve_ports(),
         )
         specs = {s.name: s for s in service_specs(config)}
         plan: list[tuple[Instance, dict[str, str]]] = []
@@ -174,17 +247,26 @@ class Stack:
             if name not in wanted:
                 continue
             extra: dict[str, str] = {}
-            if name == "torchserve-stock":
-                stock = PlatformConfig.from_env(
-                    run_dir=self.workdir / "stock",
-                    model_store=stock_model_store(self.model_store, self.workdir / "stock-store"),
+            if name in ("torchserve-stock", "torchserve-tuned"):
+                tuned = name == "torchserve-tuned"
+                model_config = self.torchserve_tuning.model_config() if tuned else STOCK_MODEL_CONFIG
+                own_store = self.workdir / f"{name.removeprefix('torchserve-')}-store"
+                own = PlatformConfig.from_env(
+                    run_dir=self.workdir / name.removeprefix("torchserve-"),
+                    model_store=stock_model_store(self.model_store, own_store, model_config=model_config),
                     **_torchserve_ports(),
                 )
-                spec, port = {s.name: s for s in service_specs(stock)}["torchserve"], stock.ts_inference_port
+                spec, port = {s.name: s for s in service_specs(own)}["torchserve"], own.ts_inference_port
+                if tuned:
+                    extra.update(self.torchserve_tuning.env())
             elif name.startswith("gateway"):
                 port = free_port() if name != "gateway" else config.gateway_port
-                own = config if name == "gateway" else replace(  # every gateway has its own three listeners
-                    config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                own = (
+                    config
+                    if name == "gateway"
+                    else replace(  # every gateway has its own three listeners
+                        config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                    )
                 )
                 spec = {s.name: s for s in service_specs(own)}["gateway"]
                 if name != "gateway":
@@ -231,8 +313,9 @@ class Stack:
             instance.stop()
 
     def remove_scratch(self) -> None:
-        """Delete the copied stock model store (logs stay)."""
-        shutil.rmtree(self.workdir / "stock-store", ignore_errors=True)
+        """Delete the copied stock and tuned model stores (logs stay)."""
+        for name in ("stock-store", "tuned-store"):
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +113,7 @@ function init(args)
   bad_status = 0
   bad_body = 0
   sample = ""
+  backends = {}
 end
 
 local function keep(status, body)
@@ -123,6 +124,8 @@ local function keep(status, body)
 end
 
 function response(status, headers, body)
+  local backend = header(headers, "x-backend")
+  if backend ~= nil then backends[backend] = (backends[backend] or 0) + 1 end
   if status < 200 or status > 299 then
     bad_status = bad_status + 1
     keep(status, body)
@@ -133,21 +136,26 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local bs, bb, first = 0, 0, ""
+  local bs, bb, first, split = 0, 0, "", {}
   for _, t in ipairs(threads) do
     bs = bs + t:get("bad_status")
     bb = bb + t:get("bad_body")
     if first == "" then first = t:get("sample") end
+    for name, count in pairs(t:get("backends")) do split[name] = (split[name] or 0) + count end
+  end
+  local served = {}
+  for name, count in pairs(split) do
+    table.insert(served, string.format('"%%s":%%d', string.gsub(name, "[^%%w_.-]", "?"), count))
   end
   local e = summary.errors
   local out = string.format(
     '{"requests":%%d,"duration_us":%%d,"bytes":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,' ..
     '"timeout":%%d,"bad_status":%%d,"bad_body":%%d,"min_us":%%d,"mean_us":%%.1f,"max_us":%%d,' ..
-    '"p50_us":%%d,"p90_us":%%d,"p95_us":%%d,"p99_us":%%d,"sample":"%%s"}',
+    '"p50_us":%%d,"p90_us":%%d,"p95_us":%%d,"p99_us":%%d,"sample":"%%s","backends":{%%s}}',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
     e.timeout, bs, bb, latency.min, latency.mean, latency.max,
     latency:percentile(50), latency:percentile(90), latency:percentile(95), latency:percentile(99),
-    string.gsub(first, '["\\]', "?"))
+    (string.gsub(first, '["\\]', "?")), table.concat(served, ","))
   io.write("\n%(marker)s" .. out .. "\n")
 end
 """
@@ -213,6 +221,8 @@ class WrkResult:
     bad_status: int
     bad_body: int
     sample: str
+    backends: dict[str, int] = field(default_factory=dict)
+    """Answers per ``X-Backend`` response header (the gateway's routing decisions)."""
 
     @property
     def errors(self) -> int:
@@ -261,6 +271,7 @@ def parse_output(stdout: str) -> WrkResult:
         bad_status=raw["bad_status"],
         bad_body=raw["bad_body"],
         sample=raw["sample"],
+        backends=dict(raw.get("backends") or {}),
     )
 
 

@@ -123,8 +123,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-store", type=Path, help="model store for every backend")
     parser.add_argument("--host", help="address every service binds to (default 127.0.0.1)")
     parser.add_argument("--models", help="models loaded at start: all (default), none, or mnist,fashion:1")
-    parser.add_argument("--disable-token-auth", action="store_true",
-                        help="no management key check (as TorchServe's --disable-token-auth); local use only")
+    parser.add_argument(
+        "--disable-token-auth",
+        action="store_true",
+        help="no management key check (as TorchServe's --disable-token-auth); local use only",
+    )
     for flag, what in (
         ("--gateway-port", "gateway"),
         ("--management-port", "gateway management API"),

@@ -139,5 +139,3 @@ class PlatformConfig:
     def management_key_file(self) -> Path:
         """Where the gateway keeps its generated management key (mode 0600)."""
         return self.run_dir / "gateway" / "key_file.management"
-
-

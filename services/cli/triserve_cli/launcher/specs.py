@@ -8,20 +8,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triserve_cli.launcher.config import PlatformConfig, PlatformError
-from triserve_common.manifest import list_versions
+from triserve_common.errors import TriserveError
+from triserve_common.manifest import list_versions, read_manifest, verify_artifact
 from triserve_common.paths import REPO_ROOT
 from triserve_common.repository import ALL, parse_model_list
 
 
-def torchserve_store(model_store: Path, model: str = "mnist") -> Path:
-    """The folder TorchServe loads ``<model>.mar`` from: the highest version that has one."""
+def torchserve_store(model_store: Path, model: str = "mnist", version: str | None = None) -> Path:
+    """The folder TorchServe loads ``<model>.mar`` from: ``version``'s, else the highest with one."""
     versions = sorted(
         (p.parent for p in model_store.glob(f"{model}/*/{model}.mar") if p.parent.name.isdigit()),
         key=lambda p: int(p.name),
     )
+    if version is not None:
+        versions = [p for p in versions if p.name == version]
     if not versions:
-        raise PlatformError(f"no {model}/<version>/{model}.mar in model store {model_store}")
+        raise PlatformError(f"no {model}/{version or '<version>'}/{model}.mar in model store {model_store}")
     return versions[-1]
+
+
+def verify_torchserve_archives(model_store: Path) -> list[Path]:
+    """Every ``<model>/<version>/*.mar`` TorchServe may load is the one its version's
+    ``manifest.json`` describes (size, sha256); a missing or malformed manifest, or another archive,
+    is a :class:`PlatformError` naming the file. (``start.sh`` checks the same: ``verify_mar.py``.)"""
+    checked = []
+    for version_dir in sorted({mar.parent for mar in model_store.glob("*/*/*.mar")}):
+        try:
+            verify_artifact(read_manifest(version_dir), version_dir, "torchserve")
+        except TriserveError as exc:
+            raise PlatformError(exc.message) from None
+        unlisted = {p.name for p in version_dir.glob("*.mar")} - {
+            Path(f.path).name for f in read_manifest(version_dir).artifacts["torchserve"].files
+        }
+        if unlisted:
+            raise PlatformError(f"{version_dir / sorted(unlisted)[0]} is not listed in its manifest.json")
+        checked.append(version_dir)
+    return checked
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from triserve_cli.launcher.processes import (
     probe,
     signal_group,
 )
-from triserve_cli.launcher.specs import ServiceSpec, service_specs
+from triserve_cli.launcher.specs import ServiceSpec, service_specs, verify_torchserve_archives
 
 
 class Platform:
@@ -118,6 +118,7 @@ class Platform:
                 raise PlatformError(
                     f"TorchServe needs Java >= {JAVA_MIN_VERSION}, {found}: {JAVA_INSTALL_HINT}"
                 )
+            verify_torchserve_archives(self.config.model_store)
 
     def start(self) -> Platform:
         """Launch every service, then wait until the gateway is ready; on failure stop all and raise."""

@@ -4,10 +4,10 @@ import { DIGIT_STROKES, drawStrokes } from "./samples.js";
 const $ = (sel) => document.querySelector(sel);
 const api = (path) => new URL(`../${path}`, document.baseURI).href; // the page lives at /demo/
 const enc = encodeURIComponent;
-const BRUSH = 22; // px on the 280 px pad: ~2.2 px at 28x28, like MNIST strokes
+const BRUSH = 22; // px on the 280 px pad: about 1/13 of its width, like MNIST's strokes
 
 const state = {
-  model: null, version: null, labels: [], backends: [], explainers: [], topk: 5, catalog: [],
+  model: null, version: null, labels: [], backends: [], modelBackends: [], explainers: [], topk: 5, catalog: [],
   blob: null, source: "", seq: 0,
 };
 
@@ -66,21 +66,24 @@ async function loadModels() {
 async function selectModel(name) {
   const desc = state.catalog.find((m) => m.modelName === name);
   state.model = name;
-  state.backends = desc.backends.map((b) => ({ name: b.name, protocol: b.protocol, health: b.health }));
-  state.explainers = state.backends.filter((b) => b.protocol === "torchserve").map((b) => b.name);
+  state.modelBackends = desc.backends.map((b) => ({ name: b.name, protocol: b.protocol, health: b.health }));
   const select = $("#version");
   select.replaceChildren(...desc.versions.map((v) => new Option(v, v)));
   select.value = desc.modelVersion;
   select.disabled = desc.versions.length < 2;
   $("#model-info").textContent = `${desc.ready ? "ready" : "NOT ready"} · strategy ${desc.strategy} · backends: ` +
-    state.backends.map((b) => `${b.name} (${b.health})`).join(", ");
-  buildColumns();
+    state.modelBackends.map((b) => `${b.name} (${b.health})`).join(", ");
   await selectVersion(desc.modelVersion);
 }
 
 async function selectVersion(version) {
   const meta = await getJSON(`v2/models/${enc(state.model)}/versions/${enc(version)}`);
   state.version = version;
+  // only the backends that serve this version get a column (e.g. an INT8 version has no Paddle route)
+  const serving = meta.parameters?.backends;
+  state.backends = serving ? state.modelBackends.filter((b) => serving.includes(b.name)) : state.modelBackends;
+  state.explainers = state.backends.filter((b) => b.protocol === "torchserve").map((b) => b.name);
+  buildColumns();
   state.labels = meta.parameters?.labels ?? [];
   const classes = state.labels.length || meta.outputs[0].shape.at(-1);
   state.topk = Math.min(5, classes);
