@@ -28,7 +28,9 @@ async def gateway(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     admins = fake_admins()
     app = create_app(
-        GatewaySettings(model_store=write_store(tmp_path), management_key_file=tmp_path / "mgmt.key", **settings),
+        GatewaySettings(
+            model_store=write_store(tmp_path), management_key_file=tmp_path / "mgmt.key", **settings
+        ),
         routing=routing(weights=weights), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
         admins=lambda _: admins,  # type: ignore[arg-type,return-value]
     )
