@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 
 from triserve_common.paths import REPO_ROOT
+from triserve_common.ports import free_port
+
+__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "python_exe"]
 
 
 def python_exe() -> str:
