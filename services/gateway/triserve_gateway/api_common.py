@@ -55,12 +55,18 @@ def forced_backend(request: Request) -> str | None:
     return value.strip().lower() if value else None
 
 
+WATCH_AFTER_S = 0.1
+"""A request still running this long after it reached the core starts watching for its client's
+disconnect (:func:`infer_request`)."""
+
+
 async def infer_request(request: Request, track: RequestTrack, call: InferenceCall) -> Served:
     """Run ``call`` under the request's deadline (``request_timeout_ms``, or less when the client
     sends ``X-Request-Timeout`` in ms; counted from the request's arrival).
 
-    A client that disconnects meanwhile cancels the call: a request still queued (admission or
-    batching) leaves its queue; work already sent to a backend completes and is dropped."""
+    A client that disconnects meanwhile cancels the call (noticed from :data:`WATCH_AFTER_S` on): a
+    request still queued (admission or batching) leaves its queue; work already sent to a backend
+    completes and is dropped."""
     service = service_of(request)
     budget = request_budget_s(request.headers.get("x-request-timeout"), service.settings.request_timeout_ms)
     deadline = Deadline(budget - (time.perf_counter() - track.start))
@@ -75,7 +81,14 @@ async def infer_request(request: Request, track: RequestTrack, call: InferenceCa
             gone = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    watcher: asyncio.Future[None] | None = None
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    # most requests are answered before a watcher would be worth its task: watch only those that wait
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     try:
         return await service.infer(track, call, deadline)
     except asyncio.CancelledError:
@@ -84,7 +97,9 @@ async def infer_request(request: Request, track: RequestTrack, call: InferenceCa
         task.uncancel()
         raise ClientClosedRequestError("client closed the connection before the answer") from None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 # ------------------------------------------------------------------ outputs

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -97,55 +98,70 @@ class MicroBatcher:
     async def submit(self, x: Array, tag: Any = None) -> BatchOutcome:
         """Queue ``x`` (first axis = rows) and wait for its rows of the batched result.
 
-        ``tag`` (e.g. the request id) is handed to ``run`` with the batch.
+        ``tag`` (e.g. the request id) is handed to ``run`` with the batch. A caller cancelled while
+        waiting leaves the queue, or, once sent, lets the call complete (see :meth:`start`).
         """
+        return await self.start(x, tag)
+
+    def start(self, x: Array, tag: Any = None) -> asyncio.Future[BatchOutcome]:
+        """Queue ``x`` and return the future of its rows, without a task of its own. Cancelling the
+        future removes a queued request from the queue; once sent, the call completes and its
+        answer is dropped."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         if not self._queue and self._running < self.max_concurrent_batches:
-            return await self._run_inline(x, tag)
+            return self._start_inline(x, tag)
         loop = asyncio.get_running_loop()
         pending = _Pending(x, tag, loop.create_future(), time.perf_counter())
+        pending.future.add_done_callback(partial(self._left, pending))
         self._queue.append(pending)
         self._queued_rows += x.shape[0]
         if self._collector is None or self._collector.done():
             self._collector = loop.create_task(self._collect())
         self._wakeup.set()
-        try:
-            return await pending.future
-        except asyncio.CancelledError:
-            if not pending.taken:
-                try:
-                    self._queue.remove(pending)
-                except ValueError:
-                    pass  # the collector already dropped it (its future was cancelled first)
-                else:
-                    self._queued_rows -= pending.x.shape[0]
-            self._cancelled("sent" if pending.taken else "batch_queue")
-            raise
+        return pending.future
+
+    def _left(self, pending: _Pending, future: asyncio.Future[BatchOutcome]) -> None:
+        """A queued caller's future is done: when cancelled, it leaves the queue if still there."""
+        if not future.cancelled():
+            return
+        if not pending.taken:
+            try:
+                self._queue.remove(pending)
+            except ValueError:
+                pass  # the collector already dropped it
+            else:
+                self._queued_rows -= pending.x.shape[0]
+        self._cancelled("sent" if pending.taken else "batch_queue")
 
     def _cancelled(self, stage: str) -> None:
         if self._on_cancel is not None:
             self._on_cancel(stage)
 
-    async def _run_inline(self, x: Array, tag: Any) -> BatchOutcome:
-        """Fast path: nothing queued and spare capacity, so the caller runs its own batch of one
-        (in its own task: a caller that leaves does not abort what was sent)."""
+    def _start_inline(self, x: Array, tag: Any) -> asyncio.Future[BatchOutcome]:
+        """Fast path: nothing queued and spare capacity, so the caller's rows are a batch of one, run
+        at once in their own task; the caller gets a shield of it (cancelled, the call completes)."""
         rows = x.shape[0]
         self._running += 1
-        start = time.perf_counter()
         if self._on_batch is not None:
             self._on_batch(rows)
-        task: asyncio.Future[Array] = asyncio.ensure_future(self._run(x, [tag]))
+        task = asyncio.ensure_future(self._run_alone(x, tag, rows))
         self._batches.add(task)
         task.add_done_callback(self._inline_done)
-        try:
-            y = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._cancelled("sent")
-            raise
+        outer = asyncio.shield(task)
+        outer.add_done_callback(self._inline_left)
+        return outer
+
+    async def _run_alone(self, x: Array, tag: Any, rows: int) -> BatchOutcome:
+        start = time.perf_counter()
+        y = await self._run(x, [tag])
         if y.shape[0] != rows:
             raise RuntimeError(f"batched call returned {y.shape[0]} rows for {rows} inputs")
         return BatchOutcome(y, 0.0, time.perf_counter() - start, rows)
+
+    def _inline_left(self, outer: asyncio.Future[BatchOutcome]) -> None:
+        if outer.cancelled():
+            self._cancelled("sent")
 
     async def close(self) -> None:
         """Stop collecting, fail queued callers and wait for running batches."""
@@ -160,7 +176,7 @@ class MicroBatcher:
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
 
-    def _inline_done(self, task: asyncio.Future[Array]) -> None:
+    def _inline_done(self, task: asyncio.Future[BatchOutcome]) -> None:
         self._batches.discard(task)
         self._running -= 1
         if not task.cancelled():

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import TriserveError
 from triserve_gateway.attempts import AttemptTimeouts
+from triserve_gateway.batching import BatchOutcome
 from triserve_gateway.circuit import CircuitState
 from triserve_gateway.errors import (
     BackendError,
@@ -60,18 +62,27 @@ class BackendCaller:
         self.publish_up = publish_up
         self.unplace = unplace
 
-    async def sent(
+    def start(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, request_id: str | None
-    ) -> Array:
-        """:meth:`call` for one request, in its own task: a caller that is cancelled (client gone,
-        a hedge won) leaves the call to complete and drops its answer."""
-        call = asyncio.ensure_future(self.call(state, mv, version, x, [request_id]))
+    ) -> asyncio.Future[BatchOutcome]:
+        """:meth:`call` for one request (batching off) in its own task; the caller gets a shield of
+        it: cancelled (client gone, a hedge won), the call completes and its answer is dropped."""
+        call = asyncio.ensure_future(self._timed(state, mv, version, x, request_id))
         call.add_done_callback(_retrieve)
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            self.metrics.cancelled.labels(mv.name, "sent").inc()
-            raise
+        outer = asyncio.shield(call)
+        outer.add_done_callback(partial(self._left, mv.name))
+        return outer
+
+    async def _timed(
+        self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, request_id: str | None
+    ) -> BatchOutcome:
+        start = time.perf_counter()
+        y = await self.call(state, mv, version, x, [request_id])
+        return BatchOutcome(y, 0.0, time.perf_counter() - start, x.shape[0])
+
+    def _left(self, model: str, outer: asyncio.Future[BatchOutcome]) -> None:
+        if outer.cancelled():
+            self.metrics.cancelled.labels(model, "sent").inc()
 
     async def call(
         self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -36,7 +35,7 @@ from triserve_common.errors import ModelNotFoundError
 from triserve_gateway.admission import OverloadedError, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
-from triserve_gateway.batching import BatcherPool, MicroBatcher
+from triserve_gateway.batching import BatcherPool, BatchOutcome, MicroBatcher
 from triserve_gateway.calls import BackendCaller
 from triserve_gateway.circuit import CircuitBreaker
 from triserve_gateway.config import ModelRoute, RoutingConfig
@@ -44,7 +43,7 @@ from triserve_gateway.deadline import Deadline
 from triserve_gateway.errors import BackendRejectedError
 from triserve_gateway.failover import candidates
 from triserve_gateway.health import BackendState, HealthChecker
-from triserve_gateway.hedging import AttemptRunner, Outcome
+from triserve_gateway.hedging import AttemptRunner
 from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.models import ModelCatalog, check_input, clip
@@ -250,31 +249,24 @@ class Gateway:
         check_input(target.mv, x)
         pool, max_attempts = candidates(target, backend, self.absent)
 
-        def attempt(state: BackendState) -> asyncio.Future[Outcome]:
-            # counted in flight now, as the choice is made: concurrent requests choose by it (p2c)
-            state.stats.outstanding += 1
-            task = asyncio.ensure_future(self._attempt(target, state, x, request_id))
-            task.add_done_callback(partial(_attempt_done, state.stats))
-            return task
-
         deadline = deadline or Deadline(self.limits.request_timeout_s)
-        return await self._runner.run(target, pool, max_attempts, deadline, attempt, request_id)
+        start = partial(self._start_attempt, target, x, request_id)
+        return await self._runner.run(target, pool, max_attempts, deadline, start, request_id)
 
-    async def _attempt(
-        self, target: Target, state: BackendState, x: Array, request_id: str | None
-    ) -> Outcome:
-        """One try on one backend, batched or direct: (output, queue seconds, backend seconds).
-        Cancelled, it leaves its batch queue, or, once sent, lets the call complete and drops its answer."""
+    def _start_attempt(
+        self, target: Target, x: Array, request_id: str | None, state: BackendState
+    ) -> asyncio.Future[BatchOutcome]:
+        """One try on one backend, batched or direct, as a future (no task of its own when queued).
+        Cancelled, it leaves its batch queue, or, once sent, lets the call complete and drops its
+        answer. It counts as in flight from now (concurrent requests choose by that: p2c) until done."""
         if target.route.config.batching.enabled:
             key = (target.model, target.version, state.name)
-            outcome = await self._batchers.get(key).submit(x, request_id)
-            value, queue_s, run_s = outcome.value, outcome.queue_s, outcome.run_s
+            future = self._batchers.get(key).start(x, request_id)
         else:
-            start = time.perf_counter()
-            value = await self._calls.sent(state, target.mv, target.version, x, request_id)
-            queue_s, run_s = 0.0, time.perf_counter() - start
-        state.stats.observe_latency(queue_s + run_s)  # what this request saw there: routing's signal
-        return value, queue_s, run_s
+            future = self._calls.start(state, target.mv, target.version, x, request_id)
+        state.stats.outstanding += 1
+        future.add_done_callback(partial(_attempt_done, state.stats))
+        return future
 
     def _make_batcher(self, key: BatchKey) -> MicroBatcher:
         model, version, backend = key
@@ -298,8 +290,11 @@ class Gateway:
         )
 
 
-def _attempt_done(stats: BackendStats, _: asyncio.Future[Outcome]) -> None:
+def _attempt_done(stats: BackendStats, future: asyncio.Future[BatchOutcome]) -> None:
     stats.outstanding -= 1
+    if not future.cancelled() and future.exception() is None:
+        outcome = future.result()
+        stats.observe_latency(outcome.queue_s + outcome.run_s)  # what the request saw: routing's signal
 
 
 __all__ = ["Absence", "BackendState", "Gateway", "RouteState", "RoutedResult", "Target"]

@@ -17,12 +17,10 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import numpy as np
 
 from triserve_common.errors import ModelNotReadyError, TriserveError
 from triserve_gateway.attempts import AttemptTimeouts
+from triserve_gateway.batching import BatchOutcome
 from triserve_gateway.deadline import Deadline
 from triserve_gateway.errors import tries_elsewhere
 from triserve_gateway.failover import can_add, next_backend
@@ -33,10 +31,7 @@ from triserve_gateway.targets import RoutedResult, Target
 
 log = logging.getLogger(__name__)
 
-Array = np.ndarray[Any, Any]
-Outcome = tuple[Array, float, float]
-"""(output rows, queue seconds, backend seconds) of one attempt."""
-AttemptFn = Callable[[BackendState], asyncio.Future[Outcome]]
+AttemptFn = Callable[[BackendState], asyncio.Future[BatchOutcome]]
 """Starts one attempt of the request on a backend (its breaker already acquired)."""
 HEDGE_FACTOR = 1.5
 """An attempt running this many times its backend's attempt timeout gets a hedge."""
@@ -63,7 +58,7 @@ class AttemptRunner:
         budget = target.route.budget
         budget.deposit()
         tried: list[str] = []
-        running: dict[asyncio.Future[Outcome], str] = {}
+        running: dict[asyncio.Future[BatchOutcome], str] = {}
         last_exc: TriserveError | None = None
         start_next = True
         try:
@@ -90,8 +85,8 @@ class AttemptRunner:
                     name = running.pop(fut)
                     exc = fut.exception()
                     if exc is None:
-                        value, queue_s, backend_s = fut.result()
-                        return RoutedResult(value, name, target.mv.version, queue_s, backend_s, len(tried))
+                        o = fut.result()
+                        return RoutedResult(o.value, name, target.mv.version, o.queue_s, o.run_s, len(tried))
                     if not isinstance(exc, TriserveError) or not tries_elsewhere(exc):
                         raise exc
                     last_exc = exc
