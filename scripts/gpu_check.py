@@ -86,6 +86,10 @@ def extract_archive(version_dir: Path, into: Path) -> dict[str, Any]:
 
 
 def load_handler_module(model_dir: Path) -> ModuleType:
+    """The archive's handler, imported as TorchServe's worker does: the unpacked folder on ``sys.path``
+    (the handler imports the modules packed beside it)."""
+    if str(model_dir) not in sys.path:
+        sys.path.insert(0, str(model_dir))
     spec = importlib.util.spec_from_file_location("packaged_mnist_handler", model_dir / "mnist_handler.py")
     if spec is None or spec.loader is None:
         raise SetupError(f"no mnist_handler.py in the archive ({model_dir})")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from triserve_cli.bench import report
+from triserve_cli.bench import report, targets
 from triserve_cli.bench.stack import QUIET_LOG_CONFIG, TorchServeTuning, stock_model_store
 from triserve_common.manifest import read_manifest, verify_artifact
 
@@ -39,7 +39,7 @@ def by_name(targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_targets_are_the_issue_figures_of_one_run() -> None:
-    t = by_name(report.targets(RUN))
+    t = by_name(targets.targets(RUN))
     assert t["gateway-png vs torchserve-stock, req/s at c=32"]["value"] == pytest.approx(5.25)
     assert t["gateway-png vs torchserve-stock, req/s at c=32"]["met"] is True
     assert t["gateway-png p99 at c=32"]["met"] is True
@@ -52,7 +52,7 @@ def test_targets_are_the_issue_figures_of_one_run() -> None:
 
 
 def test_verdicts_print_pass_miss_and_missing_runs() -> None:
-    lines = report.verdicts(report.targets(RUN[:-2])).splitlines()
+    lines = report.verdicts(targets.targets(RUN[:-2])).splitlines()
     assert "PASS  gateway-png vs torchserve-stock, req/s at c=32: 5.25x" in lines[0]
     assert any(line.startswith("MISS  gateway-png vs torchserve-tuned") for line in lines)
     assert any(line.startswith("n/a   dynamic batching on vs off") for line in lines)

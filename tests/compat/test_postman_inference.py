@@ -10,16 +10,22 @@ authorization switched off (``--disable-token-auth``), then per data row:
 2. *Model Zoo - Inference Model*: ``POST {pred}/predictions/{model_name}`` with the file as the body
    (Postman's ``file`` mode, no Content-Type header); the tests: code ``200`` and, ``content-type``
    being ``text/plain``, ``pm.response.to.have.body(expected)`` — here for every digit, not only 0.png;
-3. *Model Zoo - Unregister model*: ``DELETE {mgmt}/models/{model_name}``; code one of ``[200, 201, 202]``.
+3. *Model Zoo - Unregister model*: ``DELETE {mgmt}/models/{model_name}``; code one of ``[200, 201, 202]``;
+4. *Model Zoo - Model Metrics*: ``GET http://localhost:8082/metrics``; the test: the body matches
+   :data:`MODEL_METRICS_PATTERN` (TorchServe's ``Requests2XX`` line, as TorchServe writes it). The
+   collection names the port (8082, the metrics port of TorchServe and of the gateway); this test asks
+   the gateway's metrics listener on its free port instead (``Gateway.metrics``).
 
 The row's ``url`` is TorchServe's download URL for ``mnist_v2.mar``; the gateway only registers
-archives of its model store, so the row registers ``mnist.mar`` (as issue 14 asks). The collection's
-fourth request (``Requests2XX`` on the metrics port) checks TorchServe's own metric names, which the
-gateway does not export yet.
+archives of its model store, so the row registers ``mnist.mar`` (as issue 14 asks).
+
+The collection-derived data below (the row, the metrics pattern) is from pytorch/serve,
+Apache License 2.0.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +46,12 @@ ROW = {
     "content-type": "text/plain",
 }
 """The mnist row of inference_data.json (url: the store's archive instead of a download)."""
+
+MODEL_METRICS_PATTERN = r'.*Requests2XX\{Level="Host",Hostname=".*",\} \d+\.\d+.*'
+"""The regular expression of the *Model Metrics* test script (``new RegExp('...')``, its JSON and
+JavaScript string escapes undone). Chai's ``to.match`` is ``RegExp.exec``: a match anywhere, ``.``
+not crossing a line end, as :func:`re.search` without flags."""
+INFERENCES = 10
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +90,11 @@ def test_inference_collection_mnist_rows(
             assert infer.text == str(int(label))  # pm.response.to.have.body(expected)
         unregister = postman.delete(f"{gateway.management}/models/{ROW['model_name']}")
         assert unregister.status_code in [200, 201, 202], unregister.text
+        metrics = postman.get(f"{gateway.metrics}/metrics")  # the collection's http://localhost:8082/metrics
+    assert re.search(MODEL_METRICS_PATTERN, metrics.text), metrics.text  # pm.expect(text).to.match(pattern)
+    # beyond the collection: the line counts at least the inferences above (all 200)
+    (line,) = [x for x in metrics.text.splitlines() if x.startswith("Requests2XX{")]
+    assert metrics.status_code == 200 and float(line.rsplit(" ", 1)[1]) >= len(digits.pngs) == INFERENCES
     assert all(
         ("mnist", v) not in held for held in backends.held().values() for v in ("1", test_store.extra_version)
     )

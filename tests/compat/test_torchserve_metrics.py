@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 from fastapi import FastAPI
-from prometheus_client import generate_latest
+from prometheus_client import Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message, Receive, Scope, Send
 
@@ -26,9 +26,10 @@ from tests.gateway.fakes import FakeBackend, digit_png, fake_admins, fakes, rout
 from triserve_common.metrics import new_registry
 from triserve_gateway.app import create_app
 from triserve_gateway.errors import BackendUnavailableError
+from triserve_gateway.listeners import create_metrics_app
 from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.settings import GatewaySettings
-from triserve_gateway.torchserve_metrics import TorchServeMetrics
+from triserve_gateway.torchserve_metrics import TorchServeMetrics, as_torchserve_writes
 
 FRONTEND = ("Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
             "ts_inference_latency_microseconds", "ts_queue_latency_microseconds")
@@ -173,3 +174,48 @@ async def test_response_hooks_count_any_app_s_responses_and_escaped_errors() -> 
     for cls, count in expected.items():
         assert f'Requests{cls}{{Hostname="h",Level="Host"}} {float(count)}' in registry_text
 
+
+
+def parsed(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """Every sample as Prometheus reads it: name, labels (any order), value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_listener_writes_torchserve_s_lines_as_torchserve_does() -> None:
+    """Labels in TorchServe's order, each followed by a comma (what TorchServe's Postman collection
+    matches); our own series untouched; the same samples as Prometheus parses them."""
+    registry = new_registry()
+    host = 'a"} b'  # a label value with a quote, a brace and a space: escaped, never split on
+    metrics = TorchServeMetrics(registry, hostname=host)
+    ours = Counter("triserve_x", "ours", ["version", "model"], registry=registry)
+    ours.labels(version="1", model="mnist").inc()
+    for status in (200, 204, 404):
+        metrics.count_response(status)
+    metrics.count_inference("mnist", None, 0.002, 0.001)
+    metrics.count_inference("mnist", "2", 0.004, 0.0)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_metrics_app(registry)), base_url="http://metrics"
+    ) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    escaped = 'a\\"} b'
+    declared = torchserve_frontend_metrics()
+    assert declared["Requests2XX"] == ["Level", "Hostname"]
+    assert f'Requests2XX{{Level="Host",Hostname="{escaped}",}} 2.0' in lines
+    assert f'Requests4XX{{Level="Host",Hostname="{escaped}",}} 1.0' in lines
+    assert f'Requests5XX{{Level="Host",Hostname="{escaped}",}} 0.0' in lines
+    assert declared["ts_inference_requests_total"] == ["model_name", "model_version", "hostname"]
+    for version in ("default", "2"):
+        assert f'ts_inference_requests_total{{model_name="mnist",model_version="{version}",' \
+            f'hostname="{escaped}",}} 1.0' in lines
+    assert 'ts_inference_latency_microseconds{model_name="mnist",model_version="2",' \
+        f'hostname="{escaped}",}} 4000.0' in lines
+    assert 'triserve_x_total{model="mnist",version="1"} 1.0' in lines  # prometheus-client's own spelling
+    expected = generate_latest(registry).decode()
+    assert response.text != expected and parsed(response.text) == parsed(expected)
+    assert as_torchserve_writes(b"Requests2XX{Level=\"Host\"} 1.0\n") == b"Requests2XX{Level=\"Host\"} 1.0\n"

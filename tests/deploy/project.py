@@ -255,6 +255,16 @@ class Dockerfile:
                 args[key.strip()] = default.strip().strip('"')
         return args
 
+    def context_copies(self) -> list[tuple[str, str]]:
+        """(source, destination) of every ``COPY`` from the build context, in every stage (not ``--from``)."""
+        return [
+            (src, dest)
+            for stage in self.stages
+            for sources, dest, flags in stage.copies()
+            if "from" not in flags
+            for src in sources
+        ]
+
     def container_path_sources(self) -> dict[PurePosixPath, Path]:
         """Destination in the final image → repo path, for every ``COPY`` of the build context into it."""
         mapping: dict[PurePosixPath, Path] = {}
@@ -437,3 +447,16 @@ def env_names_read_by(image: str) -> set[str]:
         sources = [f for d in ("trainer", "common") for f in (REPO / "services" / d).rglob("*.py")]
         return {name for f in sources for name in re.findall(r"[\"'](TRISERVE_[A-Z_]+)[\"']", f.read_text())}
     raise KeyError(image)
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """The simple commands of a shell ``RUN`` line (split at ``&&``, ``;``, ``|``), words unquoted."""
+    lexer = shlex.shlex(script.replace("${", "{"), posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token and set(token) <= set(";&|"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.deploy.project import (
     in_build_context,
     served_ports,
     settings_class,
+    shell_commands,
 )
 
 HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
@@ -36,19 +36,6 @@ HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
 def image_env(df: Dockerfile) -> dict[str, str]:
     """The final image's environment as the service sees it (ENV of the runtime stage)."""
     return df.runtime.env()
-
-
-def shell_commands(script: str) -> list[list[str]]:
-    """The simple commands of a shell ``RUN`` line (split at ``&&``, ``;``, ``|``), words unquoted."""
-    lexer = shlex.shlex(script.replace("${", "{"), posix=True, punctuation_chars=";&|")
-    lexer.whitespace_split = True
-    commands: list[list[str]] = [[]]
-    for token in lexer:
-        if token and set(token) <= set(";&|"):
-            commands.append([])
-        else:
-            commands[-1].append(token)
-    return [c for c in commands if c]
 
 
 def pip_local_dirs(df: Dockerfile) -> set[str]:
@@ -79,17 +66,13 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root(image: str) -> None:
 def test_copied_paths_exist_and_are_in_the_build_context(image: str) -> None:
     df = dockerfile(image)
     rules = dockerignore_rules()
-    for stage in df.stages:
-        for sources, dest, flags in stage.copies():
-            if "from" in flags:
-                continue
-            for src in sources:
-                path = REPO / src
-                assert path.exists(), f"{df.path.name}: COPY {src} {dest}: {src} does not exist"
-                sent = [f for f in files_under(path) if in_build_context(f, rules)]
-                assert sent, f"COPY {src}: .dockerignore leaves nothing of it in the build context"
-                if path.is_file():
-                    assert sent == [src], f"COPY {src}: excluded by .dockerignore"
+    for src, dest in df.context_copies():
+        path = REPO / src
+        assert path.exists(), f"{df.path.name}: COPY {src} {dest}: {src} does not exist"
+        sent = [f for f in files_under(path) if in_build_context(f, rules)]
+        assert sent, f"COPY {src}: .dockerignore leaves nothing of it in the build context"
+        if path.is_file():
+            assert sent == [src], f"COPY {src}: excluded by .dockerignore"
     for local in pip_local_dirs(df):
         assert (REPO / local / "pyproject.toml").is_file(), f"pip install {local}: not a distribution"
         copied = {

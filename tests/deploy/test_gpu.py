@@ -6,7 +6,6 @@ caches on a volume, and every GPU overlay (compose, Kubernetes) leaves the engin
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.deploy.project import (
     parse_dockerfile,
     run_tool,
     settings_under,
+    shell_commands,
 )
 
 CACHE_ROOT = "/var/cache/triserve"
@@ -63,19 +63,6 @@ def image_env(df: Dockerfile) -> dict[str, str]:
     return env
 
 
-def shell_commands(script: str) -> list[list[str]]:
-    """The simple commands of a shell ``RUN`` line (split at ``&&``, ``;``, ``|``), words unquoted."""
-    lexer = shlex.shlex(script.replace("${", "{"), posix=True, punctuation_chars=";&|")
-    lexer.whitespace_split = True
-    commands: list[list[str]] = [[]]
-    for token in lexer:
-        if token and set(token) <= set(";&|"):
-            commands.append([])
-        else:
-            commands[-1].append(token)
-    return [c for c in commands if c]
-
-
 def pip_installs(df: Dockerfile) -> list[list[str]]:
     """The arguments of every ``pip install`` command in the Dockerfile."""
     return [
@@ -110,13 +97,9 @@ def test_gpu_dockerfile_builds_what_it_copies_as_non_root(image: str) -> None:
     user = df.runtime.all("USER")[-1].args.split(":")[0]
     assert user.isdigit() and int(user) >= 1000
     rules = dockerignore_rules()
-    for stage in df.stages:
-        for sources, _dest, flags in stage.copies():
-            if "from" in flags:
-                continue
-            for src in sources:
-                sent = [f for f in files_under(REPO / src) if in_build_context(f, rules)]
-                assert sent, f"Dockerfile.gpu: COPY {src}: missing or excluded by .dockerignore"
+    for src, _dest in df.context_copies():
+        sent = [f for f in files_under(REPO / src) if in_build_context(f, rules)]
+        assert sent, f"Dockerfile.gpu: COPY {src}: missing or excluded by .dockerignore"
     # Same service, same health check and entry point as the CPU image.
     (check,) = df.runtime.all("HEALTHCHECK")
     (plain_check,) = plain.runtime.all("HEALTHCHECK")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+from fastapi import FastAPI
 from PIL import Image
 
 from tests.support.encode import png
@@ -22,8 +26,10 @@ from triserve_common.manifest import (
     TensorSpec,
 )
 from triserve_gateway.admin import BackendAdminError, HeldVersion, LoadOptions
+from triserve_gateway.app import create_app
 from triserve_gateway.config import RoutingConfig
 from triserve_gateway.models import ModelCatalog, ModelVersion
+from triserve_gateway.settings import GatewaySettings
 
 SPEC = PreprocessSpec(width=28, height=28, mean=[0.1307], std=[0.3081])  # MNIST's
 
@@ -196,3 +202,30 @@ class FakeAdmin:
 def fake_admins(versions: tuple[str, ...] = ("1",), model: str = "mnist") -> dict[str, FakeAdmin]:
     """One FakeAdmin per fake backend, each already holding ``model``'s ``versions`` (1 worker)."""
     return {n: FakeAdmin(n, {(model, v): 1 for v in versions}) for n in ("onnx", "paddle", "torchserve")}
+
+
+@asynccontextmanager
+async def running_app(
+    settings: GatewaySettings,
+    backends: Mapping[str, FakeBackend],
+    routing_config: RoutingConfig | None = None,
+    admins: Mapping[str, FakeAdmin] | None = None,
+) -> AsyncIterator[FastAPI]:
+    """The gateway's app over the fake backends and admins (``fake_admins()`` unless given; the fakes'
+    :func:`routing` unless given), inside its lifespan."""
+    held = fake_admins() if admins is None else admins
+    app = create_app(
+        settings,
+        routing=routing() if routing_config is None else routing_config,
+        clients=lambda _: backends,  # type: ignore[arg-type,return-value]
+        admins=lambda _: held,  # type: ignore[arg-type,return-value]
+    )
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def asgi_client(app: Any, base_url: str = "http://gw") -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client of ``app`` (a listener's ASGI app), in process."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
+        yield client

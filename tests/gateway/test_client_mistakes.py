@@ -6,7 +6,6 @@ platform are in ``tests/hostile``.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import random
@@ -16,22 +15,22 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from PIL import Image
 
 from tests.gateway.fakes import (
     SPEC,
     FakeBackend,
+    asgi_client,
     catalog,
     digit_png,
-    fake_admins,
     fakes,
     routing,
+    running_app,
     write_store,
 )
+from tests.support.encode import image_bytes, v2_images, v2_request, v2_tensor
 from triserve_common.errors import ModelNotFoundError
 from triserve_common.metrics import new_registry
-from triserve_gateway.app import create_app
 from triserve_gateway.circuit import CircuitState
 from triserve_gateway.errors import BackendNotServingError, BackendRejectedError, BackendUnavailableError
 from triserve_gateway.gateway import Gateway
@@ -121,24 +120,15 @@ def test_versions_are_resolved_at_the_gateway_and_latest_is_no_alias() -> None:
 
 
 @pytest.fixture
-def backends() -> dict[str, FakeBackend]:
-    return fakes()
-
-
-@pytest.fixture
 async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[httpx.AsyncClient]:
     settings = GatewaySettings(
         model_store=write_store(tmp_path), max_rows_per_request=8, max_images_per_request=4,
         max_image_pixels=250_000, max_request_pixels=400_000, inline_decode_max_pixels=10_000,
         image_formats=["PNG", "GIF"],
     )
-    app: FastAPI = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
-                              admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with running_app(settings, backends) as app, asgi_client(app) as c:
+        c.app = app  # type: ignore[attr-defined]
+        yield c
 
 
 async def test_three_latest_requests_then_a_normal_one(
@@ -154,14 +144,8 @@ async def test_three_latest_requests_then_a_normal_one(
     assert all(s.breaker.state is CircuitState.CLOSED for s in gateway.backends.values())
 
 
-def encoded(image: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def png(size: tuple[int, int], value: int = 0) -> bytes:
-    return encoded(Image.new("L", size, value), "PNG")
+    return image_bytes(Image.new("L", size, value), "PNG")
 
 
 def parts(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -175,7 +159,7 @@ def parts(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
         ({"content": png((600, 600))}, 413, ["360000 pixels", "TRISERVE_GATEWAY_MAX_IMAGE_PIXELS"]),
         ({"files": [("d", (f"{i}.png", png((400, 400)), "image/png")) for i in range(3)]}, 413,
          ["480000, over the limit of 400000", "TRISERVE_GATEWAY_MAX_REQUEST_PIXELS"]),
-        ({"content": encoded(Image.new("L", (8, 8)), "BMP")}, 415,
+        ({"content": image_bytes(Image.new("L", (8, 8)), "BMP")}, 415,
          ["accepted: PNG, GIF", "TRISERVE_GATEWAY_IMAGE_FORMATS"]),
     ],
 )
@@ -192,13 +176,11 @@ async def test_image_budgets_are_413_or_415_naming_the_setting(
 
 async def test_rows_and_bytes_images_are_capped_the_same_for_every_backend(client: httpx.AsyncClient) -> None:
     x = np.zeros((9, 1, 28, 28), np.float32)
-    inp = {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
-    req = {"inputs": [inp]}
+    req = v2_request(v2_tensor("input", x))
     for backend in ("onnx", "paddle", "torchserve"):
         r = await client.post("/v2/models/mnist/infer", json=req, headers={"X-Backend": backend})
         assert r.status_code == 413 and "TRISERVE_GATEWAY_MAX_ROWS_PER_REQUEST" in r.json()["error"]
-    images = [base64.b64encode(digit_png(1)).decode()] * 5
-    req = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": images}]}
+    req = v2_request(v2_images("image", [digit_png(1)] * 5))
     r = await client.post("/v2/models/mnist/infer", json=req)
     assert r.status_code == 413 and "TRISERVE_GATEWAY_MAX_IMAGES_PER_REQUEST" in r.json()["error"]
 

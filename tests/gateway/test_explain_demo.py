@@ -16,18 +16,18 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from PIL import Image
 
 from tests.gateway.fakes import (
     SPEC,
     FakeBackend,
+    asgi_client,
     classify,
     digit_png,
-    fake_admins,
     fakes,
     gray_png,
     routing,
+    running_app,
     write_store,
 )
 from triserve_common import codec
@@ -83,22 +83,13 @@ def backends() -> dict[str, FakeBackend]:
     return b
 
 
-async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            yield c
-
-
 @pytest.fixture
 async def client(tmp_path: Path, backends: dict[str, FakeBackend]) -> AsyncIterator[httpx.AsyncClient]:
     settings = GatewaySettings(
         model_store=write_store(tmp_path), max_body_bytes=200_000, explain_max_steps=64,
         management_key_file=tmp_path / "key",
     )
-    app = create_app(settings, routing=routing(), clients=lambda _: backends,  # type: ignore[arg-type,return-value]
-                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
-    async for c in _client(app):
+    async with running_app(settings, backends) as app, asgi_client(app) as c:
         yield c
 
 
@@ -183,7 +174,7 @@ async def test_model_without_torchserve_backend(tmp_path: Path, backends: dict[s
     settings = GatewaySettings(model_store=write_store(tmp_path), management_key_file=tmp_path / "key")
     only_onnx = routing(weights={"onnx": 1})
     app = create_app(settings, routing=only_onnx, clients=lambda _: backends)  # type: ignore[arg-type,return-value]
-    async for c in _client(app):
+    async with app.router.lifespan_context(app), asgi_client(app) as c:
         r = await c.post("/explanations/mnist", content=digit_png(1))
         assert r.status_code == 404 and "no TorchServe backend" in r.json()["message"]
 

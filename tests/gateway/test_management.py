@@ -15,7 +15,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.gateway.fakes import FakeAdmin, FakeBackend, digit_png, fakes, routing, write_store
+from tests.gateway.fakes import (
+    FakeAdmin,
+    FakeBackend,
+    asgi_client,
+    digit_png,
+    fakes,
+    routing,
+    running_app,
+    write_store,
+)
 from tests.support.wait import eventually
 from triserve_gateway.app import create_app
 from triserve_gateway.settings import GatewaySettings
@@ -43,11 +52,6 @@ Launch = Callable[..., AbstractAsyncContextManager[Gw]]
 
 
 @pytest.fixture
-def backends() -> dict[str, FakeBackend]:
-    return fakes()
-
-
-@pytest.fixture
 def admins() -> dict[str, FakeAdmin]:
     return {n: FakeAdmin(n) for n in ("onnx", "paddle", "torchserve")}
 
@@ -65,19 +69,12 @@ def launch(tmp_path: Path, backends: dict[str, FakeBackend], admins: dict[str, F
             "management_key_file": tmp_path / "key",
             **settings,
         }
-        app = create_app(
-            GatewaySettings(**values),
-            routing=routing(),
-            clients=lambda _: backends,  # type: ignore[arg-type,return-value]
-            admins=lambda _: admins,
-        )  # type: ignore[arg-type,return-value]
-        async with app.router.lifespan_context(app):
-            inference = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-            management = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app.state.management_app), base_url="http://mgmt"
-            )
-            async with inference, management:
-                yield Gw(app, inference, management)
+        async with (
+            running_app(GatewaySettings(**values), backends, admins=admins) as app,
+            asgi_client(app) as inference,
+            asgi_client(app.state.management_app, "http://mgmt") as mgmt,
+        ):
+            yield Gw(app, inference, mgmt)
 
     return run
 

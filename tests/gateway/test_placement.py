@@ -12,10 +12,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.gateway.fakes import FakeAdmin, FakeBackend, digit_png, fakes, make_manifest, routing
+from tests.gateway.fakes import (
+    FakeAdmin,
+    FakeBackend,
+    asgi_client,
+    digit_png,
+    make_manifest,
+    routing,
+    running_app,
+)
 from tests.support.wait import eventually
 from triserve_common.manifest import Artifact
-from triserve_gateway.app import create_app
 from triserve_gateway.circuit import CircuitState
 from triserve_gateway.config import RoutingConfig
 from triserve_gateway.errors import BackendNotServingError
@@ -64,11 +71,6 @@ Launch = Callable[..., AbstractAsyncContextManager[Gw]]
 
 
 @pytest.fixture
-def backends() -> dict[str, FakeBackend]:
-    return fakes()
-
-
-@pytest.fixture
 def admins() -> dict[str, FakeAdmin]:
     """Each backend already holds what it can run (as after ``make up``)."""
     held = {"onnx": ("1", "2"), "paddle": ("1",), "torchserve": ("1", "2")}
@@ -83,11 +85,10 @@ def launch(tmp_path: Path, backends: dict[str, FakeBackend], admins: dict[str, F
     async def run(default_version: str | None = None) -> AsyncIterator[Gw]:
         settings = GatewaySettings(model_store=store, load_models="all", management_key="k",
                                    management_key_file=tmp_path / "key")
-        app = create_app(settings, routing=artifact_routing(default_version),
-                         clients=lambda _: backends,  # type: ignore[arg-type,return-value]
-                         admins=lambda _: admins)  # type: ignore[arg-type,return-value]
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        async with app.router.lifespan_context(app), client:
+        async with (
+            running_app(settings, backends, artifact_routing(default_version), admins) as app,
+            asgi_client(app) as client,
+        ):
             yield Gw(app, client)
 
     return run

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import yaml
@@ -21,17 +20,17 @@ from pydantic import ValidationError
 from tests.gateway.fakes import (
     SPEC,
     FakeBackend,
+    asgi_client,
     catalog,
     digit_png,
-    fake_admins,
     fakes,
     routing,
+    running_app,
     write_store,
 )
 from tests.support.wait import eventually
 from triserve_common.metrics import new_registry
 from triserve_common.paths import REPO_ROOT
-from triserve_gateway.app import create_app
 from triserve_gateway.config import RoutingConfig, ShadowConfig
 from triserve_gateway.errors import BackendUnavailableError
 from triserve_gateway.gateway import Gateway
@@ -330,9 +329,7 @@ async def shadow_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, dict[str, F
         {"model_store": write_store(tmp_path), "management_key_file": tmp_path / "management.key"}
     )
     cfg = shadow_routing([{"backend": "paddle", "fraction": 1}])
-    app = create_app(settings, routing=cfg, clients=lambda _: backends,  # type: ignore[arg-type,return-value]
-                     admins=lambda _: fake_admins())  # type: ignore[arg-type,return-value]
-    async with app.router.lifespan_context(app):
+    async with running_app(settings, backends, cfg) as app:
         yield app, backends
 
 
@@ -365,8 +362,7 @@ async def test_the_client_has_its_whole_answer_before_the_shadow_starts(
     await eventually(lambda: slow.waiting == 1, "the shadow reaches the candidate after the answer")
     # the answer is out and complete while the candidate still holds the shadow
     assert outcomes(metrics, **labels)["compared"] == 0
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    async with asgi_client(app) as client:
         for _ in range(2):  # answered while the candidate holds every shadow: the primary's answer
             again = await client.put("/predictions/mnist", content=digit_png(7))
             assert again.content == b"7" and again.headers["x-backend"] == "onnx"

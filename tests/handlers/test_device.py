@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.handlers.test_mnist_handler import FakeContext, _load_handler_module
+from tests.handlers.test_mnist_handler import FakeContext
+from tests.support.handler import load_handler_module
 from triserve_trainer.specs import get_spec
 
 MNIST_SPEC = get_spec("mnist").preprocessing()
@@ -32,14 +33,14 @@ MNIST_SPEC = get_spec("mnist").preprocessing()
     ],
 )
 def test_select_device(gpu_id: Any, cuda: bool, expected: str) -> None:
-    assert _load_handler_module().select_device(gpu_id, cuda) == expected
+    assert load_handler_module().select_device(gpu_id, cuda) == expected
 
 
 def test_gpu_id_without_cuda_runs_on_cpu(tmp_path: Path, model_store: Path) -> None:
     """TorchServe may hand out a gpu_id although this torch cannot use it: the worker must still start."""
     shutil.copy(model_store / "mnist" / "1" / "model.pt", tmp_path / "model.pt")
     (tmp_path / "preprocess.json").write_text(MNIST_SPEC.model_dump_json())
-    module = _load_handler_module()
+    module = load_handler_module()
     handler = module.MnistHandler()
     ctx = FakeContext(tmp_path)
     ctx.system_properties["gpu_id"] = 0

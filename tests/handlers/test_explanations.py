@@ -6,10 +6,8 @@ itself (completeness, zero attribution where the input equals the baseline), not
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -17,8 +15,8 @@ import pytest
 import torch
 
 from tests.support.encode import npy, png
+from tests.support.handler import load_handler_module
 from tests.support.mnist import one_per_digit, preprocess
-from tests.support.procs import REPO_ROOT
 from triserve_common.manifest import read_manifest
 from triserve_trainer.specs import get_spec
 
@@ -26,14 +24,6 @@ MNIST_SPEC = get_spec("mnist").preprocessing()
 
 SPEC = MNIST_SPEC
 
-
-def _load_handler_module() -> ModuleType:
-    path = REPO_ROOT / "handlers" / "mnist_handler.py"
-    spec = importlib.util.spec_from_file_location("mnist_handler_explain", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Context:
@@ -65,7 +55,7 @@ def handler(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> tupl
     model_dir = tmp_path_factory.mktemp("mar-explain")
     shutil.copy(model_store / "mnist" / "1" / "model.pt", model_dir / "model.pt")
     (model_dir / "preprocess.json").write_text(SPEC.model_dump_json())
-    h = _load_handler_module().MnistHandler()
+    h = load_handler_module("mnist_handler_explain").MnistHandler()
     h.initialize(Context(model_dir))
     return h, model_dir
 

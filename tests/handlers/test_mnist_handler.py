@@ -3,14 +3,12 @@ labels and preprocessing from the archive's files, no model constants in the han
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
 import shutil
 import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,22 +16,13 @@ import pytest
 import torch
 
 from tests.support.encode import npy, png
+from tests.support.handler import HANDLER_FILE, handler_files, load_handler_module
 from tests.support.mnist import held_out, preprocess
-from tests.support.procs import REPO_ROOT
 from triserve_common.manifest import PreprocessSpec, list_versions, read_manifest, verify_artifact
 from triserve_trainer.specs import get_spec
 
 MNIST_SPEC = get_spec("mnist").preprocessing()
 
-
-def _load_handler_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mnist_handler", REPO_ROOT / "handlers" / "mnist_handler.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeContext:
@@ -61,7 +50,7 @@ def extracted_handler(mar: Path, model_dir: Path) -> tuple[Any, Path]:
     """The archive unpacked as TorchServe does, and the handler initialised on it."""
     with zipfile.ZipFile(mar) as zf:
         zf.extractall(model_dir)
-    module = _load_handler_module()
+    module = load_handler_module()
     handler = module.MnistHandler()
     handler.initialize(FakeContext(model_dir))
     return handler, model_dir
@@ -79,7 +68,7 @@ def normalised(images: np.ndarray) -> np.ndarray:
 
 
 def test_exactly_one_class_for_torchserve() -> None:
-    module = _load_handler_module()
+    module = load_handler_module()
     classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__]
     assert [c.__name__ for c in classes] == ["MnistHandler"]
 
@@ -145,12 +134,12 @@ def test_committed_mars_are_current(model_store: Path) -> None:
         for kind in manifest.artifacts:
             verify_artifact(manifest, vdir, kind)
         with zipfile.ZipFile(vdir / f"{manifest.name}.mar") as zf:
-            packaged = zf.read("mnist_handler.py")
+            packaged = {path.name: zf.read(path.name) for path in handler_files()}
             assert json.loads(zf.read("preprocess.json")) == manifest.preprocessing.model_dump()
             names = json.loads(zf.read("index_to_name.json"))
         assert [names[str(i)] for i in range(len(names))] == manifest.labels
-        assert packaged == (REPO_ROOT / "handlers" / "mnist_handler.py").read_bytes(), (
-            f"handlers/mnist_handler.py changed since {vdir}/{manifest.name}.mar was built: rerun "
+        assert packaged == {path.name: path.read_bytes() for path in handler_files()}, (
+            f"handlers/ changed since {vdir}/{manifest.name}.mar was built: rerun "
             f"`triserve-train --model {manifest.name} --version {manifest.version} --repack`"
         )
 
@@ -183,7 +172,7 @@ def test_fashion_answers_label_names(model_store: Path, tmp_path: Path) -> None:
 
 def test_archive_without_preprocessing_is_refused(model_store: Path, tmp_path: Path) -> None:
     shutil.copy(model_store / "mnist" / "1" / "model.pt", tmp_path / "model.pt")
-    handler = _load_handler_module().MnistHandler()
+    handler = load_handler_module().MnistHandler()
     with pytest.raises(RuntimeError, match=r"preprocess\.json not in the archive"):
         handler.initialize(FakeContext(tmp_path))
 
@@ -199,7 +188,8 @@ def test_npy_shape_comes_from_the_archive(model_store: Path, tmp_path: Path) -> 
 
 def test_no_model_constants_in_the_handler() -> None:
     """Preprocessing numbers and image sizes live in the archive's files, not in the handler's code."""
-    code = (REPO_ROOT / "handlers" / "mnist_handler.py").read_text()
+    code = "\n".join(path.read_text() for path in handler_files())
+    assert HANDLER_FILE.read_text() in code
     for constant in ("0.1307", "0.3081", "0.2860", "0.3530"):
         assert constant not in code, constant
     assert not re.search(r"\b28\b", code), "image size 28 written into the handler"

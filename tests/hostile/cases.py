@@ -8,7 +8,6 @@ message names the problem; a 200 only where the case allows one (then with the r
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import uuid
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 
+from tests.support.encode import v2_images, v2_request
 from triserve_common import codec
 
 PREDICT = "/predictions/mnist"
@@ -184,10 +184,7 @@ def multipart(*images: bytes, boundary: str = "hostile-boundary") -> tuple[bytes
 
 def v2_json_images(*images: bytes) -> bytes:
     """An OIP v2 JSON request with the images as one base64 BYTES input."""
-    data = [base64.b64encode(img).decode() for img in images]
-    return json.dumps(
-        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(data)], "data": data}]}
-    ).encode()
+    return json.dumps(v2_request(v2_images("image", images))).encode()
 
 
 def v2_binary_images(*images: bytes) -> tuple[bytes, dict[str, str]]:

@@ -4,31 +4,20 @@ routing reaches every backend), and what the tests measure on it: RSS, breakers,
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mnist import one_per_digit
+from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
-from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
+from tests.support.stack import free_port_config, service_processes, start_platform, wait_torchserve_worker
 from triserve_common.manifest import read_manifest
 
 BACKENDS = ("onnx", "paddle", "torchserve")
-
-
-@dataclass
-class Digits:
-    """One held-out image per digit: PNGs, labels, and float32 [10, 1, 28, 28] as the model takes it."""
-
-    pngs: list[bytes]
-    labels: list[int]
-    x: np.ndarray
 
 
 @dataclass
@@ -38,6 +27,7 @@ class LivePlatform:
     """The gateway's metrics listener."""
     procs: dict[str, ServiceProcess]
     digits: Digits
+    """One held-out image per digit (``one_per_digit``)."""
 
     @property
     def gateway_pid(self) -> int:
@@ -97,16 +87,9 @@ def live(
         },
         timeout=180,
     )
-    d = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
-    digits = Digits(d.pngs, [int(v) for v in d.labels], d.x)
+    digits = one_per_digit(mnist_dir, read_manifest(model_store / "mnist" / "1"))
     try:
-        ts_thread = threading.Thread(target=procs["torchserve"].start)
-        ts_thread.start()
-        procs["onnx"].start()
-        procs["paddle"].start()
-        ts_thread.join()
-        wait_torchserve_worker(config.url(config.ts_management_port), procs["torchserve"], timeout=180)
-        procs["gateway"].start()
+        start_platform(config, procs, lambda url, ts: wait_torchserve_worker(url, ts, timeout=180))
         yield LivePlatform(config.url(config.gateway_port), config.url(config.metrics_port), procs, digits)
     finally:
         for proc in reversed(list(procs.values())):

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from PIL import Image
 
 from tests.hostile.cases import INFER, PREDICT, TRANSPORTS, Answer, Case, image_case, multipart, raw_request
-from tests.hostile.images import FORMATS, animated, bombs, corruptions, encode, sample_image, truncations
+from tests.hostile.images import FORMATS, animated, bombs, corruptions, sample_image, truncations
+from tests.support.encode import image_bytes
 
 MAX_BODY = 8 * 1024 * 1024
 """The gateway's default TRISERVE_GATEWAY_MAX_BODY_BYTES."""
@@ -26,7 +27,7 @@ def images(scale: int) -> list[Case]:
         cases.append(image_case("images", "zero bytes", b"", transport, statuses=(415,), names=("empty",)))
     for fmt in FORMATS:
         for seed in range(scale):
-            data = encode(sample_image(seed), fmt)
+            data = image_bytes(sample_image(seed), fmt)
             for label, cut in truncations(data, fractions):
                 transport = TRANSPORTS[k % len(TRANSPORTS)]
                 k += 1
@@ -38,10 +39,10 @@ def images(scale: int) -> list[Case]:
                     image_case("images", f"{fmt} {label}", bad, transport, names=UNDECODABLE, ok=True)
                 )
     refused = {
-        "ICO": encode(Image.new("RGB", (16, 16)), "ICO"),
-        "PPM": encode(Image.new("L", (28, 28)), "PPM"),
-        "PCX": encode(Image.new("L", (28, 28)), "PCX"),
-        "TGA": encode(Image.new("L", (28, 28)), "TGA"),
+        "ICO": image_bytes(Image.new("RGB", (16, 16)), "ICO"),
+        "PPM": image_bytes(Image.new("L", (28, 28)), "PPM"),
+        "PCX": image_bytes(Image.new("L", (28, 28)), "PCX"),
+        "TGA": image_bytes(Image.new("L", (28, 28)), "TGA"),
         "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"/>',
         "PDF": b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF",
         "HTML": b"<html><body>7</body></html>",

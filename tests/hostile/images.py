@@ -5,7 +5,6 @@ bomb cannot be made by encoding the image it claims to be)."""
 
 from __future__ import annotations
 
-import io
 import random
 import struct
 import zlib
@@ -13,14 +12,10 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from tests.support.encode import image_bytes
+
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 """The gateway's default allow-list."""
-
-
-def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (200, 150)) -> Image.Image:
@@ -56,32 +51,32 @@ def corruptions(data: bytes, seeds: range) -> list[tuple[str, bytes]]:
 
 
 def _png(width: int, height: int) -> bytes:
-    png = encode(Image.new("L", (1, 1)), "PNG")
+    png = image_bytes(Image.new("L", (1, 1)), "PNG")
     chunk = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
     return png[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
 
 
 def _gif(width: int, height: int) -> bytes:
-    gif = bytearray(encode(Image.new("L", (1, 1)), "GIF"))
+    gif = bytearray(image_bytes(Image.new("L", (1, 1)), "GIF"))
     gif[6:10] = struct.pack("<HH", width, height)
     return bytes(gif)
 
 
 def _bmp(width: int, height: int) -> bytes:
-    bmp = bytearray(encode(Image.new("L", (1, 1)), "BMP"))
+    bmp = bytearray(image_bytes(Image.new("L", (1, 1)), "BMP"))
     bmp[18:26] = struct.pack("<ii", width, height)
     return bytes(bmp)
 
 
 def _jpeg(width: int, height: int) -> bytes:
-    jpg = bytearray(encode(Image.new("L", (8, 8)), "JPEG"))
+    jpg = bytearray(image_bytes(Image.new("L", (8, 8)), "JPEG"))
     sof = jpg.find(b"\xff\xc0")
     jpg[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(jpg)
 
 
 def _tiff(width: int, height: int) -> bytes:
-    tif = bytearray(encode(Image.new("L", (1, 1)), "TIFF"))
+    tif = bytearray(image_bytes(Image.new("L", (1, 1)), "TIFF"))
     ifd = struct.unpack_from("<I", tif, 4)[0]
     for k in range(struct.unpack_from("<H", tif, ifd)[0]):
         entry = ifd + 2 + 12 * k
@@ -93,7 +88,7 @@ def _tiff(width: int, height: int) -> bytes:
 
 
 def _webp(width: int, height: int) -> bytes:
-    webp = bytearray(encode(Image.new("L", (1, 1)), "WEBP", lossless=True))
+    webp = bytearray(image_bytes(Image.new("L", (1, 1)), "WEBP", lossless=True))
     bits = int.from_bytes(webp[21:25], "little")
     bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
     webp[21:25] = bits.to_bytes(4, "little")
@@ -136,5 +131,5 @@ def animated(fmt: str, first: Image.Image, frames: int, noisy: int = 16) -> byte
     ]
     base = first.convert("L")
     if fmt == "TIFF":
-        return encode(base, "TIFF", save_all=True, append_images=rest)
-    return encode(base, fmt, save_all=True, append_images=rest, duration=10, loop=0)
+        return image_bytes(base, "TIFF", save_all=True, append_images=rest)
+    return image_bytes(base, fmt, save_all=True, append_images=rest, duration=10, loop=0)

@@ -34,7 +34,7 @@ FORCED: tuple[str | None, ...] = (None, *BACKENDS)
 
 def categories(live: LivePlatform, scale: int) -> list[tuple[str, Callable[[], list[Case]]]]:
     d = live.digits
-    png, label, x = d.pngs[3], d.labels[3], d.x
+    png, label, x = d.pngs[3], int(d.labels[3]), d.x
     return [
         ("images", lambda: corpus_inputs.images(scale)),
         ("bombs", corpus_inputs.decompression_bombs),
@@ -71,7 +71,7 @@ def run_normal(live: LivePlatform, client: httpx.Client, k: int) -> list[str]:
     """Normal requests on every backend: what is wrong with their answers, and with the breakers."""
     d = live.digits
     problems = []
-    for case in corpus_http.normal(d.pngs, d.labels, d.x, BACKENDS, k):
+    for case in corpus_http.normal(d.pngs, d.labels.tolist(), d.x, BACKENDS, k):
         why = verdict(case, send(client, live.gateway, case))
         if why:
             problems.append(f"normal {case.name}: {why}")

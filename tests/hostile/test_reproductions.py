@@ -21,7 +21,7 @@ MB = 1024 * 1024
 
 def test_three_latest_then_a_normal_request(live: LivePlatform) -> None:
     """``curl -T 0.png .../predictions/mnist/latest`` three times used to eject every backend."""
-    png, label = live.digits.pngs[0], live.digits.labels[0]
+    png, label = live.digits.pngs[0], int(live.digits.labels[0])
     with httpx.Client(timeout=30) as client:
         for _ in range(3):
             r = client.put(f"{live.gateway}/predictions/mnist/latest", content=png)

@@ -25,7 +25,7 @@ from tests.support import encode
 from tests.support.encode import bytes_items, v2_images, v2_input, v2_request
 from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess
-from tests.support.stack import free_port_config, service_processes, wait_torchserve_worker
+from tests.support.stack import free_port_config, service_processes, start_platform
 from triserve_common import codec
 from triserve_common.manifest import read_manifest
 
@@ -83,14 +83,7 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
     )
     ts_management = config.url(config.ts_management_port)
     try:
-        # TorchServe first (slowest), the Python backends meanwhile, the gateway last
-        ts_thread = threading.Thread(target=procs["torchserve"].start)
-        ts_thread.start()
-        procs["onnx"].start()
-        procs["paddle"].start()
-        ts_thread.join()
-        wait_torchserve_worker(ts_management, procs["torchserve"])
-        procs["gateway"].start()
+        start_platform(config, procs)  # TorchServe first (slowest), Python backends meanwhile, gateway last
         urls = {
             "onnx": config.url(config.onnx_port),
             "paddle": config.url(config.paddle_port),

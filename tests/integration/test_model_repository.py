@@ -12,7 +12,6 @@ classifies right (the model's accuracy is the trainer's business, routing is thi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.encode import v2_images, v2_request
 from tests.support.mnist import Digits, model_held_out, typical_per_class
 from tests.support.procs import ServiceProcess
-from tests.support.stack import free_port_config, service_processes, wait_torchserve_all
+from tests.support.stack import free_port_config, service_processes, start_platform, wait_torchserve_all
 from triserve_common import codec
 from triserve_common.manifest import Manifest, read_manifest
 
@@ -107,14 +106,9 @@ def platform(
     }
     procs = service_processes(config, service_logs, extra_env={"gateway": gateway_env}, timeout=240)
     try:
-        ts = threading.Thread(target=procs["torchserve"].start)
-        ts.start()
-        procs["onnx"].start()
-        procs["paddle"].start()
-        ts.join()
-        held = wait_torchserve_all(config.url(config.ts_management_port), procs["torchserve"])
+        held: list[tuple[str, str]] = []
+        start_platform(config, procs, lambda url, ts: held.extend(wait_torchserve_all(url, ts)))
         assert held == sorted(VERSIONS)  # TorchServe registered every .mar of the store
-        procs["gateway"].start()
         urls = {"onnx": config.url(config.onnx_port), "paddle": config.url(config.paddle_port),
                 "torchserve": config.url(config.ts_inference_port)}
         yield Platform(config.url(config.gateway_port), config.url(config.management_port),

@@ -12,11 +12,12 @@ import numpy as np
 from PIL import Image
 
 
-def image_bytes(image: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
-    """An image (a uint8 ``[H, W]`` / ``[H, W, C]`` array or a Pillow image) encoded as ``fmt``."""
+def image_bytes(image: np.ndarray | Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
+    """An image (a uint8 ``[H, W]`` / ``[H, W, C]`` array or a Pillow image) encoded as ``fmt``, with
+    Pillow's save ``options`` for that format (``lossless=True``, ``save_all=True``, ...)."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
     buf = io.BytesIO()
-    img.save(buf, format=fmt)
+    img.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import httpx
 
 from triserve_common.paths import REPO_ROOT
-from triserve_common.ports import free_port
-
-__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "python_exe"]
+from triserve_common.ports import free_port as free_port  # one port picker for tests and the CLI
 
 
 def python_exe() -> str:

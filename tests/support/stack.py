@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +102,18 @@ def wait_torchserve_all(
     raise RuntimeError(f"TorchServe not ready after {timeout}s ({last}):\n{proc.log_tail()}")
 
 
-def start_platform(config: PlatformConfig, procs: Mapping[str, ServiceProcess]) -> None:
+def start_platform(
+    config: PlatformConfig,
+    procs: Mapping[str, ServiceProcess],
+    torchserve_ready: Callable[[str, ServiceProcess], object] = wait_torchserve_worker,
+) -> None:
     """Start ``procs`` (from :func:`service_processes`): TorchServe first (the slowest) with the Python
-    backends meanwhile, then the gateway once TorchServe's worker is READY. The caller stops them."""
+    backends meanwhile, then the gateway once ``torchserve_ready(management_url, proc)`` returns (by
+    default: once its worker is READY). The caller stops them."""
     ts_thread = threading.Thread(target=procs["torchserve"].start)
     ts_thread.start()
     procs["onnx"].start()
     procs["paddle"].start()
     ts_thread.join()
-    wait_torchserve_worker(config.url(config.ts_management_port), procs["torchserve"])
+    torchserve_ready(config.url(config.ts_management_port), procs["torchserve"])
     procs["gateway"].start()

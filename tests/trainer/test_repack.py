@@ -6,7 +6,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from tests.support.procs import REPO_ROOT
+from tests.support.handler import handler_files
 from triserve_common.manifest import read_manifest, verify_artifact
 from triserve_trainer.runner import run_job
 
@@ -25,7 +25,8 @@ def test_repack_keeps_weights_and_manifest(job: Job, tmp_path: Path) -> None:
     run_job(config(["--store", str(store), "--work-dir", str(tmp_path / "w"), "--repack", "--version", "1"]))
     new = read_manifest(vdir)
     with zipfile.ZipFile(vdir / "mnist.mar") as zf:
-        assert zf.read("mnist_handler.py") == (REPO_ROOT / "handlers" / "mnist_handler.py").read_bytes()
+        packaged = {p.name: zf.read(p.name) for p in handler_files()}
+        assert packaged == {p.name: p.read_bytes() for p in handler_files()}
         assert zf.read("model.pt") == model_pt
     assert (vdir / "model.pt").read_bytes() == model_pt
     verify_artifact(new, vdir, "torchserve")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,10 +22,16 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
-def add_metrics_route(app: FastAPI, registry: CollectorRegistry, path: str = "/metrics") -> None:
-    """Expose ``registry`` in the Prometheus text format at ``path``."""
+def add_metrics_route(
+    app: FastAPI,
+    registry: CollectorRegistry,
+    path: str = "/metrics",
+    rewrite: Callable[[bytes], bytes] | None = None,
+) -> None:
+    """Expose ``registry`` in the Prometheus text format at ``path`` (passed through ``rewrite`` if given)."""
 
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(registry)
+        return Response(rewrite(text) if rewrite else text, media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)

@@ -13,6 +13,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 import uvicorn
@@ -105,6 +106,14 @@ async def read_body(request: Request, limit: int, setting: str = "MAX_BODY_BYTES
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution`` (``0+unknown`` when run from a bare checkout)."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def configure_logging(level: str) -> None:

@@ -29,6 +29,7 @@ from triserve_common.errors import install_error_handlers
 from triserve_common.limits import ServerLimits, uvicorn_options
 from triserve_common.metrics import add_metrics_route
 from triserve_common.settings import ServiceSettings
+from triserve_gateway.torchserve_metrics import as_torchserve_writes
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ class PortRouter:
 
 
 def create_metrics_app(registry: CollectorRegistry) -> FastAPI:
-    """The metrics listener's app: ``GET /metrics`` only."""
+    """The metrics listener's app: ``GET /metrics`` only (TorchServe's series as TorchServe writes them)."""
     app = FastAPI(title="triserve gateway metrics", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    add_metrics_route(app, registry)
+    add_metrics_route(app, registry, rewrite=as_torchserve_writes)
     return app
 
 

@@ -19,10 +19,16 @@ series                              labels                                      
 labels it). The values only grow, as TorchServe's counters do. ``ts_inference_requests_total`` is a
 Prometheus counter; the other five are exported untyped: prometheus-client's text format renames
 every counter to ``<name>_total``, which would break the names these dashboards query.
+
+On the metrics listener their sample lines are written as TorchServe writes them
+(:func:`as_torchserve_writes`): labels in TorchServe's order, each followed by a comma
+(``Requests2XX{Level="Host",Hostname="h",} 3.0``) -- what TorchServe's own Postman collection
+matches. Both forms are valid Prometheus text; only the line's spelling differs.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -34,7 +40,18 @@ from prometheus_client.registry import Collector
 STATUS_CLASSES = ("2XX", "4XX", "5XX")
 DEFAULT_VERSION = "default"
 """``model_version`` of a request that named no version (TorchServe's label)."""
+HOST_LABELS = ("Level", "Hostname")
 INFERENCE_LABELS = ("model_name", "model_version", "hostname")
+LABEL_ORDER: dict[str, tuple[str, ...]] = {
+    **{f"Requests{cls}": HOST_LABELS for cls in STATUS_CLASSES},
+    "ts_inference_requests_total": INFERENCE_LABELS,
+    "ts_inference_latency_microseconds": INFERENCE_LABELS,
+    "ts_queue_latency_microseconds": INFERENCE_LABELS,
+}
+"""Sample name -> its labels in TorchServe's order (the dimensions of its ``metrics.yaml``)."""
+_SAMPLE_STARTS = tuple(f"{name}{{" for name in LABEL_ORDER)
+_SAMPLE = re.compile(r"(?P<name>[^{]+)\{(?P<labels>.*)\}(?P<value> [^}]*)")
+_LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
 
 
 def status_class(status: int) -> str | None:
@@ -44,6 +61,24 @@ def status_class(status: int) -> str | None:
     if status >= 400:
         return "4XX"
     return "2XX" if status >= 200 else None
+
+
+def as_torchserve_writes(exposition: bytes) -> bytes:
+    """``exposition`` (Prometheus text) with the sample lines of the six TorchServe series rewritten as
+    TorchServe writes them: labels in TorchServe's order, each followed by a comma (prometheus-client
+    sorts them and writes none). Every other line is left as it is."""
+    lines = exposition.decode().split("\n")
+    for i, line in enumerate(lines):
+        match = _SAMPLE.fullmatch(line) if line.startswith(_SAMPLE_STARTS) else None
+        if match is None:
+            continue
+        labels = {m["key"]: m["value"] for m in _LABEL.finditer(match["labels"])}
+        order = LABEL_ORDER[match["name"]]
+        if sorted(labels) != sorted(order):
+            continue  # not a label set of ours: leave it
+        written = "".join(f'{key}="{labels[key]}",' for key in order)
+        lines[i] = f"{match['name']}{{{written}}}{match['value']}"
+    return "\n".join(lines).encode()
 
 
 class TorchServeMetrics(Collector):
@@ -89,7 +124,7 @@ class TorchServeMetrics(Collector):
         for cls in STATUS_CLASSES:
             family = UnknownMetricFamily(
                 f"Requests{cls}", f"TorchServe-compatible: HTTP responses with a {cls} status (unit: Count).",
-                labels=("Level", "Hostname"),
+                labels=HOST_LABELS,
             )
             if cls in status:
                 family.add_metric(["Host", self.hostname], status[cls])

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import FastAPI
 
 from triserve_common.repository import runtime_repository
 from triserve_common.rest import build_app
+from triserve_common.server import package_version
 from triserve_onnx.runtime import OnnxRuntime
 from triserve_onnx.settings import OnnxSettings
 
 SERVER_NAME = "triserve-onnx"
-
-
-def _version() -> str:
-    try:
-        return version("triserve-onnx")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def create_app(settings: OnnxSettings | None = None) -> FastAPI:
@@ -26,4 +18,5 @@ def create_app(settings: OnnxSettings | None = None) -> FastAPI:
     the app; more versions are loaded and unloaded at run time through ``/v2/repository``."""
     settings = settings or OnnxSettings()
     repository = runtime_repository(settings, OnnxRuntime.artifact_kind, OnnxRuntime, "workers")
-    return build_app(settings, repository, server_name=SERVER_NAME, server_version=_version())
+    version = package_version(SERVER_NAME)
+    return build_app(settings, repository, server_name=SERVER_NAME, server_version=version)

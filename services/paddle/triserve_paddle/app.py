@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import FastAPI
 
 from triserve_common.repository import runtime_repository
 from triserve_common.rest import build_app
+from triserve_common.server import package_version
 from triserve_paddle.runtime import PaddleRuntime
 from triserve_paddle.settings import PaddleSettings
 
 SERVER_NAME = "triserve-paddle"
-
-
-def _version() -> str:
-    try:
-        return version("triserve-paddle")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def create_app(settings: PaddleSettings | None = None) -> FastAPI:
@@ -27,4 +19,5 @@ def create_app(settings: PaddleSettings | None = None) -> FastAPI:
     settings = settings or PaddleSettings()
     kind = PaddleRuntime.artifact_kind
     repository = runtime_repository(settings, kind, PaddleRuntime, "predictor_pool_size")
-    return build_app(settings, repository, server_name=SERVER_NAME, server_version=_version())
+    version = package_version(SERVER_NAME)
+    return build_app(settings, repository, server_name=SERVER_NAME, server_version=version)

@@ -19,7 +19,8 @@ from triserve_common.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HANDLER = REPO_ROOT / "handlers" / "mnist_handler.py"
+HANDLER_DIR = REPO_ROOT / "handlers"
+DEFAULT_HANDLER = HANDLER_DIR / "mnist_handler.py"
 PREPROCESS_FILE = "preprocess.json"
 #: TorchServe's convention for class names (``{"0": "T-shirt/top", ...}``), read by the handler.
 LABELS_FILE = "index_to_name.json"
@@ -38,6 +39,15 @@ class ArchiveError(Exception):
     """torch-model-archiver failed."""
 
 
+def handler_modules(handler: Path) -> list[Path]:
+    """The modules ``handler`` imports, packed beside it: every other ``*.py`` of its folder.
+
+    TorchServe unpacks an archive into one folder and puts it on the worker's ``sys.path``, so the
+    handler imports them by their plain module names.
+    """
+    return sorted(p for p in handler.parent.glob("*.py") if p != handler)
+
+
 def build_mar(
     torchscript: Path,
     out_dir: Path,
@@ -48,9 +58,11 @@ def build_mar(
     handler: Path = DEFAULT_HANDLER,
     model_config: dict[str, Any] | None = None,
 ) -> Path:
-    """``out_dir/<name>.mar``: model.pt, handler, preprocess.json, index_to_name.json, model-config.yaml."""
+    """``out_dir/<name>.mar``: model.pt, the handler and its modules, preprocess.json,
+    index_to_name.json, model-config.yaml."""
     if not handler.is_file():
         raise ArchiveError(f"handler {handler} not found")
+    modules = handler_modules(handler)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="triserve-mar-") as tmp:
         tmpdir = Path(tmp)
@@ -75,7 +87,7 @@ def build_mar(
             "--handler",
             str(handler),
             "--extra-files",
-            f"{spec_path},{labels_path}",
+            ",".join(str(p) for p in [*modules, spec_path, labels_path]),
             "--config-file",
             str(config_path),
             "--export-path",
@@ -90,15 +102,17 @@ def build_mar(
     mar = out_dir / f"{name}.mar"
     if not mar.is_file():
         raise ArchiveError(f"torch-model-archiver did not write {mar}")
-    check_mar(mar, serialized=torchscript.name, handler=handler.name)
+    check_mar(mar, serialized=torchscript.name, handler=handler)
     return mar
 
 
-def check_mar(mar: Path, serialized: str = "model.pt", handler: str = "mnist_handler.py") -> list[str]:
-    """The archive's file names; ArchiveError unless handler, model, spec, labels and config are in it."""
+def check_mar(mar: Path, serialized: str = "model.pt", handler: Path = DEFAULT_HANDLER) -> list[str]:
+    """The archive's file names; ArchiveError unless the handler and its modules, the model, spec,
+    labels and config are in it."""
     with zipfile.ZipFile(mar) as zf:
         names = zf.namelist()
-    needed = {"MAR-INF/MANIFEST.json", serialized, handler, PREPROCESS_FILE, LABELS_FILE, "model-config.yaml"}
+    code = {p.name for p in [handler, *handler_modules(handler)]}
+    needed = {"MAR-INF/MANIFEST.json", serialized, PREPROCESS_FILE, LABELS_FILE, "model-config.yaml", *code}
     missing = needed - set(names)
     if missing:
         raise ArchiveError(f"{mar} lacks {sorted(missing)} (has {names})")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from triserve_trainer.specs import INPUT_NAME, OUTPUT_NAME
+
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 ONNX_OPSET = 18
 
 

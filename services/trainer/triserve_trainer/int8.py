@@ -10,7 +10,6 @@ the runtimes that serve the version.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -25,21 +24,17 @@ from triserve_trainer.job import (
     JobContext,
     JobError,
     Step,
-    data_split,
     held_out_inputs,
-    io_specs,
     load_data,
     prepare,
     publish_version,
+    version_manifest,
     write_manifest_file,
+    write_summary,
 )
-from triserve_trainer.record import BackendQuantization, QuantizationRecord, TrainedManifest
+from triserve_trainer.record import BackendQuantization, QuantizationRecord
 from triserve_trainer.store import (
     artifact_entries,
-    framework_versions,
-    git_commit,
-    now_utc,
-    predictions_digest,
 )
 
 log = logging.getLogger("triserve_trainer")
@@ -183,37 +178,21 @@ def write_int8_manifest(ctx: JobContext) -> None:
     """``manifest.json`` of the INT8 version: backends, quantisation details, figures vs the FP32 version."""
     from triserve_trainer.quantize import quantization_methods
 
-    cfg, spec, data, ref = ctx.config, ctx.config.spec, ctx.data, ctx.extra["ref"]
-    assert data is not None and ctx.parity is not None
+    cfg, data, ref = ctx.config, ctx.data, ctx.extra["ref"]
+    assert data is not None
     methods, figures = quantization_methods(), ctx.extra["figures"]
     for name, fig in figures.items():
         fig.method = methods[name]
     accuracy = figures["torchserve"].accuracy
-    summary = {
-        "held_out_predictions_sha256_16": predictions_digest(ctx.predictions),
-        "held_out_accuracy": accuracy,
-        "int8_torch_vs_onnx": ctx.extra["cross"],
-    }
-    (ctx.staging / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    inputs, outputs = io_specs(len(spec.labels))
-    ctx.manifest = TrainedManifest(
-        name=spec.name,
-        version=ctx.version,
-        created_at=now_utc(),
-        git_commit=git_commit(),
-        framework_versions=framework_versions(),
-        data=data_split(data),
+    write_summary(ctx, held_out_accuracy=accuracy, int8_torch_vs_onnx=ctx.extra["cross"])
+    ctx.manifest = version_manifest(
+        ctx,
         metrics=Metrics(accuracy=accuracy, loss=ctx.extra["loss"], epochs=0, training_seconds=0.0),
         model=ModelInfo(
             architecture=f"INT8 of v{cfg.quantize_from}: {ref.model.architecture}",
             parameters=ref.model.parameters,
             macs_per_image=ref.model.macs_per_image,
         ),
-        inputs=inputs,
-        outputs=outputs,
-        preprocessing=spec.preprocessing(),
-        labels=spec.labels,
-        parity=ctx.parity,
         artifacts=artifact_entries(
             ctx.staging,
             ctx.paths["mar"].name,

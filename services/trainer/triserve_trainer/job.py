@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from triserve_common.manifest import DataSplit, Metrics, ModelInfo, Parity, TensorSpec
+from triserve_common.manifest import DataSplit, Metrics, ModelInfo, Parity
 from triserve_trainer.config import JobConfig
 from triserve_trainer.data import DataError, ImageData, load_images, locate_data
 from triserve_trainer.record import TrainedManifest, TrainingRecord
@@ -251,43 +251,71 @@ def data_split(data: ImageData) -> DataSplit:
     )
 
 
-def io_specs(classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from triserve_trainer.export_torch import INPUT_NAME, OUTPUT_NAME
+def write_summary(ctx: JobContext, **figures: Any) -> None:
+    """``training/summary.json``: the held-out predictions' digest and the given figures."""
+    summary = {"held_out_predictions_sha256_16": predictions_digest(ctx.predictions), **figures}
+    (ctx.staging / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    return (
-        [TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, 1, 28, 28])],
-        [TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, classes])],
+
+def version_manifest(ctx: JobContext, **fields: Any) -> TrainedManifest:
+    """The staged version's manifest: the model's served fields (specs.py), version, provenance, data
+    split and parity, plus ``fields`` (metrics, model, artifacts, backends, training or quantization)."""
+    assert ctx.data is not None and ctx.parity is not None
+    return TrainedManifest(
+        **ctx.config.spec.served_fields(),
+        version=ctx.version,
+        created_at=now_utc(),
+        git_commit=git_commit(),
+        framework_versions=framework_versions(),
+        data=data_split(ctx.data),
+        parity=ctx.parity,
+        **fields,
+    )
+
+
+def write_training_history(ctx: JobContext, tcfg: TrainConfig) -> str | None:
+    """History and curves into ``training/``, the TensorBoard events beside them (their folder, if any)."""
+    from triserve_trainer.train import write_history
+
+    assert ctx.trained is not None
+    write_history(ctx.trained.history, ctx.staging / "training", tcfg)
+    if tcfg.tensorboard_dir is None or not tcfg.tensorboard_dir.is_dir():
+        return None
+    shutil.copytree(tcfg.tensorboard_dir, ctx.staging / "training" / "tensorboard")
+    return "training/tensorboard"
+
+
+def training_record(ctx: JobContext, tcfg: TrainConfig, tensorboard_dir: str | None) -> TrainingRecord:
+    """How the version was trained: data set and split, seed, epochs, optimiser, augmentation, command."""
+    cfg, spec, trained, data = ctx.config, ctx.config.spec, ctx.trained, ctx.data
+    assert trained is not None and data is not None
+    return TrainingRecord(
+        dataset=spec.dataset.name,
+        split=data.split,
+        seed=cfg.seed,
+        epochs=len(trained.history),
+        batch_size=tcfg.batch_size,
+        lr=tcfg.lr,
+        augment=spec.augment if cfg.augment else "none",
+        threads=cfg.threads,
+        training_seconds=round(trained.training_seconds, 2),
+        resumed_from_epoch=_resumed_epoch(cfg),
+        tensorboard_dir=tensorboard_dir,
+        command=cfg.command(),
     )
 
 
 def write_manifest(ctx: JobContext) -> None:
     """History, curves, TensorBoard events, summary and ``manifest.json`` into the staging folder."""
     from triserve_trainer.model import architecture
-    from triserve_trainer.train import write_history
 
-    cfg, spec, trained, data = ctx.config, ctx.config.spec, ctx.trained, ctx.data
-    assert trained is not None and data is not None and ctx.parity is not None
-    tcfg = train_config(cfg)
-    write_history(trained.history, ctx.staging / "training", tcfg)
-    tb_rel = None
-    if tcfg.tensorboard_dir is not None and tcfg.tensorboard_dir.is_dir():
-        shutil.copytree(tcfg.tensorboard_dir, ctx.staging / "training" / "tensorboard")
-        tb_rel = "training/tensorboard"
-    summary = {
-        "held_out_predictions_sha256_16": predictions_digest(ctx.predictions),
-        "held_out_accuracy": trained.test_accuracy,
-        "held_out_loss": trained.test_loss,
-    }
-    (ctx.staging / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    inputs, outputs = io_specs(len(spec.labels))
-    resumed = _resumed_epoch(cfg)
-    ctx.manifest = TrainedManifest(
-        name=spec.name,
-        version=ctx.version,
-        created_at=now_utc(),
-        git_commit=git_commit(),
-        framework_versions=framework_versions(),
-        data=data_split(data),
+    spec, trained = ctx.config.spec, ctx.trained
+    assert trained is not None
+    tcfg = train_config(ctx.config)
+    tensorboard_dir = write_training_history(ctx, tcfg)
+    write_summary(ctx, held_out_accuracy=trained.test_accuracy, held_out_loss=trained.test_loss)
+    ctx.manifest = version_manifest(
+        ctx,
         metrics=Metrics(
             accuracy=trained.test_accuracy,
             loss=trained.test_loss,
@@ -299,27 +327,9 @@ def write_manifest(ctx: JobContext) -> None:
             parameters=ctx.params,
             macs_per_image=ctx.macs,
         ),
-        inputs=inputs,
-        outputs=outputs,
-        preprocessing=spec.preprocessing(),
-        labels=spec.labels,
-        parity=ctx.parity,
         artifacts=artifact_entries(ctx.staging, ctx.paths["mar"].name),
         backends=FP32_BACKENDS,
-        training=TrainingRecord(
-            dataset=spec.dataset.name,
-            split=data.split,
-            seed=cfg.seed,
-            epochs=len(trained.history),
-            batch_size=tcfg.batch_size,
-            lr=tcfg.lr,
-            augment=spec.augment if cfg.augment else "none",
-            threads=cfg.threads,
-            training_seconds=round(trained.training_seconds, 2),
-            resumed_from_epoch=resumed,
-            tensorboard_dir=tb_rel,
-            command=cfg.command(),
-        ),
+        training=training_record(ctx, tcfg, tensorboard_dir),
     )
     write_manifest_file(ctx.staging, ctx.manifest)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from triserve_cli.bench import cpu, report, wrk
+from triserve_cli.bench import cpu, report, targets, wrk
 from triserve_cli.bench.check import precheck
 from triserve_cli.bench.paths import BenchPath
 from triserve_cli.bench.payloads import LOAD_INDEX, SWEEP_INDICES, Digit, load_digits
@@ -123,12 +123,49 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _settings(config: BenchConfig, load_digit: Digit) -> dict[str, Any]:
+    """The run's settings as the JSON document records them."""
+    return {
+        "concurrency": config.concurrency,
+        "duration_s": config.duration_s,
+        "warmup_s": config.warmup_s,
+        "wrk_threads": config.threads,
+        "wrk_timeout_s": config.timeout_s,
+        "max_foreign_cpu": config.max_foreign_cpu,
+        "retries": config.retries,
+        "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
+        "torchserve_tuned": asdict(config.torchserve_tuning),
+    }
+
+
+def _precheck_all(config: BenchConfig, stack: Stack, digits: list[Digit]) -> list[dict[str, Any]]:
+    """Every path answers every digit correctly before anything is measured (BenchError otherwise)."""
+    checks = [precheck(p, stack.url(p.service), digits) for p in config.paths]
+    failed = [c for c in checks if not c.ok]
+    for c in failed:
+        _say(f"pre-check FAILED on {c.path}: " + "; ".join(c.failures))
+    if failed:
+        raise BenchError(f"pre-check failed on {', '.join(c.path for c in failed)}")
+    _say(f"pre-check: {len(checks)} paths x {len(digits)} digits answered correctly")
+    return [c.to_dict() for c in checks]
+
+
+def _write_outputs(config: BenchConfig, document: dict[str, Any]) -> None:
+    """``bench.json``, ``bench.png`` and ``bench.md`` into ``out_dir``."""
+    out = config.out_dir
+    report.write_json(document, out / "bench.json")
+    title = (
+        f"triserve bench: {document['machine']['cores']} cores ({document['machine']['cpu']}), "
+        f"{config.duration_s:g}s per level, wrk -t{config.threads}"
+    )
+    report.plot(document["results"], out / "bench.png", title)
+    (out / "bench.md").write_text(report.markdown(document) + "\n")
+
+
 def run(config: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; return the JSON document (also written, with the PNG, to ``out_dir``)."""
     started = datetime.now(UTC)
-    out = config.out_dir
-    work = out / "run"  # wrk scripts and bodies, service logs, the stock model store (git-ignored name)
-    scripts = work / "wrk"
+    work = config.out_dir / "run"  # wrk scripts and bodies, service logs, the stock model store (git-ignored)
     digits = load_digits(SWEEP_INDICES, config.mnist_dir, config.model_store)
     load_digit = next(d for d in digits if d.index == LOAD_INDEX)
     services = sorted({p.service for p in config.paths})
@@ -141,17 +178,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "versions": report.versions(wrk.wrk_version()),
         "git": report.git_state(REPO_ROOT),
         "python_path": os.environ.get("PYTHONPATH", ""),
-        "settings": {
-            "concurrency": config.concurrency,
-            "duration_s": config.duration_s,
-            "warmup_s": config.warmup_s,
-            "wrk_threads": config.threads,
-            "wrk_timeout_s": config.timeout_s,
-            "max_foreign_cpu": config.max_foreign_cpu,
-            "retries": config.retries,
-            "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
-            "torchserve_tuned": asdict(config.torchserve_tuning),
-        },
+        "settings": _settings(config, load_digit),
         "paths": [asdict(p) | {"headers": dict(p.headers)} for p in config.paths],
     }
     _say(f"starting {', '.join(services)} (logs in {work / 'logs'}) ...")
@@ -163,29 +190,16 @@ def run(config: BenchConfig) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise BenchError(f"trivial endpoint not ready:\n{trivial.log_tail()}")
             time.sleep(0.1)
-        checks = [precheck(p, stack.url(p.service), digits) for p in config.paths]
-        document["precheck"] = [c.to_dict() for c in checks]
-        failed = [c for c in checks if not c.ok]
-        for c in failed:
-            _say(f"pre-check FAILED on {c.path}: " + "; ".join(c.failures))
-        if failed:
-            raise BenchError(f"pre-check failed on {', '.join(c.path for c in failed)}")
-        _say(f"pre-check: {len(checks)} paths x {len(digits)} digits answered correctly")
-        document.update(_load(config, stack, trivial, load_digit, scripts))
+        document["precheck"] = _precheck_all(config, stack, digits)
+        document.update(_load(config, stack, trivial, load_digit, work / "wrk"))
     finally:
         trivial.stop()
         stack.stop()
         stack.remove_scratch()
     document["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     document["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    document["targets"] = report.targets(document["results"])
-    report.write_json(document, out / "bench.json")
-    title = (
-        f"triserve bench: {document['machine']['cores']} cores ({document['machine']['cpu']}), "
-        f"{config.duration_s:g}s per level, wrk -t{config.threads}"
-    )
-    report.plot(document["results"], out / "bench.png", title)
-    (out / "bench.md").write_text(report.markdown(document) + "\n")
+    document["targets"] = targets.targets(document["results"])
+    _write_outputs(config, document)
     return document
 
 

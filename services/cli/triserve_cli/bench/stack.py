@@ -34,6 +34,7 @@ from triserve_cli.launcher import (
     service_specs,
     torchserve_store,
 )
+from triserve_cli.launcher.processes import spawn
 from triserve_common.manifest import MANIFEST_FILE, file_entry
 from triserve_common.paths import REPO_ROOT
 from triserve_common.ports import free_port
@@ -173,15 +174,7 @@ class Instance:
         cwd.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.spec.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
+            self.proc = spawn(self.spec.argv, env, cwd, log)
 
     def ready(self) -> bool:
         """Whether its readiness URL answers 200; raises when the process has exited."""

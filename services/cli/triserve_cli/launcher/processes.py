@@ -12,6 +12,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -47,6 +48,20 @@ def marked_processes(run_id: str) -> list[ProcInfo]:
             continue
         found.append(ProcInfo(pid=int(entry.name), pgid=int(fields[2]), cmdline=cmdline.strip()))
     return found
+
+
+def spawn(argv: tuple[str, ...], env: dict[str, str], cwd: Path, log: BinaryIO) -> subprocess.Popen[bytes]:
+    """Start a service in its own session (its process group is signalled as a whole), stdin closed,
+    stdout and stderr into ``log``."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -92,68 +92,74 @@ def _runtime_service_spec(config: PlatformConfig, name: str, port: int) -> Servi
     )
 
 
-def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
-    """The four services in start order (backends first, gateway last)."""
-    store = str(config.model_store)
+def _torchserve_spec(config: PlatformConfig) -> ServiceSpec:
+    """TorchServe through ``start.sh`` (it links the start set's archives and checks their sha256)."""
     try:
         ts_models = torchserve_models(config.model_store, config.models)
     except ValueError as exc:
         raise PlatformError(f"models: {exc}") from None
-    ts_inference = config.url(config.ts_inference_port)
-    onnx_url = config.url(config.onnx_port)
-    paddle_url = config.url(config.paddle_port)
+    return ServiceSpec(
+        name="torchserve",
+        argv=("bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")),
+        env={
+            "TS_HOST": config.host,
+            "TS_INFERENCE_PORT": str(config.ts_inference_port),
+            "TS_MANAGEMENT_PORT": str(config.ts_management_port),
+            "TS_METRICS_PORT": str(config.ts_metrics_port),
+            "TS_GRPC_INFERENCE_PORT": str(config.ts_grpc_inference_port),
+            "TS_GRPC_MANAGEMENT_PORT": str(config.ts_grpc_management_port),
+            "TS_MODEL_STORE": str(config.model_store),
+            "TS_MODELS": ts_models,
+            "TS_RUN_DIR": str(config.run_dir / "torchserve"),
+            # start.sh runs `torchserve` from PATH: the one of this venv.
+            "PATH": f"{Path(config.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        ready_url=f"{config.url(config.ts_inference_port)}/ping",
+        port_names={
+            "inference": config.ts_inference_port,
+            "management": config.ts_management_port,
+            "metrics": config.ts_metrics_port,
+            "gRPC inference": config.ts_grpc_inference_port,
+            "gRPC management": config.ts_grpc_management_port,
+        },
+    )
+
+
+def _gateway_spec(config: PlatformConfig) -> ServiceSpec:
+    """The gateway (``triserve_gateway``): its three listeners and every backend's URL."""
+    return ServiceSpec(
+        name="gateway",
+        argv=(config.python, "-m", "triserve_gateway"),
+        env={
+            "TRISERVE_GATEWAY_HOST": config.host,
+            "TRISERVE_GATEWAY_PORT": str(config.gateway_port),
+            "TRISERVE_GATEWAY_MANAGEMENT_HOST": config.host,
+            "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(config.management_port),
+            "TRISERVE_GATEWAY_METRICS_HOST": config.host,
+            "TRISERVE_GATEWAY_METRICS_PORT": str(config.metrics_port),
+            "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(config.management_key_file),
+            "TRISERVE_GATEWAY_DISABLE_TOKEN_AUTH": str(config.disable_token_auth).lower(),
+            "TRISERVE_GATEWAY_LOAD_MODELS": config.models,
+            "TRISERVE_GATEWAY_MODEL_STORE": str(config.model_store),
+            "TRISERVE_GATEWAY_TORCHSERVE_URL": config.url(config.ts_inference_port),
+            "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": config.url(config.ts_management_port),
+            "TRISERVE_GATEWAY_ONNX_URL": config.url(config.onnx_port),
+            "TRISERVE_GATEWAY_PADDLE_URL": config.url(config.paddle_port),
+        },
+        ready_url=f"{config.url(config.gateway_port)}/v2/health/ready",
+        port_names={
+            "http": config.gateway_port,
+            "management": config.management_port,
+            "metrics": config.metrics_port,
+        },
+    )
+
+
+def service_specs(config: PlatformConfig) -> list[ServiceSpec]:
+    """The four services in start order (backends first, gateway last)."""
     return [
-        ServiceSpec(
-            name="torchserve",
-            argv=("bash", str(REPO_ROOT / "services" / "torchserve" / "start.sh")),
-            env={
-                "TS_HOST": config.host,
-                "TS_INFERENCE_PORT": str(config.ts_inference_port),
-                "TS_MANAGEMENT_PORT": str(config.ts_management_port),
-                "TS_METRICS_PORT": str(config.ts_metrics_port),
-                "TS_GRPC_INFERENCE_PORT": str(config.ts_grpc_inference_port),
-                "TS_GRPC_MANAGEMENT_PORT": str(config.ts_grpc_management_port),
-                "TS_MODEL_STORE": store,
-                "TS_MODELS": ts_models,
-                "TS_RUN_DIR": str(config.run_dir / "torchserve"),
-                # start.sh runs `torchserve` from PATH: the one of this venv.
-                "PATH": f"{Path(config.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            },
-            ready_url=f"{ts_inference}/ping",
-            port_names={
-                "inference": config.ts_inference_port,
-                "management": config.ts_management_port,
-                "metrics": config.ts_metrics_port,
-                "gRPC inference": config.ts_grpc_inference_port,
-                "gRPC management": config.ts_grpc_management_port,
-            },
-        ),
+        _torchserve_spec(config),
         _runtime_service_spec(config, "onnx", config.onnx_port),
         _runtime_service_spec(config, "paddle", config.paddle_port),
-        ServiceSpec(
-            name="gateway",
-            argv=(config.python, "-m", "triserve_gateway"),
-            env={
-                "TRISERVE_GATEWAY_HOST": config.host,
-                "TRISERVE_GATEWAY_PORT": str(config.gateway_port),
-                "TRISERVE_GATEWAY_MANAGEMENT_HOST": config.host,
-                "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(config.management_port),
-                "TRISERVE_GATEWAY_METRICS_HOST": config.host,
-                "TRISERVE_GATEWAY_METRICS_PORT": str(config.metrics_port),
-                "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(config.management_key_file),
-                "TRISERVE_GATEWAY_DISABLE_TOKEN_AUTH": str(config.disable_token_auth).lower(),
-                "TRISERVE_GATEWAY_LOAD_MODELS": config.models,
-                "TRISERVE_GATEWAY_MODEL_STORE": store,
-                "TRISERVE_GATEWAY_TORCHSERVE_URL": ts_inference,
-                "TRISERVE_GATEWAY_TORCHSERVE_MANAGEMENT_URL": config.url(config.ts_management_port),
-                "TRISERVE_GATEWAY_ONNX_URL": onnx_url,
-                "TRISERVE_GATEWAY_PADDLE_URL": paddle_url,
-            },
-            ready_url=f"{config.url(config.gateway_port)}/v2/health/ready",
-            port_names={
-                "http": config.gateway_port,
-                "management": config.management_port,
-                "metrics": config.metrics_port,
-            },
-        ),
+        _gateway_spec(config),
     ]

@@ -29,6 +29,7 @@ from triserve_cli.launcher.processes import (
     port_in_use,
     probe,
     signal_group,
+    spawn,
 )
 from triserve_cli.launcher.specs import ServiceSpec, service_specs, verify_torchserve_archives
 
@@ -151,15 +152,7 @@ class Platform:
         with self.log_path(spec.name).open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())
             log.flush()
-            proc = subprocess.Popen(
-                spec.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=workdir,
-                start_new_session=True,
-            )
+            proc = spawn(spec.argv, env, workdir, log)
         self._procs[spec.name] = proc
         self.pid_path(spec.name).write_text(f"{proc.pid}\n")
 
