@@ -47,7 +47,7 @@ class BatchOutcome:
     batch_rows: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes a cancelled caller by ``is``, never by its array
 class _Pending:
     x: Array
     tag: Any

@@ -248,7 +248,6 @@ class Gateway:
         (default: the gateway's ``request_timeout``); see module doc and :mod:`triserve_gateway.hedging`."""
         check_input(target.mv, x)
         pool, max_attempts = candidates(target, backend, self.absent)
-
         deadline = deadline or Deadline(self.limits.request_timeout_s)
         start = partial(self._start_attempt, target, x, request_id)
         return await self._runner.run(target, pool, max_attempts, deadline, start, request_id)
