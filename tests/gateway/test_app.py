@@ -176,6 +176,7 @@ async def test_no_healthy_backend_is_503(client: httpx.AsyncClient, app: FastAPI
     await app.state.gateway.check_health()
     r = await client.post("/predictions/mnist", content=digit_png(1))
     assert r.status_code == 503 and "no healthy backend" in ts_error(r)
+    assert r.headers["retry-after"] == "1"
     assert (await client.get("/ping")).json() == {"status": "Unhealthy"}
     assert (await client.get("/v2/health/ready")).status_code == 503
 

@@ -151,3 +151,57 @@ async def test_pool_keeps_one_batcher_per_key() -> None:
     assert pool.get("b") is not pool.get("a")
     assert made == ["a", "b"]
     await pool.close()
+
+
+async def test_cancelled_callers_leave_the_queue_and_sent_work_completes() -> None:
+    release = asyncio.Event()
+    finished: list[int] = []
+
+    async def run(x: np.ndarray, tags: list[object]) -> np.ndarray:
+        await release.wait()
+        finished.append(x.shape[0])
+        return x
+
+    stages: list[str] = []
+    b = MicroBatcher(run, max_batch_size=8, max_queue_delay_s=60, max_concurrent_batches=1,
+                     on_cancel=stages.append)
+    sent = asyncio.create_task(b.submit(np.ones((1, 2))))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(b.submit(np.ones((1, 2)))) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert b.queued == 3
+    queued[0].cancel()
+    sent.cancel()
+    await asyncio.gather(queued[0], sent, return_exceptions=True)
+    assert sorted(stages) == ["batch_queue", "sent"] and b.queued == 2
+    release.set()
+    results = await asyncio.gather(*queued[1:])
+    assert [r.value.shape[0] for r in results] == [1, 1]
+    assert finished == [1, 2]  # the abandoned call still completed; the two left ran as one batch
+    await b.close()
+
+
+async def test_started_futures_cancel_like_submit_without_a_task_per_request() -> None:
+    release = asyncio.Event()
+    finished: list[int] = []
+
+    async def run(x: np.ndarray, tags: list[object]) -> np.ndarray:
+        await release.wait()
+        finished.append(x.shape[0])
+        return x
+
+    stages: list[str] = []
+    b = MicroBatcher(run, max_batch_size=8, max_queue_delay_s=60, max_concurrent_batches=1,
+                     on_cancel=stages.append)
+    sent = b.start(np.ones((1, 2)))  # inline: a shield of the call's task
+    queued = [b.start(np.full((1, 2), float(i))) for i in range(3)]  # the callers' own futures
+    assert not any(isinstance(f, asyncio.Task) for f in [sent, *queued]) and b.queued == 3
+    queued[1].cancel()
+    sent.cancel()
+    await asyncio.sleep(0)  # done callbacks run
+    assert sorted(stages) == ["batch_queue", "sent"] and b.queued == 2
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(queued[0], queued[2]), DEADLINE_S)
+    assert [float(r.value[0, 0]) for r in results] == [0.0, 2.0]
+    assert finished == [1, 2]  # the abandoned call still completed; the two left ran as one batch
+    await b.close()

@@ -18,9 +18,10 @@ from triserve_gateway.errors import (
     BackendUnavailableError,
     UnknownBackendError,
 )
-from triserve_gateway.gateway import Gateway, RoutedResult
+from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.preprocess import ImagePreprocessor
+from triserve_gateway.targets import RoutedResult
 
 PRE = ImagePreprocessor(SPEC)
 

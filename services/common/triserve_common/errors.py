@@ -19,6 +19,8 @@ class TriserveError(Exception):
     """Base error: ``status_code`` is the HTTP status a client sees."""
 
     status_code: int = 500
+    headers: dict[str, str] | None = None
+    """Extra response headers (e.g. ``Retry-After`` on a 503 from admission control)."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -68,6 +70,12 @@ class ModelNotReadyError(TriserveError):
     """The model or every backend for it is not ready (503)."""
 
     status_code = 503
+
+
+class RequestTimeoutError(TriserveError):
+    """The client took too long to send its request body (408)."""
+
+    status_code = 408
 
 
 class BackendError(TriserveError):
@@ -122,7 +130,7 @@ def install_error_handlers(app: FastAPI, render: ErrorRenderer = v2_error) -> No
 
     async def triserve_handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TriserveError)
-        return render(request, exc.status_code, exc.message, exc, None)
+        return render(request, exc.status_code, exc.message, exc, exc.headers)
 
     async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

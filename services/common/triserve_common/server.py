@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -28,6 +28,7 @@ from triserve_common.errors import (
     PayloadTooLargeError,
     TriserveError,
 )
+from triserve_common.limits import ServerLimits, uvicorn_options
 from triserve_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -122,19 +123,23 @@ def configure_logging(level: str) -> None:
     )
 
 
-def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Serve ``app`` on the settings' host/port (uvloop, httptools, no access log, graceful stop)."""
+def serve(app: FastAPI, settings: ServiceSettings, limits: ServerLimits | None = None) -> None:
+    """Serve ``app`` on the settings' host/port (uvloop, httptools, no access log, graceful stop);
+    with ``limits``, a connection limit and header read / keep-alive timeouts
+    (:func:`triserve_common.limits.uvicorn_options`)."""
+    options: dict[str, Any] = {"http": "httptools", "timeout_keep_alive": 75}
+    if limits is not None:
+        options.update(uvicorn_options(limits))
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        timeout_keep_alive=75,
         backlog=4096,
+        **options,
     )
 
 

@@ -3,6 +3,8 @@ as answers (class labels, softmax probabilities, top k)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -10,8 +12,10 @@ import numpy as np
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from triserve_common.errors import ClientClosedRequestError
+from triserve_gateway.deadline import Deadline, request_budget_s
 from triserve_gateway.models import ModelVersion
-from triserve_gateway.service import InferenceService
+from triserve_gateway.service import InferenceCall, InferenceService, RequestTrack, Served
 
 Array = np.ndarray[Any, Any]
 JSON = "application/json"
@@ -49,6 +53,53 @@ def forced_backend(request: Request) -> str | None:
     """Backend named by ``X-Backend`` or ``?backend=`` (lower-cased), if any."""
     value = request.headers.get("x-backend") or request.query_params.get("backend")
     return value.strip().lower() if value else None
+
+
+WATCH_AFTER_S = 0.1
+"""A request still running this long after it reached the core starts watching for its client's
+disconnect (:func:`infer_request`)."""
+
+
+async def infer_request(request: Request, track: RequestTrack, call: InferenceCall) -> Served:
+    """Run ``call`` under the request's deadline (``request_timeout_ms``, or less when the client
+    sends ``X-Request-Timeout`` in ms; counted from the request's arrival).
+
+    A client that disconnects meanwhile cancels the call (noticed from :data:`WATCH_AFTER_S` on): a
+    request still queued (admission or batching) leaves its queue; work already sent to a backend
+    completes and is dropped."""
+    service = service_of(request)
+    budget = request_budget_s(request.headers.get("x-request-timeout"), service.settings.request_timeout_ms)
+    deadline = Deadline(budget - (time.perf_counter() - track.start))
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        # the body was read: the server's next message is the disconnect (anything else: stop watching)
+        if (await request.receive())["type"] == "http.disconnect":
+            gone = True
+            task.cancel()
+
+    watcher: asyncio.Future[None] | None = None
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    # most requests are answered before a watcher would be worth its task: watch only those that wait
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+    try:
+        return await service.infer(track, call, deadline)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientClosedRequestError("client closed the connection before the answer") from None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 # ------------------------------------------------------------------ outputs

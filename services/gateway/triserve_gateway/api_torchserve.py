@@ -39,6 +39,7 @@ from triserve_gateway.api_common import (
     DirectRoute,
     class_count,
     forced_backend,
+    infer_request,
     predicted_labels,
     request_id_of,
     service_of,
@@ -165,7 +166,7 @@ async def predictions(request: Request) -> Response:
         images = await request_images(request, service.settings)
         prepare = partial(images_payload, images, topk)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
-        served = await service.infer(track, call)
+        served = await infer_request(request, track, call)
     k = parse_topk(topk, class_count(served.mv))
     content = render_predictions(served.mv, served.result.value, k, len(images) > 1)
     return Response(content, media_type=JSON, headers=served.headers())

@@ -39,6 +39,7 @@ from triserve_gateway.api_common import (
     DirectRoute,
     class_count,
     forced_backend,
+    infer_request,
     predicted_labels,
     request_id_of,
     service_of,
@@ -217,7 +218,7 @@ async def infer(request: Request) -> Response:
         decoded = codec.decode_request(body, length, service.decode_limits)
         prepare = partial(tensor_payload, decoded)
         call = InferenceCall(model, version, request_id_of(request), forced_backend(request), prepare)
-        served = await service.infer(track, call)
+        served = await infer_request(request, track, call)
     outputs = outputs_of(served.mv, served.result.value, wanted_outputs(decoded.request, served.mv))
     binary: set[str] | bool = True if decoded.binary_default else decoded.binary_outputs
     content, headers = codec.encode_response(

@@ -14,13 +14,14 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.types import Scope
 
 from triserve_common.errors import error_body, install_error_handlers
+from triserve_common.limits import BodyTimeoutMiddleware
 from triserve_common.metrics import new_registry
 from triserve_common.server import RequestIdMiddleware
 from triserve_common.settings import ServiceSettings
@@ -42,6 +43,7 @@ from triserve_gateway.response_hooks import ResponseHooks
 from triserve_gateway.service import InferenceService
 from triserve_gateway.settings import GatewaySettings
 from triserve_gateway.shadow import ShadowTraffic
+from triserve_gateway.shedding import LoadSheddingMiddleware
 from triserve_gateway.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -81,26 +83,51 @@ def create_app(
     registry = new_registry()
     metrics = GatewayMetrics(registry, worker=role.index)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
-    gateway = Gateway(routing, ModelCatalog([]), clients(routing), metrics)
+    gateway = Gateway(routing, ModelCatalog([]), clients(routing), metrics, limits=settings.limits())
     manager = ModelManager(
         gateway, ModelStore(settings.model_store), admins(routing.backends), settings.max_image_pixels,
         drain_timeout_s=settings.graceful_shutdown_s, image_formats=settings.image_formats, role=role,
     )
     manager.register_startup(settings.load_models)
     shadows = ShadowTraffic(gateway, metrics.shadow)
-    service = InferenceService(gateway, metrics, settings, shadows)
-    disabled = settings.disable_token_auth
-    management_key = auth.management_key(
-        _secret(settings.management_key), settings.management_key_file, disabled
+    app = FastAPI(
+        title="triserve gateway",
+        version=__version__,
+        description="TorchServe-compatible and KServe v2 (OIP) inference in front of TorchServe, "
+        "ONNX Runtime and Paddle backends: preprocessing, routing, failover, dynamic batching.",
+        lifespan=_lifespan(gateway, manager, shadows, health_checks),
     )
-    inference_key = auth.inference_key(_secret(settings.inference_key), settings.inference_key_file, disabled)
+    app.state.settings = settings
+    app.state.gateway = gateway
+    app.state.manager = manager
+    app.state.service = InferenceService(gateway, metrics, settings, shadows)
+    app.state.registry = registry
+    management_key = auth.management_key(
+        _secret(settings.management_key), settings.management_key_file, settings.disable_token_auth
+    )
+    _install_middleware(app, settings, gateway, metrics, shadows)
+    api_torchserve.register(app)
+    api_v2.register(app)
+    api_explain.register(app)  # /explanations, /v2/.../explain
+    demo.register(app)  # the web demo: GET / → /demo/
+    unique_operation_ids(app)
+    app.state.management_app = create_management_app(manager, management_key)
+    app.state.metrics_app = create_metrics_app(metrics_registry(registry, role))
+    return app
+
+
+def _lifespan(
+    gateway: Gateway, manager: ModelManager, shadows: ShadowTraffic, health_checks: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The inference app's lifespan: health checks and the model manager up, everything closed after."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start(health_checks=health_checks)
         if health_checks:
-            first = max(1.0, 2 * routing.health.timeout_s)  # the backends' first reports, before serving
-            await manager.start(routing.health.interval_s, first_timeout_s=first)
+            health = gateway.routing.health
+            first = max(1.0, 2 * health.timeout_s)  # the backends' first reports, before serving
+            await manager.start(health.interval_s, first_timeout_s=first)
         # What startup loaded (app, models, sessions: ~90k objects) stays: keep it out of the cyclic
         # collector, whose full passes over it stalled the event loop under load (issue 12, 32 clients on
         # the shared box: 9 passes of 130-160 ms in 17 s; frozen: 1-6 ms). Frozen objects dropped later
@@ -118,31 +145,24 @@ def create_app(
             await manager.close()
             await gateway.close()
 
-    app = FastAPI(
-        title="triserve gateway",
-        version=__version__,
-        description="TorchServe-compatible and KServe v2 (OIP) inference in front of TorchServe, "
-        "ONNX Runtime and Paddle backends: preprocessing, routing, failover, dynamic batching.",
-        lifespan=lifespan,
+    return lifespan
+
+
+def _install_middleware(
+    app: FastAPI, settings: GatewaySettings, gateway: Gateway, metrics: GatewayMetrics, shadows: ShadowTraffic
+) -> None:
+    """Error handlers and the inference app's middleware, innermost first: body read timeout, load
+    shedding (503 before parsing when a model is full), inference key, request id, response hooks."""
+    inference_key = auth.inference_key(
+        _secret(settings.inference_key), settings.inference_key_file, settings.disable_token_auth
     )
-    app.state.settings = settings
-    app.state.gateway = gateway
-    app.state.manager = manager
-    app.state.service = service
-    app.state.registry = registry
     install_error_handlers(app, render_error)  # TorchServe's error shape off /v2, OIP's under it
     app.add_exception_handler(Exception, unexpected_error)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(LoadSheddingMiddleware, gateway=gateway)
     app.add_middleware(KeyMiddleware, key=inference_key, render=_render_unauthorized)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ResponseHooks, metrics=metrics.torchserve, shadows=shadows)  # outermost
-    api_torchserve.register(app)
-    api_v2.register(app)
-    api_explain.register(app)  # /explanations, /v2/.../explain
-    demo.register(app)  # the web demo: GET / → /demo/
-    unique_operation_ids(app)
-    app.state.management_app = create_management_app(manager, management_key)
-    app.state.metrics_app = create_metrics_app(metrics_registry(registry, role))
-    return app
 
 
 def listeners(app: FastAPI) -> list[Listener]:
@@ -156,8 +176,10 @@ def listeners(app: FastAPI) -> list[Listener]:
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Serve the gateway's three listeners (the ``serve`` of :func:`~triserve_common.server.run_service`)."""
-    serve_listeners(listeners(app), app, settings)
+    """Serve the gateway's three listeners (the ``serve`` of :func:`~triserve_common.server.run_service`),
+    with the connection limit and read timeouts of :meth:`GatewaySettings.server_limits`."""
+    gateway_settings: GatewaySettings = app.state.settings
+    serve_listeners(listeners(app), app, settings, gateway_settings.server_limits())
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -68,14 +68,16 @@ class BackendClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_session(config: BackendConfig) -> aiohttp.ClientSession:
+def make_session(config: BackendConfig, max_connections: int | None = None) -> aiohttp.ClientSession:
     """A pooled keep-alive HTTP/1.1 session for one backend (call inside the running event loop).
 
     No transport-level retries (a failed call fails over in :mod:`triserve_gateway.gateway`), up to
-    ``max_connections`` pooled connections, the backend's timeout on every call, no proxy or
-    ``.netrc`` from the environment, no compression negotiated (tensors do not compress).
+    ``max_connections`` pooled connections (the config's unless given), the backend's timeout on every
+    call, no proxy or ``.netrc`` from the environment, no compression negotiated (tensors do not
+    compress).
     """
-    connector = aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0, ttl_dns_cache=None)
+    limit = config.max_connections if max_connections is None else max_connections
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=config.timeout_s),
@@ -109,7 +111,8 @@ class Reply:
 
 
 class _HttpBackend:
-    """Shared plumbing: one pooled keep-alive ``aiohttp.ClientSession`` per backend."""
+    """Shared plumbing: one pooled keep-alive ``aiohttp.ClientSession`` per backend for inference,
+    a second small one for probes and management calls."""
 
     protocol = "?"
 
@@ -120,8 +123,10 @@ class _HttpBackend:
         self.config = config
         self.url = config.url.rstrip("/")
         self._session = session
+        self._injected = session is not None
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self._urls: dict[str, URL] = {}
+        self._probe_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -129,6 +134,17 @@ class _HttpBackend:
         if self._session is None or self._session.closed:
             self._session = make_session(self.config)
         return self._session
+
+    @property
+    def probe_session(self) -> aiohttp.ClientSession:
+        """The backend's own small pool for health probes and management calls, never the inference
+        pool: probes neither wait for a free inference connection nor count its queueing (an injected
+        session — tests — serves both)."""
+        if self._injected and self._session is not None:
+            return self._session
+        if self._probe_session is None or self._probe_session.closed:
+            self._probe_session = make_session(self.config, max_connections=2)
+        return self._probe_session
 
     def _url(self, path_or_url: str) -> URL:
         """``path_or_url`` (a path under :attr:`url`, or an absolute URL) parsed once and cached."""
@@ -152,13 +168,13 @@ class _HttpBackend:
 
     async def _request(
         self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, session: aiohttp.ClientSession | None = None,
     ) -> Reply:
         """One exchange, body read in full; transport failures become retryable backend errors."""
         # (aiohttp reads ``timeout=None`` as "no timeout": always pass one.)
         limit = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         try:
-            async with self.session.request(
+            async with (session or self.session).request(
                 method, self._url(path), data=body, headers=headers, timeout=limit
             ) as resp:
                 return Reply(resp.status, resp.headers, await resp.read())
@@ -172,7 +188,7 @@ class _HttpBackend:
         return await self._request("POST", path, headers, body)
 
     async def _get(self, url: str, timeout: float) -> Reply:
-        return await self._request("GET", url, timeout=timeout)
+        return await self._request("GET", url, timeout=timeout, session=self.probe_session)
 
     def _check(self, status: int, content: bytes) -> None:
         if status == 200:
@@ -204,6 +220,8 @@ class _HttpBackend:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._probe_session is not None:
+            await self._probe_session.close()
 
 
 class OipV2Client(_HttpBackend):

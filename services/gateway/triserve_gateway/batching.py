@@ -14,7 +14,9 @@ Dispatch policy (a batch leaves the queue when the first of these holds):
 So batches grow while the backend is busy and the queueing delay stays bounded. Errors: when
 ``run`` raises, every caller of that batch gets the exception; with ``isolate(exc)`` true and
 more than one caller, each caller's rows are re-run alone so an error reaches only the request
-it belongs to. A caller that is cancelled while queued is dropped from its batch.
+it belongs to. A caller that is cancelled (client gone, time up) while queued is removed from the
+queue; once its rows were sent, the call completes and its answer is dropped (``on_cancel``
+reports which: ``batch_queue`` or ``sent``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -44,12 +47,13 @@ class BatchOutcome:
     batch_rows: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes a cancelled caller by ``is``, never by its array
 class _Pending:
     x: Array
     tag: Any
     future: asyncio.Future[BatchOutcome]
     enqueued: float
+    taken: bool = False
 
 
 class MicroBatcher:
@@ -64,6 +68,7 @@ class MicroBatcher:
         max_concurrent_batches: int = 1,
         isolate: Callable[[BaseException], bool] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        on_cancel: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size and max_concurrent_batches must be at least 1")
@@ -73,12 +78,13 @@ class MicroBatcher:
         self.max_concurrent_batches = max_concurrent_batches
         self._isolate = isolate
         self._on_batch = on_batch
+        self._on_cancel = on_cancel
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._running = 0
         self._wakeup = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches: set[asyncio.Future[Any]] = set()
         self._closed = False
 
     @property
@@ -92,37 +98,70 @@ class MicroBatcher:
     async def submit(self, x: Array, tag: Any = None) -> BatchOutcome:
         """Queue ``x`` (first axis = rows) and wait for its rows of the batched result.
 
-        ``tag`` (e.g. the request id) is handed to ``run`` with the batch.
+        ``tag`` (e.g. the request id) is handed to ``run`` with the batch. A caller cancelled while
+        waiting leaves the queue, or, once sent, lets the call complete (see :meth:`start`).
         """
+        return await self.start(x, tag)
+
+    def start(self, x: Array, tag: Any = None) -> asyncio.Future[BatchOutcome]:
+        """Queue ``x`` and return the future of its rows, without a task of its own. Cancelling the
+        future removes a queued request from the queue; once sent, the call completes and its
+        answer is dropped."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         if not self._queue and self._running < self.max_concurrent_batches:
-            return await self._run_inline(x, tag)
+            return self._start_inline(x, tag)
         loop = asyncio.get_running_loop()
         pending = _Pending(x, tag, loop.create_future(), time.perf_counter())
+        pending.future.add_done_callback(partial(self._left, pending))
         self._queue.append(pending)
         self._queued_rows += x.shape[0]
         if self._collector is None or self._collector.done():
             self._collector = loop.create_task(self._collect())
         self._wakeup.set()
-        return await pending.future
+        return pending.future
 
-    async def _run_inline(self, x: Array, tag: Any) -> BatchOutcome:
-        """Fast path: nothing queued and spare capacity, so the caller runs its own batch of one."""
+    def _left(self, pending: _Pending, future: asyncio.Future[BatchOutcome]) -> None:
+        """A queued caller's future is done: when cancelled, it leaves the queue if still there."""
+        if not future.cancelled():
+            return
+        if not pending.taken:
+            try:
+                self._queue.remove(pending)
+            except ValueError:
+                pass  # the collector already dropped it
+            else:
+                self._queued_rows -= pending.x.shape[0]
+        self._cancelled("sent" if pending.taken else "batch_queue")
+
+    def _cancelled(self, stage: str) -> None:
+        if self._on_cancel is not None:
+            self._on_cancel(stage)
+
+    def _start_inline(self, x: Array, tag: Any) -> asyncio.Future[BatchOutcome]:
+        """Fast path: nothing queued and spare capacity, so the caller's rows are a batch of one, run
+        at once in their own task; the caller gets a shield of it (cancelled, the call completes)."""
         rows = x.shape[0]
         self._running += 1
-        start = time.perf_counter()
         if self._on_batch is not None:
             self._on_batch(rows)
-        try:
-            y = await self._run(x, [tag])
-        finally:
-            self._running -= 1
-            if self._queue:
-                self._wakeup.set()
+        task = asyncio.ensure_future(self._run_alone(x, tag, rows))
+        self._batches.add(task)
+        task.add_done_callback(self._inline_done)
+        outer = asyncio.shield(task)
+        outer.add_done_callback(self._inline_left)
+        return outer
+
+    async def _run_alone(self, x: Array, tag: Any, rows: int) -> BatchOutcome:
+        start = time.perf_counter()
+        y = await self._run(x, [tag])
         if y.shape[0] != rows:
             raise RuntimeError(f"batched call returned {y.shape[0]} rows for {rows} inputs")
         return BatchOutcome(y, 0.0, time.perf_counter() - start, rows)
+
+    def _inline_left(self, outer: asyncio.Future[BatchOutcome]) -> None:
+        if outer.cancelled():
+            self._cancelled("sent")
 
     async def close(self) -> None:
         """Stop collecting, fail queued callers and wait for running batches."""
@@ -136,6 +175,14 @@ class MicroBatcher:
         self._queued_rows = 0
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+
+    def _inline_done(self, task: asyncio.Future[BatchOutcome]) -> None:
+        self._batches.discard(task)
+        self._running -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left must not leave it "never retrieved"
+        if self._queue:
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ internals
 
@@ -188,6 +235,7 @@ class MicroBatcher:
             self._queued_rows -= n
             if head.future.done():
                 continue
+            head.taken = True
             items.append(head)
             rows += n
         return items

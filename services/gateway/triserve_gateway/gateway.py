@@ -8,129 +8,52 @@
    refused naming why: 400 when it can never serve it, 503 while it does not hold it);
 2. the model's strategy picks one (backends of weight 0 only when no weighted one is left);
 3. the request joins that backend's micro-batcher (or calls it directly with batching off);
-4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried,
-   up to ``max_attempts``; the breaker records one outcome per backend call. A backend's 4xx is
-   the client's mistake and leaves its breaker as it is (a 404 — version not served there —
-   moves on to the next backend).
+4. on a retryable failure (connection error, 5xx, timeout) the next healthy backend is tried, and
+   an attempt slower than 1.5x its backend's attempt timeout gets a hedge elsewhere (first answer
+   wins: :mod:`triserve_gateway.hedging`), up to ``max_attempts`` and while the model's retry
+   budget allows; the breaker records one outcome per backend call. A backend's 4xx is the
+   client's mistake and leaves its breaker as it is (a 404 — version not served there — moves on
+   to the next backend).
 
-503 when no backend is routable, otherwise the last failure's status (502/503/504).
+Every request has one :class:`~triserve_gateway.deadline.Deadline` (504); :meth:`Gateway.admit`
+bounds each model's in-flight work and queue (503 + ``Retry-After``). 503 when no backend is
+routable, otherwise the last failure's status (502/503/504).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import random
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from triserve_common.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError, TriserveError
+from triserve_common.errors import ModelNotFoundError
+from triserve_gateway.admission import OverloadedError, metered_admission
+from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
-from triserve_gateway.batching import BatcherPool, MicroBatcher
-from triserve_gateway.circuit import CircuitBreaker, CircuitState
+from triserve_gateway.batching import BatcherPool, BatchOutcome, MicroBatcher
+from triserve_gateway.calls import BackendCaller
+from triserve_gateway.circuit import CircuitBreaker
 from triserve_gateway.config import ModelRoute, RoutingConfig
-from triserve_gateway.errors import (
-    BackendError,
-    BackendNotServingError,
-    BackendRejectedError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    UnknownBackendError,
-    tries_elsewhere,
-)
+from triserve_gateway.deadline import Deadline
+from triserve_gateway.errors import BackendRejectedError
+from triserve_gateway.failover import candidates
+from triserve_gateway.health import BackendState, HealthChecker
+from triserve_gateway.hedging import AttemptRunner
+from triserve_gateway.limits import Limits
 from triserve_gateway.metrics import GatewayMetrics
-from triserve_gateway.models import ModelCatalog, ModelVersion, clip
-from triserve_gateway.routing import BackendStats, Candidate, Strategy, make_strategy
-
-log = logging.getLogger(__name__)
+from triserve_gateway.models import ModelCatalog, check_input, clip
+from triserve_gateway.retry_budget import RetryBudget
+from triserve_gateway.routing import BackendStats, Candidate, make_strategy
+from triserve_gateway.targets import Absence, RoutedResult, RouteState, Target
 
 Array = np.ndarray[Any, Any]
 BatchKey = tuple[str, str | None, str]
 """(model, version, backend)."""
-
-
-@dataclass
-class BackendState:
-    """A backend's client and live state: active health, circuit breaker, routing stats."""
-
-    name: str
-    client: BackendClient
-    breaker: CircuitBreaker
-    stats: BackendStats
-    healthy: bool = True
-    """Result of the last active health check (optimistic until the first one)."""
-    last_error: str | None = None
-    checked_at: float | None = None
-
-    def routable(self) -> bool:
-        """Healthy and admitted by its circuit breaker."""
-        return self.healthy and self.breaker.available()
-
-    def health_label(self) -> str:
-        if not self.healthy:
-            return "unhealthy"
-        if self.breaker.state is CircuitState.CLOSED:
-            return "healthy"
-        return "ejected" if self.breaker.state is CircuitState.OPEN else "probing"
-
-
-@dataclass
-class RouteState:
-    """A routed model's config, its strategy instance and its candidate backends."""
-
-    config: ModelRoute
-    strategy: Strategy
-    candidates: list[Candidate]
-    by_name: dict[str, Candidate] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Absence:
-    """Why a backend of a model's route does not serve one of its versions."""
-
-    reason: str
-    permanent: bool = False
-    """True when it never can (the manifest rules it out), False while it does not hold it now."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one request runs on, resolved once (:meth:`Gateway.resolve`): route and model version."""
-
-    model: str
-    version: str | None
-    """The version the backends are asked for (the model's default when the client named none);
-    part of the batching key."""
-    mv: ModelVersion
-    route: RouteState
-    placed: frozenset[str] | None = None
-    """Backends holding this version (None = every backend of the route)."""
-
-
-@dataclass(frozen=True)
-class RoutedResult:
-    """The output rows of one request and how they were obtained."""
-
-    value: Array
-    backend: str
-    model_version: str
-    queue_s: float
-    backend_s: float
-    attempts: int
-
-
-_FAILURE_REASONS: tuple[tuple[type[TriserveError], str], ...] = (
-    (BackendUnavailableError, "unavailable"),
-    (BackendTimeoutError, "timeout"),
-    (BackendNotServingError, "not_serving"),
-    (BackendRejectedError, "rejected"),
-    (BackendError, "error"),
-)
 
 
 class Gateway:
@@ -143,10 +66,13 @@ class Gateway:
         clients: Mapping[str, BackendClient],
         metrics: GatewayMetrics,
         rng: random.Random | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.routing = routing
         self.catalog = catalog
         self.metrics = metrics
+        self.limits = limits = limits or Limits()
+        self.attempts = AttemptTimeouts(limits.attempt_timeout_min_s, limits.attempt_timeout_max_s)
         missing = sorted(set(routing.backends) - set(clients))
         if missing:
             raise ValueError(f"no client for backend(s) {', '.join(missing)}")
@@ -170,26 +96,29 @@ class Gateway:
         self.settling: Callable[[], bool] | None = None
         """True while healthy backends are still loading the start set (the model manager's)."""
         self._batchers: BatcherPool[BatchKey] = BatcherPool(self._make_batcher)
-        self._health_task: asyncio.Task[None] | None = None
+        self.health = HealthChecker(self.backends, routing.health, metrics, self.attempts.reset)
+        self._calls = BackendCaller(metrics, self.attempts, self.health.publish_up, self.unplace)
+        self._runner = AttemptRunner(self.backends, metrics, self.attempts, limits.retry_after_s)
         for state in self.backends.values():
-            self._publish_up(state)
+            self.health.publish_up(state)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, health_checks: bool = True) -> None:
         """First health check (so routing starts informed), then the periodic check task."""
         if health_checks:
-            await self.check_health()
-            self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+            await self.health.check()
+            self.health.start()
 
     async def close(self) -> None:
         """Stop health checks, drain batchers, close backend clients."""
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        await self.health.stop()
         await self._batchers.close()
         await asyncio.gather(*(s.client.aclose() for s in self.backends.values()), return_exceptions=True)
+
+    async def check_health(self) -> None:
+        """Probe every backend once, concurrently (see :class:`~triserve_gateway.health.HealthChecker`)."""
+        await self.health.check()
 
     # ------------------------------------------------------------------ queries
 
@@ -212,10 +141,13 @@ class Gateway:
         return Target(model, mv.version, mv, route, self.placement.get((model, mv.version)))
 
     def add_route(self, model: str, route: ModelRoute) -> None:
-        """Route ``model`` (a model registered at run time) as ``route`` says."""
+        """Route ``model`` (a model registered at run time) as ``route`` says, with its own
+        admission control and retry budget."""
         cands = [Candidate(self.backends[ref.name].stats, ref.weight) for ref in route.backends]
         self._routes[model] = RouteState(
-            route, make_strategy(route.strategy, self._rng), cands, {c.name: c for c in cands}
+            route, make_strategy(route.strategy, self._rng), cands, {c.name: c for c in cands},
+            metered_admission(model, self.limits, self.metrics),
+            RetryBudget(self.limits.retry_budget_percent, self.limits.retry_budget_min_per_s),
         )
 
     def remove_route(self, model: str) -> None:
@@ -281,103 +213,59 @@ class Gateway:
             return False
         return all(self.model_ready(m) for m in self._routes if self.catalog.default_version(m) is not None)
 
+    # ------------------------------------------------------------------ admission
+
+    def overloaded(self, model: str) -> OverloadedError | None:
+        """The 503 a request for ``model`` would get from admission right now, if any (counted):
+        lets the HTTP layer shed load before reading or parsing the request."""
+        r = self._routes.get(model)
+        if r is None or r.admission is None or not r.admission.full():
+            return None
+        return r.admission.refuse()
+
+    @asynccontextmanager
+    async def admit(self, model: str, deadline: Deadline) -> AsyncIterator[None]:
+        """Hold one of ``model``'s in-flight slots (:class:`~triserve_gateway.admission.Admission`)."""
+        gate = self._route(model).admission
+        assert gate is not None
+        try:
+            await gate.acquire(deadline)
+        except asyncio.CancelledError:
+            self.metrics.cancelled.labels(model, "admission_queue").inc()
+            raise
+        try:
+            yield
+        finally:
+            gate.release()
+
     # ------------------------------------------------------------------ inference
 
     async def infer(
-        self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None
+        self, target: Target, x: Array, request_id: str | None = None, backend: str | None = None,
+        deadline: Deadline | None = None,
     ) -> RoutedResult:
-        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend; see module doc."""
-        self._check_input(target.mv, x)
-        pool, attempts = self._pool(target, backend)
-        tried: list[str] = []
-        last_exc: TriserveError | None = None
-        while len(tried) < attempts:
-            avail = [c for c in pool if c.name not in tried and self.backends[c.name].routable()]
-            if not avail:
-                break
-            cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
-            state = self.backends[cand.name]
-            if not state.breaker.acquire():
-                tried.append(cand.name)
-                continue
-            if last_exc is not None:
-                self.metrics.failovers.labels(target.model, target.mv.version, tried[-1]).inc()
-            tried.append(cand.name)
-            try:
-                value, queue_s, backend_s = await self._attempt(target, state, x, request_id)
-            except TriserveError as exc:
-                if not tries_elsewhere(exc):
-                    raise
-                last_exc = exc
-                log.warning("request %s: backend %s failed: %s", request_id, cand.name, exc.message)
-                continue
-            return RoutedResult(value, cand.name, target.mv.version, queue_s, backend_s, len(tried))
-        if last_exc is not None:
-            if len(tried) == 1:
-                raise last_exc
-            message = f"{last_exc.message} (tried backends: {', '.join(tried)})"
-            raise type(last_exc)(message, status_code=last_exc.status_code) from last_exc
-        states = ", ".join(f"{c.name}: {self.backends[c.name].health_label()}" for c in pool)
-        raise ModelNotReadyError(
-            f"no healthy backend for model '{target.model}' version {target.version} "
-            f"({states or 'no backend holds it'})"
-        )
+        """Run ``x`` (float32 ``[N, ...]`` matching the model input) on a backend before ``deadline``
+        (default: the gateway's ``request_timeout``); see module doc and :mod:`triserve_gateway.hedging`."""
+        check_input(target.mv, x)
+        pool, max_attempts = candidates(target, backend, self.absent)
+        deadline = deadline or Deadline(self.limits.request_timeout_s)
+        start = partial(self._start_attempt, target, x, request_id)
+        return await self._runner.run(target, pool, max_attempts, deadline, start, request_id)
 
-    def _pool(self, target: Target, backend: str | None) -> tuple[list[Candidate], int]:
-        """Candidates and attempts of a request: the forced backend once, else the route's."""
-        r = target.route
-        placed = target.placed
-        if not backend:
-            pool = [c for c in r.candidates if placed is None or c.name in placed]
-            return pool, r.config.max_attempts or len(pool)
-        cand = r.by_name.get(backend)
-        if cand is None or (placed is not None and backend not in placed):
-            choices = ", ".join(n for n in r.by_name if placed is None or n in placed) or "none"
-            what = f"model '{target.model}' version {target.version}"
-            absence = self.absent.get((target.model, target.mv.version), {}).get(backend)
-            if cand is None or absence is None or absence.permanent:
-                why = f": {absence.reason}" if absence is not None else ""
-                raise UnknownBackendError(
-                    f"backend '{clip(backend)}' does not serve {what}{why} (choose from: {choices})"
-                )
-            raise ModelNotReadyError(
-                f"backend '{backend}' does not hold {what} now: {absence.reason} "
-                f"(choose from: {choices})"
-            )
-        return [cand], 1
-
-    async def _attempt(
-        self, target: Target, state: BackendState, x: Array, request_id: str | None
-    ) -> tuple[Array, float, float]:
-        """One try on one backend, batched or direct: (output, queue seconds, backend seconds)."""
+    def _start_attempt(
+        self, target: Target, x: Array, request_id: str | None, state: BackendState
+    ) -> asyncio.Future[BatchOutcome]:
+        """One try on one backend, batched or direct, as a future (no task of its own when queued).
+        Cancelled, it leaves its batch queue, or, once sent, lets the call complete and drops its
+        answer. It counts as in flight from now (concurrent requests choose by that: p2c) until done."""
+        if target.route.config.batching.enabled:
+            key = (target.model, target.version, state.name)
+            future = self._batchers.get(key).start(x, request_id)
+        else:
+            future = self._calls.start(state, target.mv, target.version, x, request_id)
         state.stats.outstanding += 1
-        try:
-            if target.route.config.batching.enabled:
-                key = (target.model, target.version, state.name)
-                outcome = await self._batchers.get(key).submit(x, request_id)
-                value, queue_s, run_s = outcome.value, outcome.queue_s, outcome.run_s
-            else:
-                start = time.perf_counter()
-                value = await self._call(state, target.mv, target.version, x, [request_id])
-                queue_s, run_s = 0.0, time.perf_counter() - start
-        finally:
-            state.stats.outstanding -= 1
-        state.stats.observe_latency(queue_s + run_s)  # what this request saw there: routing's signal
-        return value, queue_s, run_s
-
-    def _check_input(self, mv: ModelVersion, x: Array) -> None:
-        expected = mv.input.shape
-        ok = (
-            x.dtype == np.float32
-            and x.ndim == len(expected)
-            and x.shape[0] > 0
-            and all(e < 0 or e == d for e, d in zip(expected[1:], x.shape[1:], strict=True))
-        )
-        if not ok:
-            raise BadRequestError(
-                f"input '{mv.input.name}' must be FP32 {expected} with at least one row, "
-                f"got {x.dtype} {list(x.shape)}"
-            )
+        future.add_done_callback(partial(_attempt_done, state.stats))
+        return future
 
     def _make_batcher(self, key: BatchKey) -> MicroBatcher:
         model, version, backend = key
@@ -385,9 +273,10 @@ class Gateway:
         cfg = self._routes[model].config.batching
         mv = self.catalog.get(model, version)
         histogram = self.metrics.batch_size.labels(model, mv.version, backend)
+        cancelled = self.metrics.cancelled
 
         async def run(x: Array, tags: list[Any]) -> Array:
-            return await self._call(state, mv, version, x, tags)
+            return await self._calls.call(state, mv, version, x, tags)
 
         return MicroBatcher(
             run,
@@ -396,80 +285,15 @@ class Gateway:
             max_concurrent_batches=cfg.max_concurrent_batches,
             isolate=lambda exc: isinstance(exc, BackendRejectedError),
             on_batch=histogram.observe,
+            on_cancel=lambda stage: cancelled.labels(model, stage).inc(),
         )
 
-    async def _call(
-        self, state: BackendState, mv: ModelVersion, version: str | None, x: Array, tags: list[Any]
-    ) -> Array:
-        """One backend call (one batch): breaker bookkeeping, failure metrics."""
-        ids = [t for t in tags if t]
-        request_id = ",".join(ids) if ids else None
-        try:
-            y = await state.client.infer(mv.name, version, x, request_id, mv.input.name, mv.output.name)
-            if y.ndim != 2 or y.shape[0] != x.shape[0] or (mv.labels and y.shape[1] != len(mv.labels)):
-                raise BackendError(
-                    f"backend '{state.name}' returned shape {list(y.shape)} for {x.shape[0]} rows "
-                    f"({len(mv.labels)} classes expected)"
-                )
-        except BackendNotServingError as exc:  # it lacks the version: placement was stale, not its failure
-            self._record_failure(state, exc)
-            self.unplace(mv.name, mv.version, state.name, exc.message)
-            raise
-        except TriserveError as exc:
-            self._record_failure(state, exc)
-            raise
-        except Exception as exc:  # a bug or an unexpected client error: count it, fail over
-            err = BackendError(f"backend '{state.name}' failed: {type(exc).__name__}: {exc}")
-            self._record_failure(state, err)
-            raise err from exc
-        state.breaker.record_success()
-        self._publish_up(state)
-        return y.astype(np.float32, copy=False)
 
-    def _record_failure(self, state: BackendState, exc: TriserveError) -> None:
-        reason = next((r for cls, r in _FAILURE_REASONS if isinstance(exc, cls)), "error")
-        self.metrics.backend_failures.labels(state.name, reason).inc()
-        if isinstance(exc, BackendRejectedError):
-            state.breaker.release()  # the request was at fault: neither opens nor closes the breaker
-            return
-        state.last_error = exc.message
-        before = state.breaker.state
-        state.breaker.record_failure()
-        if before is not CircuitState.OPEN and state.breaker.state is CircuitState.OPEN:
-            log.warning("backend %s ejected after %d consecutive failures: %s",
-                        state.name, state.breaker.consecutive_failures, exc.message)
-        self._publish_up(state)
+def _attempt_done(stats: BackendStats, future: asyncio.Future[BatchOutcome]) -> None:
+    stats.outstanding -= 1
+    if not future.cancelled() and future.exception() is None:
+        outcome = future.result()
+        stats.observe_latency(outcome.queue_s + outcome.run_s)  # what the request saw: routing's signal
 
-    # ------------------------------------------------------------------ health
 
-    def _publish_up(self, state: BackendState) -> None:
-        up = state.healthy and state.breaker.state is not CircuitState.OPEN
-        self.metrics.backend_up.labels(state.name).set(1.0 if up else 0.0)
-
-    async def check_health(self) -> None:
-        """Probe every backend once, concurrently, and update their ``healthy`` flags."""
-        timeout = self.routing.health.timeout_s
-        states = list(self.backends.values())
-        results = await asyncio.gather(*(s.client.health(timeout) for s in states), return_exceptions=True)
-        now = time.monotonic()
-        for state, result in zip(states, results, strict=True):
-            ok = result is True
-            if ok != state.healthy:
-                if ok:
-                    log.info("backend %s passes its health check again", state.name)
-                else:
-                    log.warning("backend %s fails its health check", state.name)
-            state.healthy = ok
-            state.checked_at = now
-            if not ok:
-                failed = isinstance(result, BaseException)
-                state.last_error = repr(result) if failed else "health check failed"
-            self._publish_up(state)
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.routing.health.interval_s)
-            try:
-                await self.check_health()
-            except Exception:  # keep checking whatever happens
-                log.exception("health check round failed")
+__all__ = ["Absence", "BackendState", "Gateway", "RouteState", "RoutedResult", "Target"]

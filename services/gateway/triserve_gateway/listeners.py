@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from triserve_common.errors import install_error_handlers
+from triserve_common.limits import ServerLimits, uvicorn_options
 from triserve_common.metrics import add_metrics_route
 from triserve_common.settings import ServiceSettings
 from triserve_gateway.torchserve_metrics import as_torchserve_writes
@@ -98,22 +100,23 @@ def bind_shared(host: str, port: int, backlog: int) -> socket.socket:
 
 
 def serve_listeners(
-    listeners: list[Listener],
-    lifespan_app: ASGIApp,
-    settings: ServiceSettings,
-    sockets: dict[str, socket.socket] | None = None,
+    listeners: list[Listener], lifespan_app: ASGIApp, settings: ServiceSettings,
+    limits: ServerLimits | None = None, sockets: dict[str, socket.socket] | None = None,
 ) -> None:
     """Serve every listener from one uvicorn server (same options as :func:`triserve_common.server.serve`);
+    ``limits`` (connection limit, header read and keep-alive timeouts) apply to every listener;
     ``sockets`` holds already bound sockets by listener name (the others are bound here)."""
+    options: dict[str, Any] = {"http": "httptools", "timeout_keep_alive": 75}
+    if limits is not None:
+        options.update(uvicorn_options(limits))
     config = uvicorn.Config(
         PortRouter(listeners, lifespan_app),
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        timeout_keep_alive=75,
         backlog=4096,
+        **options,
     )
     bound = sockets or {}
     socks = [bound.get(x.name) or bind(x.host, x.port, config.backlog) for x in listeners]

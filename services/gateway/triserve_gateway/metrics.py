@@ -74,16 +74,20 @@ class ShadowMetrics:
 
 class GatewayMetrics:
     """Requests, latencies (total and per stage), in-flight, batches, backend health, failovers;
-    shadow traffic (:class:`ShadowMetrics`) and TorchServe's frontend names (:class:`TorchServeMetrics`).
+    shadow traffic (:class:`ShadowMetrics`) and TorchServe's frontend names (:class:`TorchServeMetrics`);
+    the overload protections: admission (in flight, queued, rejections), deadlines, retries and
+    their budget, ejections, cancellations.
 
     Every per-request series is labelled by ``model`` and ``version``: a registered model and one of
     its versions, else :data:`UNKNOWN_LABEL` (a client cannot grow the label set); per-backend series
-    (health, failures) by ``backend``.
+    (health, failures) by ``backend``; the overload series by ``model`` only (admission, budgets and
+    deadlines are per model).
 
     With several gateway processes (:mod:`triserve_gateway.process`) the counters and histograms sum
     over the processes; the gauges say how: in flight and pending shadows sum over the live processes,
     ``backend_up`` is the lowest (0 when any process has the backend down or ejected), the shadows'
-    max logit diff the highest."""
+    max logit diff and the attempt timeout the highest; admission in flight and queued sum over the
+    live processes (each process admits on its own)."""
 
     def __init__(self, registry: CollectorRegistry, worker: int = 0) -> None:
         self.registry = registry
@@ -131,3 +135,56 @@ class GatewayMetrics:
         ))  # fmt: skip
         self.shadow = ShadowMetrics(r)
         self.torchserve = TorchServeMetrics(r, worker=worker)
+        self.admitted = LabelCache(Gauge(
+            "triserve_gateway_admission_in_flight",
+            "Requests of the model admitted into the core (preprocessing, batching, backend calls).",
+            ["model"], registry=r, multiprocess_mode="livesum",
+        ))  # fmt: skip
+        self.queued = LabelCache(Gauge(
+            "triserve_gateway_admission_queue_depth",
+            "Requests of the model waiting for admission (bounded by max_queue).",
+            ["model"], registry=r, multiprocess_mode="livesum",
+        ))  # fmt: skip
+        self.rejections = LabelCache(Counter(
+            "triserve_gateway_rejections",
+            "Requests refused by admission control, by reason (queue_full: 503 at once; "
+            "deadline: 504 while queued).",
+            ["model", "reason"], registry=r,
+        ))  # fmt: skip
+        self.deadline_expired = LabelCache(Counter(
+            "triserve_gateway_deadline_expired",
+            "Requests whose end-to-end deadline passed (504), by where they were (admission, backend).",
+            ["model", "stage"], registry=r,
+        ))  # fmt: skip
+        self.retries = LabelCache(Counter(
+            "triserve_gateway_retries",
+            "Retries on another backend (each withdrew one token from the retry budget).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.retry_budget_exhausted = LabelCache(Counter(
+            "triserve_gateway_retry_budget_exhausted",
+            "Retries refused because the retry budget was spent (the request kept its error).",
+            ["model"], registry=r,
+        ))  # fmt: skip
+        self.ejections = LabelCache(Counter(
+            "triserve_gateway_ejections",
+            "Backends taken out of rotation, by cause (timeout, unavailable, error: consecutive "
+            "failures of calls; health_check: the active probe failed).",
+            ["backend", "cause"], registry=r,
+        ))  # fmt: skip
+        self.attempt_timeout = LabelCache(Gauge(
+            "triserve_gateway_attempt_timeout_seconds",
+            "Current per-attempt timeout of the backend (from its observed latency).",
+            ["backend"], registry=r, multiprocess_mode="livemax",
+        ))  # fmt: skip
+        self.backend_calls = LabelCache(Counter(
+            "triserve_gateway_backend_calls",
+            "Successful backend calls (one per batch), whether or not a hedge had answered first.",
+            ["backend"], registry=r,
+        ))  # fmt: skip
+        self.cancelled = LabelCache(Counter(
+            "triserve_gateway_cancelled",
+            "Requests whose client went away, by where they were: admission or batch queue "
+            "(removed), sent (the backend's answer is dropped).",
+            ["model", "stage"], registry=r,
+        ))  # fmt: skip

@@ -7,8 +7,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from triserve_common.errors import ModelNotFoundError
+import numpy as np
+
+from triserve_common.errors import BadRequestError, ModelNotFoundError
 from triserve_common.manifest import (
     Manifest,
     TensorSpec,
@@ -18,6 +21,8 @@ from triserve_common.manifest import (
 )
 from triserve_gateway.preprocess import ImagePreprocessor
 from triserve_gateway.settings import DEFAULT_IMAGE_FORMATS
+
+Array = np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -188,3 +193,19 @@ class ModelCatalog:
 def clip(text: str, limit: int = 64) -> str:
     """A client-supplied name shortened for an error message."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_input(mv: ModelVersion, x: Array) -> None:
+    """400 unless ``x`` is FP32 shaped like the model input."""
+    expected = mv.input.shape
+    ok = (
+        x.dtype == np.float32
+        and x.ndim == len(expected)
+        and x.shape[0] > 0
+        and all(e < 0 or e == d for e, d in zip(expected[1:], x.shape[1:], strict=True))
+    )
+    if not ok:
+        raise BadRequestError(
+            f"input '{mv.input.name}' must be FP32 {expected} with at least one row, "
+            f"got {x.dtype} {list(x.shape)}"
+        )

@@ -3,9 +3,11 @@
 An API module parses a request into an :class:`InferenceCall` and calls
 :meth:`InferenceService.infer`, which resolves model, version and route once
 (:meth:`~triserve_gateway.gateway.Gateway.resolve`), lets the request check itself against the
-resolved model version (``prepare``), preprocesses images, runs the batch through
-:meth:`~triserve_gateway.gateway.Gateway.infer` and records per-stage timings. The API module
-renders the :class:`Served` result.
+resolved model version (``prepare``), waits for admission
+(:meth:`~triserve_gateway.gateway.Gateway.admit`: bounded in-flight work and queue per model),
+preprocesses images, runs the batch through :meth:`~triserve_gateway.gateway.Gateway.infer` within
+the request's deadline and records per-stage timings. The API module renders the :class:`Served`
+result.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import numpy as np
 from triserve_common.errors import TriserveError, UnprocessableError
 from triserve_common.tensor_checks import DecodeLimits
 from triserve_gateway.budget import RequestBudget
-from triserve_gateway.gateway import Gateway, RoutedResult
+from triserve_gateway.deadline import Deadline
+from triserve_gateway.gateway import Gateway
 from triserve_gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.settings import GatewaySettings
 from triserve_gateway.shadow import ShadowTraffic
+from triserve_gateway.targets import RoutedResult
 from triserve_gateway.timing import server_timing
 
 Array = np.ndarray[Any, Any]
@@ -119,15 +123,20 @@ class InferenceService:
         in-flight, count by status, total latency."""
         return RequestTrack(self.metrics, self.model_label(model), start, self.version_label(model, version))
 
-    async def infer(self, track: RequestTrack, request: InferenceCall) -> Served:
-        """Resolve, check, preprocess and infer ``request``; raises TriserveError (see module doc)."""
+    async def infer(
+        self, track: RequestTrack, request: InferenceCall, deadline: Deadline | None = None
+    ) -> Served:
+        """Resolve, check, admit, preprocess and infer ``request`` before ``deadline`` (default: the
+        gateway's ``request_timeout_ms``); raises TriserveError (see module doc)."""
+        deadline = deadline or Deadline(self.settings.request_timeout_ms / 1000.0)
         target = self.gateway.resolve(request.model, request.version)
         with self.gateway.catalog.using(target.mv):  # unregistering the version waits for this request
             payload = request.prepare(target.mv)
-            t_pre = time.perf_counter()
-            x = await self.model_input(target.mv, payload)
-            preprocess_s = time.perf_counter() - t_pre
-            result = await self.gateway.infer(target, x, request.request_id, request.backend)
+            async with self.gateway.admit(target.model, deadline):
+                t_pre = time.perf_counter()
+                x = await self.model_input(target.mv, payload)
+                preprocess_s = time.perf_counter() - t_pre
+                result = await self.gateway.infer(target, x, request.request_id, request.backend, deadline)
             if self.shadows is not None:
                 self.shadows.offer(target, x, result, request.request_id)
         track.backend = result.backend

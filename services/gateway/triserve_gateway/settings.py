@@ -20,7 +20,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from triserve_common.limits import ServerLimits
 from triserve_common.settings import MIB, ServiceSettings
+from triserve_gateway.limits import Limits
 from triserve_gateway.routing import StrategyName
 
 DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -197,6 +199,58 @@ class GatewaySettings(ServiceSettings):
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"the three listeners need three different ports, got {ports}")
         return self
+
+    # ---- overload protection (docs/operations.md) ----
+    max_in_flight: int = Field(default=64, ge=1)
+    """Requests per model admitted into the core at once (preprocessing, batching, backend calls)."""
+    max_queue: int = Field(default=128, ge=0)
+    """Requests per model waiting for admission; above it: 503 with Retry-After at once."""
+    retry_after_s: float = Field(default=1.0, gt=0)
+    """``Retry-After`` of an overload 503, in seconds (rounded up)."""
+    request_timeout_ms: float = Field(default=5000.0, gt=0)
+    """End-to-end deadline of an inference request (504 when it passes); ``X-Request-Timeout``
+    (ms) may ask for less."""
+    retry_budget_percent: float = Field(default=0.2, ge=0)
+    """Retries and hedges on another backend may add at most this share of requests (over 10 s)..."""
+    retry_budget_min_per_s: float = Field(default=10.0, ge=0)
+    """...plus this many retries a second, so that a quiet gateway can still fail over."""
+    attempt_timeout_min_ms: float = Field(default=100.0, gt=0)
+    """Floor of the per-attempt timeout derived from a backend's observed latency (an attempt
+    running 1.5x longer gets a hedge on another backend)."""
+    attempt_timeout_max_ms: float = Field(default=400.0, gt=0)
+    """Ceiling of the per-attempt timeout (and its value before a backend's first answer)."""
+    max_connections: int = Field(default=2048, ge=1)
+    """Open client connections (and running requests) the inference listener accepts; above it
+    uvicorn answers 503."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A client must send a request's complete headers within this time, or its connection is
+    closed (slow-loris protection)."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """A client must send a request's complete body within this time after its headers (408)."""
+    keep_alive_timeout_s: int = Field(default=75, ge=1)
+    """Idle keep-alive connections are closed after this many seconds."""
+
+    def limits(self) -> Limits:
+        """The core's overload limits (HTTP-free) from these settings."""
+        return Limits(
+            max_in_flight=self.max_in_flight,
+            max_queue=self.max_queue,
+            retry_after_s=self.retry_after_s,
+            request_timeout_s=self.request_timeout_ms / 1000.0,
+            retry_budget_percent=self.retry_budget_percent,
+            retry_budget_min_per_s=self.retry_budget_min_per_s,
+            attempt_timeout_min_s=self.attempt_timeout_min_ms / 1000.0,
+            attempt_timeout_max_s=max(self.attempt_timeout_min_ms, self.attempt_timeout_max_ms) / 1000.0,
+        )
+
+    def server_limits(self) -> ServerLimits:
+        """The inference listener's connection limit and read timeouts (uvicorn)."""
+        return ServerLimits(
+            max_connections=self.max_connections,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_timeout_s=self.keep_alive_timeout_s,
+        )
 
     def routing_overrides(self) -> RoutingOverrides:
         """The override fields above, shaped like the routing file."""

@@ -94,7 +94,7 @@ def serve_gateway(app: FastAPI, settings: GatewaySettings, role: ProcessRole) ->
         # one end the process through this cleanup (a signal before uvicorn runs does the same)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _exit_cleanly)
-        serve_listeners(listeners(app), app, settings, sockets=sockets)
+        serve_listeners(listeners(app), app, settings, settings.server_limits(), sockets=sockets)
     finally:
         followers.stop(settings.graceful_shutdown_s + 5.0)
         if role.run_dir is not None:
@@ -120,7 +120,7 @@ def run_follower(settings: GatewaySettings, role: ProcessRole) -> None:
         sys.exit(1)
     inference = listeners(app)[0]
     sock = bind_shared(inference.host, inference.port, BACKLOG)
-    serve_listeners([inference], app, settings, sockets={"inference": sock})
+    serve_listeners([inference], app, settings, settings.server_limits(), sockets={"inference": sock})
 
 
 class Followers:
