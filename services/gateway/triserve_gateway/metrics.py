@@ -91,7 +91,13 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, worker: int = 0) -> None:
         self.registry = registry
-        r = registry
+        self._declare_request_series(registry)
+        self.shadow = ShadowMetrics(registry)
+        self.torchserve = TorchServeMetrics(registry, worker=worker)
+        self._declare_overload_series(registry)
+
+    def _declare_request_series(self, r: CollectorRegistry) -> None:
+        """Requests, latencies, in flight, batches, backend health and failovers."""
         self.requests = LabelCache(Counter(
             "triserve_gateway_requests",
             "Inference requests by model, version, backend that answered (none if no backend did) and "
@@ -133,8 +139,9 @@ class GatewayMetrics:
             "Requests retried on another backend after a failure of this one.",
             ["model", "version", "backend"], registry=r,
         ))  # fmt: skip
-        self.shadow = ShadowMetrics(r)
-        self.torchserve = TorchServeMetrics(r, worker=worker)
+
+    def _declare_overload_series(self, r: CollectorRegistry) -> None:
+        """Admission, rejections, deadlines, retries and their budget, ejections, cancellations."""
         self.admitted = LabelCache(Gauge(
             "triserve_gateway_admission_in_flight",
             "Requests of the model admitted into the core (preprocessing, batching, backend calls).",
