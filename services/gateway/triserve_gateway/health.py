@@ -9,7 +9,6 @@ failed calls is the :class:`~triserve_gateway.circuit.CircuitBreaker`'s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from triserve_gateway.backends import BackendClient
 from triserve_gateway.circuit import CircuitBreaker, CircuitState
 from triserve_gateway.config import HealthConfig
 from triserve_gateway.metrics import GatewayMetrics
+from triserve_gateway.periodic import Periodic
 from triserve_gateway.routing import BackendStats
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class HealthChecker:
         self.on_recovered = on_recovered
         self.config = config
         self.metrics = metrics
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.check, config.interval_s, "health check round failed", log)
 
     def publish_up(self, state: BackendState) -> None:
         """Export whether ``state`` is in rotation (healthy, circuit not open)."""
@@ -97,18 +97,8 @@ class HealthChecker:
 
     def start(self) -> None:
         """Check every ``interval_s`` from now on."""
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.interval_s)
-            try:
-                await self.check()
-            except Exception:  # keep checking whatever happens
-                log.exception("health check round failed")
+        """Stop checking."""
+        await self._periodic.stop()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from triserve_gateway.admin import BackendAdmin, BackendAdminError, HeldVersion, LoadOptions
 from triserve_gateway.gateway import Absence
 from triserve_gateway.models import ModelVersion
+from triserve_gateway.periodic import Periodic
 from triserve_gateway.store import StoreVersion
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class Reconciler:
         self.manager = manager
         self.settle_timeout_s = settle_timeout_s
         self._synced: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: Periodic | None = None
         self._started_at: float | None = None
         self._settled = False
 
@@ -140,7 +141,10 @@ class Reconciler:
                    if b in self.manager.gateway.backends)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*reports, return_exceptions=True), first_timeout_s)
-        self._task = asyncio.get_running_loop().create_task(self._loop(interval_s))
+        self._periodic = Periodic(
+            self.reconcile, interval_s, "reconciliation round failed", log, first_now=True
+        )
+        self._periodic.start()
 
     def settling(self) -> bool:
         """Whether a backend has not reported a version of the start set ready yet (the gateway is not
@@ -162,10 +166,9 @@ class Reconciler:
         return False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        """Stop reconciling."""
+        if self._periodic is not None:
+            await self._periodic.stop()
 
     async def reconcile(self) -> None:
         """One round over every healthy backend with an admin client, concurrently (a slow load on one
@@ -223,11 +226,3 @@ class Reconciler:
             return
         if before != FAILED:
             reg.state[backend] = UNAVAILABLE
-
-    async def _loop(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:  # keep reconciling whatever happens
-                log.exception("reconciliation round failed")
-            await asyncio.sleep(interval_s)

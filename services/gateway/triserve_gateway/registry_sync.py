@@ -22,7 +22,6 @@ acknowledge in time is logged, the answer goes out anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from triserve_gateway.config import ModelRoute
 from triserve_gateway.gateway import Absence
 from triserve_gateway.models import ModelVersion
+from triserve_gateway.periodic import Periodic
 from triserve_gateway.process import ProcessRole
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class RegistryPublisher:
         self.interval_s = interval_s
         self.generation = 0
         self._last = b""
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self._publish, interval_s, "cannot publish the model registry", log)
 
     def changed(self) -> int:
         """Write a new snapshot if the state changed since the last one; the current generation."""
@@ -128,22 +128,14 @@ class RegistryPublisher:
     async def start(self) -> None:
         """Publish now and then every ``interval_s``."""
         self.changed()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._periodic.start()
 
     async def close(self) -> None:
         """Stop the periodic task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                self.changed()
-            except Exception:  # a full disk must not stop the primary: logged, tried again
-                log.exception("cannot publish the model registry")
+    async def _publish(self) -> None:
+        self.changed()  # a full disk must not stop the primary: the periodic task logs and tries again
 
 
 class RegistryFollower:
@@ -157,7 +149,9 @@ class RegistryFollower:
         self.generation = 0
         self.settling = True
         self._seen: tuple[int, int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self._follow, interval_s, f"gateway process {role.index}: cannot apply the model registry", log
+        )
         manager.gateway.settling = lambda: self.settling
 
     async def start(self, timeout_s: float = FIRST_SNAPSHOT_TIMEOUT_S) -> None:
@@ -167,14 +161,11 @@ class RegistryFollower:
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"no registry snapshot from the primary in {self.path} after {timeout_s}s")
             await asyncio.sleep(self.interval_s)
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._periodic.start()
 
     async def close(self) -> None:
         """Stop the periodic task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
     async def poll(self) -> bool:
         """Apply the snapshot if it is new; whether one has been applied so far."""
@@ -237,16 +228,16 @@ class RegistryFollower:
         manifest = manager.store.get(name, version).manifest
         return ModelVersion.from_manifest(manifest, manager.max_pixels, manager.image_formats)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            if os.getppid() != self.role.primary_pid:
-                log.error("gateway process %d: the primary (pid %d) is gone; stopping",
-                          self.role.index, self.role.primary_pid)
-                signal.raise_signal(signal.SIGTERM)
-                return
-            try:
-                await self.poll()
-            except Exception:  # e.g. a version's manifest removed from the store: logged, tried again
-                self._seen = None
-                log.exception("gateway process %d: cannot apply the model registry", self.role.index)
+    async def _follow(self) -> bool:
+        """One round: stop when the primary is gone, else apply a new snapshot."""
+        if os.getppid() != self.role.primary_pid:
+            log.error("gateway process %d: the primary (pid %d) is gone; stopping",
+                      self.role.index, self.role.primary_pid)
+            signal.raise_signal(signal.SIGTERM)
+            return False
+        try:
+            await self.poll()
+        except Exception:  # e.g. a version's manifest removed from the store: read again next round
+            self._seen = None
+            raise
+        return True
