@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from triserve_cli.bench.wrk import wrk_binary
+from triserve_cli.bench.wrk import result_line, wrk_binary
 
 MARKER = "TRISERVE_FAULTS "
 
@@ -226,12 +226,7 @@ class LoadResult:
 
 
 def parse(stdout: str) -> LoadResult:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(MARKER):
-            raw = json.loads(line[len(MARKER):])
-            break
-    else:
-        raise RuntimeError(f"wrk printed no result line:\n{stdout[-2000:]}")
+    raw = result_line(stdout, MARKER)
 
     def hist(key: str) -> Histogram:
         return Histogram({int(k): int(v) for k, v in raw[key].items()})

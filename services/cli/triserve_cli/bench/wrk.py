@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Answer = Literal["text", "npy", "v2", "any"]
 """How a response names its digit: plain text (``7``), a ``.npy`` of logits, an OIP v2 body; ``any``
@@ -245,14 +245,18 @@ class WrkError(RuntimeError):
     """wrk failed or printed no result."""
 
 
+def result_line(stdout: str, marker: str = MARKER) -> dict[str, Any]:
+    """The JSON of the last line a Lua ``done`` hook printed after ``marker``."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(marker):
+            raw: dict[str, Any] = json.loads(line[len(marker) :])
+            return raw
+    raise WrkError(f"wrk printed no result line:\n{stdout[-2000:]}")
+
+
 def parse_output(stdout: str) -> WrkResult:
     """The result line printed by the script's ``done`` hook."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(MARKER):
-            raw = json.loads(line[len(MARKER) :])
-            break
-    else:
-        raise WrkError(f"wrk printed no result line:\n{stdout[-2000:]}")
+    raw = result_line(stdout)
     duration_s = raw["duration_us"] / 1e6
     return WrkResult(
         requests=raw["requests"],
