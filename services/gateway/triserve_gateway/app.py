@@ -33,6 +33,7 @@ from triserve_gateway.backends import BackendClient, make_backend_client
 from triserve_gateway.config import BackendConfig, RoutingConfig, gateway_routing
 from triserve_gateway.error_shapes import render_error, unexpected_error
 from triserve_gateway.gateway import Gateway
+from triserve_gateway.grpc_server import GrpcListener
 from triserve_gateway.listeners import Listener, create_metrics_app, serve_listeners
 from triserve_gateway.manager import ModelManager
 from triserve_gateway.metrics import GatewayMetrics
@@ -90,22 +91,28 @@ def create_app(
     )
     manager.register_startup(settings.load_models)
     shadows = ShadowTraffic(gateway, metrics.shadow)
+    service = InferenceService(gateway, metrics, settings, shadows)
+    inference_key = auth.inference_key(
+        _secret(settings.inference_key), settings.inference_key_file, settings.disable_token_auth
+    )
+    grpc = GrpcListener(service, inference_key, settings)  # serves once a gateway process says so
     app = FastAPI(
         title="triserve gateway",
         version=__version__,
         description="TorchServe-compatible and KServe v2 (OIP) inference in front of TorchServe, "
         "ONNX Runtime and Paddle backends: preprocessing, routing, failover, dynamic batching.",
-        lifespan=_lifespan(gateway, manager, shadows, health_checks),
+        lifespan=_lifespan(gateway, manager, shadows, health_checks, grpc),
     )
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.manager = manager
-    app.state.service = InferenceService(gateway, metrics, settings, shadows)
+    app.state.service = service
+    app.state.grpc = grpc
     app.state.registry = registry
     management_key = auth.management_key(
         _secret(settings.management_key), settings.management_key_file, settings.disable_token_auth
     )
-    _install_middleware(app, settings, gateway, metrics, shadows)
+    _install_middleware(app, settings, gateway, metrics, shadows, inference_key)
     api_torchserve.register(app)
     api_v2.register(app)
     api_explain.register(app)  # /explanations, /v2/.../explain
@@ -117,9 +124,10 @@ def create_app(
 
 
 def _lifespan(
-    gateway: Gateway, manager: ModelManager, shadows: ShadowTraffic, health_checks: bool
+    gateway: Gateway, manager: ModelManager, shadows: ShadowTraffic, health_checks: bool, grpc: GrpcListener
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The inference app's lifespan: health checks and the model manager up, everything closed after."""
+    """The inference app's lifespan: health checks and the model manager up, then the gRPC listener
+    (when this process serves it); everything closed after, gRPC first."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -133,6 +141,7 @@ def _lifespan(
         # the shared box: 9 passes of 130-160 ms in 17 s; frozen: 1-6 ms). Frozen objects dropped later
         # (an unregistered model's) are still freed by reference counting.
         gc.freeze()
+        await grpc.start()
         log.info(
             "gateway up: models %s; backends %s",
             ", ".join(gateway.routed()) or "none",
@@ -141,6 +150,7 @@ def _lifespan(
         try:
             yield
         finally:
+            await grpc.stop()
             await shadows.close()
             await manager.close()
             await gateway.close()
@@ -149,13 +159,11 @@ def _lifespan(
 
 
 def _install_middleware(
-    app: FastAPI, settings: GatewaySettings, gateway: Gateway, metrics: GatewayMetrics, shadows: ShadowTraffic
+    app: FastAPI, settings: GatewaySettings, gateway: Gateway, metrics: GatewayMetrics,
+    shadows: ShadowTraffic, inference_key: auth.ApiKey,
 ) -> None:
     """Error handlers and the inference app's middleware, innermost first: body read timeout, load
     shedding (503 before parsing when a model is full), inference key, request id, response hooks."""
-    inference_key = auth.inference_key(
-        _secret(settings.inference_key), settings.inference_key_file, settings.disable_token_auth
-    )
     install_error_handlers(app, render_error)  # TorchServe's error shape off /v2, OIP's under it
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)

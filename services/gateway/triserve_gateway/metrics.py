@@ -134,6 +134,12 @@ class GatewayMetrics:
             "Failed backend calls by reason (unavailable, timeout, error, rejected).",
             ["backend", "reason"], registry=r,
         ))  # fmt: skip
+        self.grpc_requests = LabelCache(Counter(
+            "triserve_gateway_grpc_requests",
+            "Calls of the gRPC inference API (KServe v2) by method and gRPC status code (inferences "
+            "are also counted in triserve_gateway_requests, by their HTTP-equivalent status).",
+            ["method", "code"], registry=r,
+        ))  # fmt: skip
         self.failovers = LabelCache(Counter(
             "triserve_gateway_failovers",
             "Requests retried on another backend after a failure of this one.",

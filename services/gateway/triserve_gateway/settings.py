@@ -101,6 +101,9 @@ class GatewaySettings(ServiceSettings):
     """Address the metrics endpoint binds to."""
     metrics_port: int = 8082
     """Prometheus metrics port (``GET /metrics``, open)."""
+    grpc_port: int = Field(default=7070, ge=0, le=65535)
+    """KServe v2 gRPC inference port (``inference.GRPCInferenceService``, TorchServe's gRPC inference
+    port), on the inference address ``host``, served by every gateway process; 0 = no gRPC."""
     management_key: SecretStr | None = None
     """Key the management API requires (``Authorization: Bearer <key>``); unset = read or generate
     ``management_key_file``."""
@@ -196,8 +199,10 @@ class GatewaySettings(ServiceSettings):
     def _distinct_ports(self) -> GatewaySettings:
         ports = {"port": self.port, "management_port": self.management_port,
                  "metrics_port": self.metrics_port}
+        if self.grpc_port:
+            ports["grpc_port"] = self.grpc_port
         if len(set(ports.values())) != len(ports):
-            raise ValueError(f"the three listeners need three different ports, got {ports}")
+            raise ValueError(f"the listeners need different ports, got {ports}")
         return self
 
     # ---- overload protection (docs/operations.md) ----

@@ -75,8 +75,10 @@ def prepare(settings: GatewaySettings) -> ProcessRole:
 def serve_gateway(app: FastAPI, settings: GatewaySettings, role: ProcessRole) -> None:
     """Serve the gateway: one process as before, or the primary of ``role.count`` (module doc)."""
     from triserve_gateway.app import listeners, serve
+    from triserve_gateway.grpc_server import serve_in_process
     from triserve_gateway.listeners import bind, bind_shared, serve_listeners
 
+    serve_in_process(app, role, BACKLOG)  # gRPC (its port checked now, before any follower starts)
     if not role.multiprocess:
         serve(app, settings)
         return
@@ -110,6 +112,7 @@ def run_follower(settings: GatewaySettings, role: ProcessRole) -> None:
     from triserve_common.errors import TriserveError
     from triserve_common.server import configure_logging
     from triserve_gateway.app import create_app, listeners
+    from triserve_gateway.grpc_server import serve_in_process
     from triserve_gateway.listeners import bind_shared, serve_listeners
 
     configure_logging(settings.log_level)
@@ -118,6 +121,7 @@ def run_follower(settings: GatewaySettings, role: ProcessRole) -> None:
     except TriserveError as exc:
         log.critical("gateway process %d: cannot start: %s", role.index, exc.message)
         sys.exit(1)
+    serve_in_process(app, role, BACKLOG)
     inference = listeners(app)[0]
     sock = bind_shared(inference.host, inference.port, BACKLOG)
     serve_listeners([inference], app, settings, settings.server_limits(), sockets={"inference": sock})
