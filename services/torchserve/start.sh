@@ -15,6 +15,8 @@
 #   TS_INFERENCE_PORT   inference API port                              [8085]
 #   TS_MANAGEMENT_PORT  management API port                             [8086]
 #   TS_METRICS_PORT     Prometheus metrics port (/metrics)              [8087]
+#   TS_GRPC_INFERENCE_PORT, TS_GRPC_MANAGEMENT_PORT  TorchServe's gRPC ports (its own env
+#                       overrides; the gateway owns 7070)               [7075, 7076]
 #   TS_MODEL_STORE      the triserve model store (<model>/<version>/<model>.mar), or a folder
 #                       holding .mar files                              [<repo>/model_store]
 #   TS_MODELS           models to load at start, in TorchServe's --models syntax: all, none, or

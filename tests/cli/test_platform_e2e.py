@@ -29,6 +29,7 @@ PORT_FLAGS = (
     "--gateway-port",
     "--management-port",
     "--metrics-port",
+    "--gateway-grpc-port",
     "--onnx-port",
     "--paddle-port",
     "--ts-inference-port",

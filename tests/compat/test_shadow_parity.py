@@ -193,6 +193,7 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
         # the gateway's other listeners, where it has them (management, metrics): free ports too
         "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(free_port()),
         "TRISERVE_GATEWAY_METRICS_PORT": str(metrics_port),
+        "TRISERVE_GATEWAY_GRPC_PORT": str(free_port()),
         "TRISERVE_GATEWAY_MANAGEMENT_KEY": MANAGEMENT_KEY,
     })  # fmt: skip
     started: list[ServiceProcess] = []

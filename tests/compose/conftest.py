@@ -45,6 +45,7 @@ def stack(built: Build, mnist_dir: Path, report: dict[str, Any]) -> Iterator[Sta
     env = dict(
         os.environ,
         TRISERVE_GATEWAY_PUBLISH=f"127.0.0.1:{gateway_port}",
+        TRISERVE_GATEWAY_GRPC_PUBLISH=f"127.0.0.1:{free_port()}",
         TRISERVE_TEST_PROMETHEUS_PORT=str(prometheus_port),
         TRISERVE_MNIST_DIR=str(mnist_dir.resolve()),
     )

@@ -111,7 +111,8 @@ def served_ports(service: str, env: Mapping[str, str]) -> dict[str, int]:
     """Port name → number the service listens on in a container with ``env``.
 
     The runtime services serve everything (API, health, metrics) on one port, named ``http`` in the
-    manifests; the gateway and TorchServe have three: ``http``/``inference``, ``management``, ``metrics``.
+    manifests; the gateway and TorchServe have three: ``http``/``inference``, ``management``, ``metrics``
+    (and the gateway ``grpc``, its gRPC inference port, unless switched off).
     """
     if service == "torchserve":
         return torchserve_ports(env)
@@ -120,8 +121,9 @@ def served_ports(service: str, env: Mapping[str, str]) -> dict[str, int]:
         from triserve_gateway.settings import GatewaySettings
 
         assert isinstance(settings, GatewaySettings)
-        return {"http": settings.port, "management": settings.management_port,
-                "metrics": settings.metrics_port}
+        ports = {"http": settings.port, "management": settings.management_port,
+                 "metrics": settings.metrics_port}
+        return {**ports, "grpc": settings.grpc_port} if settings.grpc_port else ports
     return {"http": settings.port}
 
 

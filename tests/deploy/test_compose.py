@@ -91,9 +91,10 @@ def test_compose_files_are_accepted(compose: dict[str, Any], compose_gpu: dict[s
 def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
     assert set(published) == {"gateway"}, published
-    ((host, published_port, target),) = published_ports(compose["services"]["gateway"])
-    assert (host, published_port) == ("", 8080)
-    assert target == served_ports("gateway", container_env("gateway", compose))["http"]
+    served = served_ports("gateway", container_env("gateway", compose))
+    assert published_ports(compose["services"]["gateway"]) == [
+        ("", 8080, served["http"]), ("", 7070, served["grpc"])  # inference: HTTP, gRPC
+    ]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -342,7 +343,9 @@ def test_offline_prometheus_is_built_from_debian_and_checked_like_its_image(
 
 def test_the_compose_test_publishes_only_on_loopback() -> None:
     """tests/compose reaches the stack only through 127.0.0.1 ports of its choosing."""
-    env = {"TRISERVE_GATEWAY_PUBLISH": "127.0.0.1:18123", "TRISERVE_TEST_PROMETHEUS_PORT": "18124"}
+    env = {"TRISERVE_GATEWAY_PUBLISH": "127.0.0.1:18123", "TRISERVE_GATEWAY_GRPC_PUBLISH": "127.0.0.1:18125",
+           "TRISERVE_TEST_PROMETHEUS_PORT": "18124"}
     config = compose_config(COMPOSE, COMPOSE_OFFLINE, COMPOSE_TEST, env=env)
     published = {(name, *port) for name, svc in config["services"].items() for port in published_ports(svc)}
-    assert published == {("gateway", "127.0.0.1", 18123, 8080), ("prometheus", "127.0.0.1", 18124, 9090)}
+    assert published == {("gateway", "127.0.0.1", 18123, 8080), ("gateway", "127.0.0.1", 18125, 7070),
+                         ("prometheus", "127.0.0.1", 18124, 9090)}

@@ -187,8 +187,10 @@ def test_model_store_is_baked_in(image: str) -> None:
 def test_python_service_port_and_healthcheck(service: str, routes: dict[str, dict[str, str]]) -> None:
     df = dockerfile(service)
     env = image_env(df)
-    port = served_ports(service, env)["http"]
-    assert [int(p) for e in df.runtime.all("EXPOSE") for p in e.args.split()] == [port]
+    ports = served_ports(service, env)
+    port = ports["http"]
+    exposed = [port, ports["grpc"]] if service == "gateway" else [port]  # the gateway: HTTP and gRPC inference
+    assert [int(p) for e in df.runtime.all("EXPOSE") for p in e.args.split()] == exposed
     settings = settings_class(service)
     host_env = f"{settings.model_config['env_prefix']}HOST"
     assert env.get(host_env) == "0.0.0.0", f"{host_env}=0.0.0.0: reachable from outside the container"

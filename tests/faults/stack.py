@@ -57,7 +57,8 @@ class Backends:
     def gateway(self, log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
         """A (not yet started) gateway in front of these backends on a fresh port."""
         config = dataclasses.replace(
-            self.config, gateway_port=free_port(), management_port=free_port(), metrics_port=free_port()
+            self.config, gateway_port=free_port(), management_port=free_port(), metrics_port=free_port(),
+            gateway_grpc_port=free_port(),
         )
         return service_processes(config, log_dir, extra_env={"gateway": dict(env or {})})["gateway"]
 

@@ -21,6 +21,7 @@ PORT_FIELDS = (
     "gateway_port",
     "management_port",
     "metrics_port",
+    "gateway_grpc_port",
     "onnx_port",
     "paddle_port",
     "ts_inference_port",

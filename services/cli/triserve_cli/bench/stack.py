@@ -236,6 +236,7 @@ class Stack:
             gateway_port=free_port(),
             management_port=free_port(),
             metrics_port=free_port(),
+            gateway_grpc_port=free_port(),
             gateway_workers=self.gateway_workers,
             onnx_port=free_port(),
             paddle_port=free_port(),
@@ -264,8 +265,9 @@ class Stack:
                 own = (
                     config
                     if name == "gateway"
-                    else replace(  # every gateway has its own three listeners
-                        config, gateway_port=port, management_port=free_port(), metrics_port=free_port()
+                    else replace(  # every gateway has its own listeners
+                        config, gateway_port=port, management_port=free_port(), metrics_port=free_port(),
+                        gateway_grpc_port=free_port(),
                     )
                 )
                 spec = {s.name: s for s in service_specs(own)}["gateway"]

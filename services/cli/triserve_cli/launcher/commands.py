@@ -22,6 +22,11 @@ def try_it(config: PlatformConfig) -> str:
             f"triserve is up: gateway {gateway}  (logs: {config.log_dir}/, stop: make down)",
             f"  management API {config.url(config.management_port)} {key}, "
             f"metrics {config.url(config.metrics_port)}/metrics",
+            *(
+                [f"  gRPC inference (KServe v2) {config.url(config.gateway_grpc_port).removeprefix('http://')}"]
+                if config.gateway_grpc_port > 0
+                else []
+            ),
             "Try it:",
             "  .venv/bin/triserve sample 0 > 0.png",
             f"  curl -s -T 0.png {gateway}/predictions/mnist   # prints 0",
@@ -37,6 +42,7 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         gateway_port=args.gateway_port,
         management_port=args.management_port,
         metrics_port=args.metrics_port,
+        gateway_grpc_port=args.gateway_grpc_port,
         models=args.models,
         disable_token_auth=True if args.disable_token_auth else None,
         onnx_port=args.onnx_port,
@@ -132,6 +138,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         ("--gateway-port", "gateway"),
         ("--management-port", "gateway management API"),
         ("--metrics-port", "gateway metrics"),
+        ("--gateway-grpc-port", "gateway gRPC inference API (KServe v2; 0 = off)"),
         ("--onnx-port", "ONNX service"),
         ("--paddle-port", "Paddle service"),
         ("--ts-inference-port", "TorchServe inference API"),

@@ -15,8 +15,10 @@ from triserve_common.paths import REPO_ROOT
 
 RUN_ID_ENV = "TRISERVE_RUN_ID"
 JAVA_MIN_VERSION = 17
-TORCHSERVE_GRPC_PORTS = (7070, 7071)
-"""TorchServe's built-in gRPC inference / management ports (it cannot switch gRPC off)."""
+TORCHSERVE_GRPC_PORTS = (7075, 7076)
+"""The TorchServe backend's built-in gRPC inference / management ports (it cannot switch gRPC off):
+TorchServe's own 7070/7071 moved out of the way, as its REST ports moved to 8085-8087 (the gateway
+serves gRPC inference on 7070)."""
 JAVA_INSTALL_HINT = (
     "apt-get install -y openjdk-17-jre-headless  (as root; or set JAVA_HOME to a JDK/JRE >= 17)"
 )
@@ -71,6 +73,7 @@ def _service_defaults() -> dict[str, Any]:
         "gateway_port": gateway.port,
         "management_port": gateway.management_port,
         "metrics_port": gateway.metrics_port,
+        "gateway_grpc_port": gateway.grpc_port,
         "gateway_workers": gateway.workers,
         "onnx_port": OnnxSettings().port,
         "paddle_port": PaddleSettings().port,
@@ -98,6 +101,8 @@ class PlatformConfig:
     """Gateway management API."""
     metrics_port: int = 8082
     """Gateway metrics."""
+    gateway_grpc_port: int = 7070
+    """Gateway gRPC inference (KServe v2); 0 = off (``from_env``: the gateway's ``grpc_port``)."""
     models: str = "all"
     """Start set of every service (:attr:`PlatformSettings.models`)."""
     gateway_workers: int = 1

@@ -126,7 +126,8 @@ def _torchserve_spec(config: PlatformConfig) -> ServiceSpec:
 
 
 def _gateway_spec(config: PlatformConfig) -> ServiceSpec:
-    """The gateway (``triserve_gateway``): its three listeners and every backend's URL."""
+    """The gateway (``triserve_gateway``): its listeners (HTTP inference, management, metrics; gRPC
+    inference) and every backend's URL."""
     return ServiceSpec(
         name="gateway",
         argv=(config.python, "-m", "triserve_gateway"),
@@ -137,6 +138,7 @@ def _gateway_spec(config: PlatformConfig) -> ServiceSpec:
             "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(config.management_port),
             "TRISERVE_GATEWAY_METRICS_HOST": config.host,
             "TRISERVE_GATEWAY_METRICS_PORT": str(config.metrics_port),
+            "TRISERVE_GATEWAY_GRPC_PORT": str(config.gateway_grpc_port),
             "TRISERVE_GATEWAY_WORKERS": str(config.gateway_workers),
             "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(config.management_key_file),
             "TRISERVE_GATEWAY_DISABLE_TOKEN_AUTH": str(config.disable_token_auth).lower(),
@@ -152,6 +154,7 @@ def _gateway_spec(config: PlatformConfig) -> ServiceSpec:
             "http": config.gateway_port,
             "management": config.management_port,
             "metrics": config.metrics_port,
+            **({"gRPC": config.gateway_grpc_port} if config.gateway_grpc_port > 0 else {}),
         },
     )
 
