@@ -189,7 +189,7 @@ def test_python_service_port_and_healthcheck(service: str, routes: dict[str, dic
     env = image_env(df)
     ports = served_ports(service, env)
     port = ports["http"]
-    exposed = [port, ports["grpc"]] if service == "gateway" else [port]  # the gateway: HTTP and gRPC inference
+    exposed = [port, ports["grpc"]] if service == "gateway" else [port]  # gateway: HTTP + gRPC inference
     assert [int(p) for e in df.runtime.all("EXPOSE") for p in e.args.split()] == exposed
     settings = settings_class(service)
     host_env = f"{settings.model_config['env_prefix']}HOST"
