@@ -49,7 +49,9 @@ class Served:
 
 
 @asynccontextmanager
-async def grpc_gateway(tmp_path: Path, backends: dict[str, FakeBackend], **settings: Any) -> AsyncIterator[Served]:
+async def grpc_gateway(
+    tmp_path: Path, backends: dict[str, FakeBackend], **settings: Any
+) -> AsyncIterator[Served]:
     port = free_port()
     app = create_app(
         GatewaySettings(model_store=write_store(tmp_path), management_key_file=tmp_path / "mgmt.key",
@@ -114,7 +116,8 @@ async def test_fp32_raw_tensor_answers_as_rest(gw: Served) -> None:
 
     body, headers = codec.encode_request({"input": x}, outputs=["logits"])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as client:
-        r = await client.post("/v2/models/mnist/infer", content=body, headers={**headers, "X-Backend": "paddle"})
+        r = await client.post("/v2/models/mnist/infer", content=body,
+                              headers={**headers, "X-Backend": "paddle"})
     assert r.status_code == 200
     rest = codec.decode_response(r.content, int(r.headers[codec.HEADER_LENGTH])).outputs["logits"]
     np.testing.assert_array_equal(logits, rest)
@@ -190,7 +193,8 @@ async def test_deadline_and_cancellation(tmp_path: Path) -> None:
         request = images_request([digit_png(2)])
         # the gateway's own deadline (x-request-timeout, ms): its 504 → DEADLINE_EXCEEDED, with its message
         error = await rpc_error(gw.stub.ModelInfer(request, metadata=(("x-request-timeout", "50"),)))
-        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline of 50 ms" in (error.details() or "")
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "deadline of 50 ms" in (error.details() or "")
         assert gw.count("triserve_gateway_requests", status="504") == 1
         # the call's gRPC deadline is the request's deadline
         error = await rpc_error(gw.stub.ModelInfer(request, timeout=0.1))
@@ -258,8 +262,8 @@ def test_status_mapping() -> None:
 def test_generated_code_is_what_grpcio_tools_makes_of_the_proto(tmp_path: Path) -> None:
     proto = Path("triserve_gateway/proto/grpc_predict_v2.proto")
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", str(proto)],
+        [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(proto)],
         cwd=GATEWAY_DIR, check=True, capture_output=True,
     )
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
