@@ -22,7 +22,7 @@ EXTRA_CA ?=
 # Commands run as in an activated venv (tools such as `torchserve` are looked up on PATH).
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: help venv install java deps data up down run status test bench lint readme clean images compose-test
+.PHONY: help venv install java deps data up down run status test bench lint proto readme clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -93,6 +93,10 @@ compose-test: deps install ## docker compose end to end (tests/compose): build, 
 lint: install ## ruff + mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+proto: install ## regenerate the gateway's gRPC code (KServe v2) from its .proto with grpcio-tools
+	cd services/gateway && ../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	  --grpc_python_out=. triserve_gateway/proto/grpc_predict_v2.proto
 
 readme: install ## regenerate README.md's configuration reference from the settings classes
 	$(BIN)/python -m triserve_cli.config_reference --write-readme README.md
