@@ -271,3 +271,10 @@ def test_generated_code_is_what_grpcio_tools_makes_of_the_proto(tmp_path: Path) 
         assert (tmp_path / generated).read_text() == (GATEWAY_DIR / generated).read_text(), (
             f"{generated} is stale: run `make proto`"
         )
+
+
+def test_grpc_port_setting() -> None:
+    assert GatewaySettings().grpc_port == 7070  # TorchServe's gRPC inference port
+    with pytest.raises(ValueError, match="need different ports"):
+        GatewaySettings(port=9000, grpc_port=9000)
+    assert GatewaySettings(grpc_port=0, port=9000).grpc_port == 0  # off
