@@ -177,3 +177,32 @@ def test_client_mistakes_and_missing_key(gateway: Gateway, digits: Digits) -> No
         # and it still answers
         answer = stub.ModelInfer(images_request([digits.pngs[9]]), metadata=AUTH, timeout=10)
         assert list(outputs_of(answer)["label"]) == [str(digits.labels[9]).encode()]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_grpc_port_another_program_holds_stops_the_start(tmp_path: Path, workers: str) -> None:
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one willing to share
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        env = {
+            **os.environ,
+            "TRISERVE_GATEWAY_WORKERS": workers,
+            "TRISERVE_GATEWAY_PORT": str(free_port()),
+            "TRISERVE_GATEWAY_GRPC_PORT": str(holder.getsockname()[1]),
+            "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(free_port()),
+            "TRISERVE_GATEWAY_METRICS_PORT": str(free_port()),
+            "TRISERVE_GATEWAY_LOAD_MODELS": "none",
+            "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(tmp_path / "key"),
+            "TMPDIR": str(tmp_path),
+        }
+        done = subprocess.run([python_exe(), "-m", "triserve_gateway"], env=env, capture_output=True,
+                              timeout=60, check=False)
+    assert done.returncode != 0
+    message = b"cannot listen for gRPC" if workers == "1" else b"Address already in use"
+    assert message in done.stderr, done.stderr[-2000:]

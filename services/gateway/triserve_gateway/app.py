@@ -141,13 +141,13 @@ def _lifespan(
         # the shared box: 9 passes of 130-160 ms in 17 s; frozen: 1-6 ms). Frozen objects dropped later
         # (an unregistered model's) are still freed by reference counting.
         gc.freeze()
-        await grpc.start()
         log.info(
             "gateway up: models %s; backends %s",
             ", ".join(gateway.routed()) or "none",
             ", ".join(f"{n}={b.client.url} ({b.health_label()})" for n, b in gateway.backends.items()),
         )
         try:
+            await grpc.start()  # a gRPC port in use ends the start here, everything closed below
             yield
         finally:
             await grpc.stop()
