@@ -275,7 +275,8 @@ def decode_request(
 # ---------------------------------------------------------------- encoding
 
 
-def _tensor_bytes(arr: np.ndarray) -> bytes:
+def tensor_bytes(arr: np.ndarray) -> bytes:
+    """A tensor's raw data: little-endian, row-major; BYTES elements length prefixed."""
     if arr.dtype == object:
         return pack_bytes([v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel()])
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -300,7 +301,7 @@ def _encode(
     entries = []
     for entry, arr, binary in tensors:
         if binary:
-            raw = _tensor_bytes(arr)
+            raw = tensor_bytes(arr)
             entry["parameters"] = {**entry.get("parameters", {}), "binary_data_size": len(raw)}
             chunks.append(raw)
         else:

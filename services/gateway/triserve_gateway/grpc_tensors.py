@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from triserve_common.codec import DecodedRequest, pack_bytes, tensor_from_binary
+from triserve_common.codec import DecodedRequest, pack_bytes, tensor_bytes, tensor_from_binary
 from triserve_common.errors import BadRequestError
 from triserve_common.tensor_checks import DecodeLimits, numpy_dtype, v2_datatype
 from triserve_common.v2 import InferenceRequest, RequestInput, RequestOutput
@@ -112,12 +112,6 @@ def decode_infer_request(request: pb.ModelInferRequest, limits: DecodeLimits) ->
     return DecodedRequest(decoded, tensors)
 
 
-def _raw_bytes(arr: Array) -> bytes:
-    if arr.dtype == object:
-        return pack_bytes(_raw_items(arr))
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-
-
 def infer_response(
     model: str, version: str, request_id: str, outputs: Mapping[str, Array], raw: bool
 ) -> pb.ModelInferResponse:
@@ -127,7 +121,7 @@ def infer_response(
         datatype = v2_datatype(arr.dtype)
         out = response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
         if raw:
-            response.raw_output_contents.append(_raw_bytes(arr))
+            response.raw_output_contents.append(tensor_bytes(arr))
         elif datatype == "BYTES":
             out.contents.bytes_contents.extend(_raw_items(arr))
         else:
