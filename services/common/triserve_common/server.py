@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sys
-import random
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
