@@ -8,6 +8,7 @@ The targets are reported by the tool, not asserted here (a 2-core CI box says li
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from triserve_cli.bench.paths import PATHS
+from triserve_gateway.cpus import detect_auto_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,10 +28,11 @@ Smoke = tuple[subprocess.CompletedProcess[str], Path]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Smoke:
     out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k != "TRISERVE_GATEWAY_WORKERS"}  # the product default
     proc = subprocess.run(
         [sys.executable, "-m", "triserve_cli", "bench", "--smoke", "--no-progress", "--out", str(out),
          "--mnist-dir", str(mnist_dir)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=env,
     )
     return proc, out
 
@@ -55,6 +58,9 @@ def test_json_has_every_path_level_and_no_error(smoke: Smoke) -> None:
                 "results", "targets"):
         assert key in doc
     assert doc["settings"]["concurrency"] == LEVELS
+    auto = detect_auto_workers()  # the gateways ran the default: auto, recorded as the resolved number
+    settings = doc["settings"]
+    assert (settings["gateway_workers"], settings["gateway_workers_reason"]) == (auto.count, auto.reason)
     assert doc["versions"]["wrk"].startswith("wrk")
     measured = {(r["path"], r["concurrency"]) for r in doc["results"]}
     assert measured == {(p.name, c) for p in PATHS for c in LEVELS}

@@ -176,6 +176,32 @@ def test_services_get_the_configured_ports_and_backend_urls(tmp_path: Path) -> N
     assert specs["gateway"].ready_url == "http://127.0.0.1:1/v2/health/ready"
 
 
+def test_gateway_processes_default_to_auto_and_follow_the_flag_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``up``/``run`` pass the gateway 0 (auto) unless ``--gateway-workers`` or the env says otherwise."""
+    import argparse
+
+    from triserve_cli.launcher.commands import _config, register
+
+    monkeypatch.delenv("TRISERVE_GATEWAY_WORKERS", raising=False)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+
+    def gateway_env(*argv: str) -> str:
+        cfg = _config(parser.parse_args(["up", "--run-dir", str(tmp_path), *argv]))
+        (gateway,) = [s for s in Platform(cfg).specs if s.name == "gateway"]
+        return gateway.env["TRISERVE_GATEWAY_WORKERS"]
+
+    assert gateway_env() == "0"
+    assert gateway_env("--gateway-workers", "3") == "3"
+    monkeypatch.setenv("TRISERVE_GATEWAY_WORKERS", "2")
+    assert gateway_env() == "2"
+    assert gateway_env("--gateway-workers", "1") == "1"
+    assert parser.parse_args(["run", "--gateway-workers", "2"]).gateway_workers == 2  # up and run only
+    assert not hasattr(parser.parse_args(["down"]), "gateway_workers")
+
+
 def test_down_with_nothing_running(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "triserve_cli", "down", "--run-dir", str(tmp_path)],

@@ -22,6 +22,7 @@ from tests.cli.helpers import alive, ps_lines
 from tests.support.procs import free_port
 from triserve_cli.launcher import marked_processes
 from triserve_cli.sample import pick
+from triserve_gateway.cpus import detect_auto_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,9 +66,11 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) -> None:
+    """With the product defaults: among them auto gateway processes (one per usable CPU, at most 4)."""
     ports, args = port_args()
     gateway = f"http://127.0.0.1:{ports['--gateway-port']}"
-    up = triserve("up", "--run-dir", str(run_dir), "--timeout", "240", *args, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "TRISERVE_GATEWAY_WORKERS"}
+    up = triserve("up", "--run-dir", str(run_dir), "--timeout", "240", *args, timeout=300, env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     curl_line = f"curl -s -T 0.png {gateway}/predictions/mnist"
     assert curl_line in up.stdout
@@ -83,6 +86,11 @@ def test_up_predict_status_down(run_dir: Path, mnist_dir: Path, tmp_path: Path) 
     for part in ("org.pytorch.serve.ModelServer", "model_service_worker", "triserve_onnx", "triserve_paddle"):
         assert part in cmdlines, cmdlines
     assert all(log.stat().st_size > 0 for log in (run_dir / "logs").glob("*.log"))
+    # the gateway: as many processes as auto chose for this machine, all in its process group
+    auto = detect_auto_workers()
+    followers = [p for p in procs if p.pgid == pids["gateway"] and "multiprocessing.spawn" in p.cmdline]
+    assert len(followers) == auto.count - 1, (auto, procs)
+    assert f"gateway: {auto.count} process" in (run_dir / "logs" / "gateway.log").read_text()
 
     status = triserve("status", "--run-dir", str(run_dir), *args)
     assert status.returncode == 0, status.stdout + status.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -130,8 +131,11 @@ async def test_request_id_echoed_or_generated(client: httpx.AsyncClient) -> None
     assert resp.headers["x-request-id"] == "trace-123"
     resp = await client.post(INFER, content=b"{bad", headers={"X-Request-Id": "err-1"})
     assert resp.status_code == 400 and resp.headers["x-request-id"] == "err-1"
-    generated = (await client.get("/v2/health/live")).headers["x-request-id"]
-    assert len(generated) == 32
+    generated = [(await client.get("/v2/health/live")).headers["x-request-id"] for _ in range(3)]
+    assert len(set(generated)) == 3
+    for rid in generated:  # uuid4().hex's format: 32 hex digits, version 4, RFC 4122 variant
+        parsed = uuid.UUID(rid)
+        assert parsed.hex == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 async def test_engine_failure_is_500_json() -> None:

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.encode import v2_request, v2_tensor
 from tests.support.mnist import Digits, held_out
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import free_port_config, service_processes
+from tests.support.stack import TEST_GATEWAY_WORKERS, free_port_config, service_processes
 from triserve_common.manifest import MANIFEST_FILE, file_entry, read_manifest
 
 pytestmark = pytest.mark.integration
@@ -195,6 +195,8 @@ def stack(service_logs: Path, model_store: Path, tmp_path_factory: pytest.TempPa
         "TRISERVE_GATEWAY_METRICS_PORT": str(metrics_port),
         "TRISERVE_GATEWAY_GRPC_PORT": str(free_port()),
         "TRISERVE_GATEWAY_MANAGEMENT_KEY": MANAGEMENT_KEY,
+        # one process: the paused-candidate test counts one shadow lane (each process has its own)
+        "TRISERVE_GATEWAY_WORKERS": str(TEST_GATEWAY_WORKERS),
     })  # fmt: skip
     started: list[ServiceProcess] = []
     try:

@@ -210,6 +210,28 @@ def test_autoscaling_and_disruption_budgets(rendered: tuple[str, list[Obj]], ser
     )
 
 
+def cpus(quantity: str | int | float) -> float:
+    """A Kubernetes CPU quantity in CPUs ("500m", "2", 1.5)."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_the_gateway_runs_a_process_per_cpu_of_its_limit(rendered: tuple[str, list[Obj]]) -> None:
+    """TRISERVE_GATEWAY_WORKERS is left to auto in the pod; its CPU limit (the cgroup quota auto reads)
+    gives several processes, and the request reserves at least half a core for each."""
+    from triserve_gateway.cpus import AUTO_MAX_PROCESSES, auto_workers
+    from triserve_gateway.settings import GatewaySettings
+
+    _overlay, objs = rendered
+    container = main_container(one(objs, "Deployment", "gateway"))
+    settings = settings_under("gateway", container_env("gateway", container))
+    assert isinstance(settings, GatewaySettings) and settings.workers == 0, "auto in the pod"
+    limit, request = (cpus(container["resources"][k]["cpu"]) for k in ("limits", "requests"))
+    processes = auto_workers(affinity_cpus=64, cpu_limit=limit).count  # a node with many cores
+    assert 2 <= processes <= AUTO_MAX_PROCESSES, (limit, processes)
+    assert request >= processes / 2, "the scheduler reserves at least half a core per process"
+
+
 def test_servicemonitors_scrape_the_metrics_endpoints(
     rendered: tuple[str, list[Obj]], routes: dict[str, dict[str, str]]
 ) -> None:

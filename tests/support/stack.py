@@ -32,11 +32,20 @@ PORT_FIELDS = (
 )
 
 
+TEST_GATEWAY_WORKERS = 1
+"""Gateway processes of a test platform unless the test asks for others (``gateway_workers=``): one, so
+that per-process state (circuit breakers, admission limits, shadow lanes, in-flight counts) is the
+whole gateway's, whatever the CPU count. The product default (auto) runs in tests/cli/test_platform_e2e.py,
+N=2 in tests/gateway/test_workers.py."""
+
+
 def free_port_config(run_dir: Path, model_store: Path, **overrides: Any) -> PlatformConfig:
-    """The platform's configuration with every port free on 127.0.0.1 (and ``overrides``)."""
+    """The platform's configuration with every port free on 127.0.0.1, :data:`TEST_GATEWAY_WORKERS`
+    gateway processes (and ``overrides``)."""
     ports: dict[str, Any] = {name: free_port() for name in PORT_FIELDS}
     return PlatformConfig.from_env(
-        run_dir=run_dir, model_store=model_store, host="127.0.0.1", **{**ports, **overrides}
+        run_dir=run_dir, model_store=model_store, host="127.0.0.1",
+        **{**ports, "gateway_workers": TEST_GATEWAY_WORKERS, **overrides},
     )
 
 

@@ -2,7 +2,8 @@
 
 uvloop + httptools, access log off; settings from ``TRISERVE_GATEWAY_*`` (see
 :mod:`triserve_gateway.settings`). A bad setting or routing file exits with one clear line. With
-``TRISERVE_GATEWAY_WORKERS`` > 1 this process is the primary of several (:mod:`triserve_gateway.workers`);
+more than one process (``TRISERVE_GATEWAY_WORKERS``, by default one per usable CPU, at most 4) this process
+is the primary of several (:mod:`triserve_gateway.workers`);
 the app is imported only once :func:`~triserve_gateway.workers.prepare` has set prometheus-client's
 multiprocess directory.
 """

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
+from types import TracebackType
 
 from triserve_common.errors import ModelNotReadyError
 from triserve_gateway.deadline import Deadline
@@ -119,14 +120,37 @@ class Admission:
         self.in_flight -= 1
         self._changed()
 
-    @asynccontextmanager
-    async def slot(self, deadline: Deadline) -> AsyncIterator[None]:
-        """``async with admission.slot(deadline): ...`` — acquire, run, release."""
-        await self.acquire(deadline)
+    def slot(self, deadline: Deadline, on_cancel: Callable[[], None] | None = None) -> Slot:
+        """``async with admission.slot(deadline): ...`` — acquire, run, release; ``on_cancel`` is
+        called when the request is cancelled while it waits for a slot."""
+        return Slot(self, deadline, on_cancel)
+
+
+class Slot:
+    """One request's hold on an :class:`Admission` slot, as an async context manager.
+
+    (A class rather than ``@asynccontextmanager``: an async generator per request costs the event
+    loop's weak-set bookkeeping of async generators, ~3 % of the gateway's CPU at 32 clients.)"""
+
+    __slots__ = ("_deadline", "_gate", "_on_cancel")
+
+    def __init__(self, gate: Admission, deadline: Deadline, on_cancel: Callable[[], None] | None) -> None:
+        self._gate = gate
+        self._deadline = deadline
+        self._on_cancel = on_cancel
+
+    async def __aenter__(self) -> None:
         try:
-            yield
-        finally:
-            self.release()
+            await self._gate.acquire(self._deadline)
+        except asyncio.CancelledError:
+            if self._on_cancel is not None:
+                self._on_cancel()
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._gate.release()
 
 
 def metered_admission(model: str, limits: Limits, metrics: GatewayMetrics) -> Admission:

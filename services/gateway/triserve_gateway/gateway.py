@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from triserve_common.errors import ModelNotFoundError
-from triserve_gateway.admission import OverloadedError, metered_admission
+from triserve_gateway.admission import OverloadedError, Slot, metered_admission
 from triserve_gateway.attempts import AttemptTimeouts
 from triserve_gateway.backends import BackendClient
 from triserve_gateway.batching import BatcherPool, BatchOutcome, MicroBatcher
@@ -223,20 +222,15 @@ class Gateway:
             return None
         return r.admission.refuse()
 
-    @asynccontextmanager
-    async def admit(self, model: str, deadline: Deadline) -> AsyncIterator[None]:
-        """Hold one of ``model``'s in-flight slots (:class:`~triserve_gateway.admission.Admission`)."""
+    def admit(self, model: str, deadline: Deadline) -> Slot:
+        """``async with``: hold one of ``model``'s in-flight slots
+        (:class:`~triserve_gateway.admission.Admission`)."""
         gate = self._route(model).admission
         assert gate is not None
-        try:
-            await gate.acquire(deadline)
-        except asyncio.CancelledError:
-            self.metrics.cancelled.labels(model, "admission_queue").inc()
-            raise
-        try:
-            yield
-        finally:
-            gate.release()
+        return gate.slot(deadline, partial(self._cancelled_in_queue, model))
+
+    def _cancelled_in_queue(self, model: str) -> None:
+        self.metrics.cancelled.labels(model, "admission_queue").inc()
 
     # ------------------------------------------------------------------ inference
 

@@ -13,7 +13,6 @@ Every field below can override the routing file from the environment, e.g.::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from triserve_common.limits import ServerLimits
 from triserve_common.settings import MIB, ServiceSettings
+from triserve_gateway.cpus import WorkerChoice, resolve_workers
 from triserve_gateway.limits import Limits
 from triserve_gateway.routing import StrategyName
 
@@ -88,11 +88,12 @@ class GatewaySettings(ServiceSettings):
 
     port: int = 8080
     """Inference API port (TorchServe's and KServe v2's inference routes, health probes)."""
-    workers: int = Field(default=1, ge=0, le=64)
+    workers: int = Field(default=0, ge=0, le=64)
     """Gateway processes serving the inference port (``SO_REUSEPORT``: the kernel spreads connections
     over them); each has its own batchers and backend connections. The first also serves the
     management and metrics ports and owns the model registry, which the others mirror within 0.1 s.
-    0 = one per CPU this process may run on. See docs/DEVELOPING.md ("Gateway processes")."""
+    0 = auto: one per CPU this process may use (affinity mask, cgroup CPU quota), at most 4; the log
+    says how many and why. See docs/DEVELOPING.md ("Gateway processes")."""
     management_host: str = "127.0.0.1"
     """Address the management API binds to."""
     management_port: int = 8081
@@ -186,9 +187,13 @@ class GatewaySettings(ServiceSettings):
             return [str(v).strip().upper() for v in value]
         return value
 
+    def worker_choice(self) -> WorkerChoice:
+        """How many gateway processes and why: ``workers``, or with 0 auto (:mod:`triserve_gateway.cpus`)."""
+        return resolve_workers(self.workers)
+
     def worker_count(self) -> int:
-        """How many gateway processes: ``workers``, or with 0 the CPUs this process may run on."""
-        return self.workers or len(os.sched_getaffinity(0))
+        """How many gateway processes (:meth:`worker_choice`)."""
+        return self.worker_choice().count
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -50,11 +50,13 @@ MIN_LIFE_S = 10.0
 
 
 def prepare(settings: GatewaySettings) -> ProcessRole:
-    """This run's role (the primary of ``settings.worker_count()``); with several processes, the run
-    directory and ``PROMETHEUS_MULTIPROC_DIR``, set before any metric exists."""
+    """This run's role (the primary of ``settings.worker_choice()``'s count, logged with its reason); with
+    several processes, the run directory and ``PROMETHEUS_MULTIPROC_DIR``, set before any metric exists."""
     from triserve_gateway.process import ProcessRole
 
-    count = settings.worker_count()
+    choice = settings.worker_choice()
+    count = choice.count
+    log.info("gateway: %d process%s (%s)", count, "" if count == 1 else "es", choice.reason)
     if count == 1:
         return ProcessRole()
     run_dir = Path(tempfile.mkdtemp(prefix="triserve-gateway-"))

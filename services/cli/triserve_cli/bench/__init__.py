@@ -118,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--gateway-workers", type=int, metavar="N",
-        help="processes of each gateway instance (default: TRISERVE_GATEWAY_WORKERS, else its default)",
+        help="processes of each gateway instance (default: TRISERVE_GATEWAY_WORKERS, else the gateway's "
+        "default 0 = auto: one per CPU it may use, at most 4; bench.json records the number)",
     )
     parser.add_argument("--smoke", action="store_true", help="short run: levels 1,4, 1 s each, 1 s warm-up")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

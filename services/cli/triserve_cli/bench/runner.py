@@ -47,7 +47,7 @@ class BenchConfig:
     torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
     """Per-model config of the ``torchserve-tuned`` instance."""
     gateway_workers: int | None = None
-    """Processes of each gateway instance (None: the gateway's setting)."""
+    """Processes of each gateway instance (None: the gateway's setting, by default auto)."""
     progress: bool = True
     command: str = ""
 
@@ -127,6 +127,7 @@ def _say(message: str) -> None:
 
 def _settings(config: BenchConfig, load_digit: Digit, stack: Stack) -> dict[str, Any]:
     """The run's settings as the JSON document records them."""
+    workers = stack.gateway_workers_used()
     return {
         "concurrency": config.concurrency,
         "duration_s": config.duration_s,
@@ -137,7 +138,8 @@ def _settings(config: BenchConfig, load_digit: Digit, stack: Stack) -> dict[str,
         "retries": config.retries,
         "load_image": {"t10k_index": load_digit.index, "label": load_digit.label},
         "torchserve_tuned": asdict(config.torchserve_tuning),
-        "gateway_workers": stack.gateway_workers_used(),
+        "gateway_workers": workers.count,
+        "gateway_workers_reason": workers.reason,
     }
 
 

@@ -38,6 +38,7 @@ from triserve_cli.launcher.processes import spawn
 from triserve_common.manifest import MANIFEST_FILE, file_entry
 from triserve_common.paths import REPO_ROOT
 from triserve_common.ports import free_port
+from triserve_gateway.cpus import WorkerChoice, resolve_workers
 
 STOCK_MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n"
 """TorchServe's defaults for a model registered without options (one worker pinned, as the issue asks)."""
@@ -215,13 +216,13 @@ class Stack:
     ready_timeout_s: float = 300.0
     torchserve_tuning: TorchServeTuning = field(default_factory=TorchServeTuning)
     gateway_workers: int | None = None
-    """Processes of every gateway instance (None: ``TRISERVE_GATEWAY_WORKERS``, else its default)."""
+    """Processes of every gateway instance (None: ``TRISERVE_GATEWAY_WORKERS``, else its default, auto)."""
     instances: dict[str, Instance] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def gateway_workers_used(self) -> int:
-        """``TRISERVE_GATEWAY_WORKERS`` of each gateway instance in this run (0 = one per CPU)."""
-        return PlatformConfig.from_env(gateway_workers=self.gateway_workers).gateway_workers
+    def gateway_workers_used(self) -> WorkerChoice:
+        """Processes of each gateway instance in this run, resolved as the gateway does (0 = auto)."""
+        return resolve_workers(PlatformConfig.from_env(gateway_workers=self.gateway_workers).gateway_workers)
 
     def _plan(self) -> list[tuple[Instance, dict[str, str]]]:
         wanted = set(self.wanted)

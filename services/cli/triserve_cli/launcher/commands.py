@@ -44,6 +44,7 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
         metrics_port=args.metrics_port,
         gateway_grpc_port=args.gateway_grpc_port,
         models=args.models,
+        gateway_workers=getattr(args, "gateway_workers", None),
         disable_token_auth=True if args.disable_token_auth else None,
         onnx_port=args.onnx_port,
         paddle_port=args.paddle_port,
@@ -163,4 +164,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         _add_common(parser)
         if name in ("up", "run"):
             parser.add_argument("--timeout", type=float, help="seconds to wait for ready (default 300)")
+            parser.add_argument(
+                "--gateway-workers", type=int, metavar="N",
+                help="gateway processes on the inference port (default: TRISERVE_GATEWAY_WORKERS, else 0 = "
+                "auto: one per CPU the gateway may use, at most 4)",
+            )
         parser.set_defaults(func=func)

@@ -105,8 +105,9 @@ class PlatformConfig:
     """Gateway gRPC inference (KServe v2); 0 = off (``from_env``: the gateway's ``grpc_port``)."""
     models: str = "all"
     """Start set of every service (:attr:`PlatformSettings.models`)."""
-    gateway_workers: int = 1
-    """Gateway processes (``TRISERVE_GATEWAY_WORKERS``; ``from_env``: the gateway's setting)."""
+    gateway_workers: int = 0
+    """Gateway processes (``TRISERVE_GATEWAY_WORKERS``; ``from_env``: the gateway's setting); 0 = auto,
+    one per CPU the gateway may use, at most 4 (:func:`triserve_gateway.cpus.auto_workers`)."""
     disable_token_auth: bool = False
     ts_grpc_inference_port: int = TORCHSERVE_GRPC_PORTS[0]
     ts_grpc_management_port: int = TORCHSERVE_GRPC_PORTS[1]
