@@ -1,5 +1,6 @@
-"""What both public APIs share: reading a request's common fields, and the model's outputs
-as answers (class labels, softmax probabilities, top k)."""
+"""What both HTTP APIs share: the direct route class, reading a request's common fields, and
+running it under its deadline while watching for the client's disconnect. (The answers'
+class labels, probabilities and top k: :mod:`triserve_gateway.answers`.)"""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-import numpy as np
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from triserve_common.errors import ClientClosedRequestError
 from triserve_gateway.deadline import Deadline, request_budget_s
-from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, InferenceService, RequestTrack, Served
 
-Array = np.ndarray[Any, Any]
 JSON = "application/json"
 
 # ------------------------------------------------------------------ routes
@@ -100,39 +98,3 @@ async def infer_request(request: Request, track: RequestTrack, call: InferenceCa
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
-
-
-# ------------------------------------------------------------------ outputs
-
-
-def class_count(mv: ModelVersion) -> int:
-    """Number of classes: the manifest's labels, else the output's last dimension."""
-    return len(mv.labels) or mv.output.shape[-1]
-
-
-def class_labels(mv: ModelVersion, classes: int) -> list[str]:
-    """The manifest's labels, or the class indices as strings when it has none."""
-    return mv.labels or [str(i) for i in range(classes)]
-
-
-def softmax(logits: Array) -> Array:
-    """Row-wise softmax in float64, stable for large logits."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    return probs
-
-
-def predicted_labels(mv: ModelVersion, logits: Array) -> list[str]:
-    """Per row: the label of the most probable class."""
-    labels = class_labels(mv, logits.shape[1])
-    return [labels[int(i)] for i in logits.argmax(axis=1)]
-
-
-def topk_of(mv: ModelVersion, logits: Array, k: int) -> list[dict[str, float]]:
-    """Per row: the k most probable labels → softmax probability, most probable first."""
-    probs = softmax(logits)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    labels = class_labels(mv, logits.shape[1])
-    return [{labels[i]: float(p[i]) for i in row} for p, row in zip(probs, order, strict=True)]

@@ -36,11 +36,11 @@ from triserve_common.server import model_target, read_body
 from triserve_gateway import openapi_spec as spec
 from triserve_gateway.api_common import forced_backend, request_id_of, service_of
 from triserve_gateway.api_torchserve import request_images
-from triserve_gateway.api_v2 import as_model_rows, images_of
 from triserve_gateway.explain import METHOD, Explainer, ExplainLimits, Explanation
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceService, Payload
 from triserve_gateway.timing import server_timing
+from triserve_gateway.v2_dataplane import as_model_rows, images_of
 
 Array = np.ndarray[Any, Any]
 TAGS: list[str | Enum] = ["TorchServe inference API"]

@@ -34,16 +34,14 @@ from starlette.types import Message
 from triserve_common.errors import BadRequestError, PayloadTooLargeError
 from triserve_common.server import model_target, read_body
 from triserve_gateway import openapi_spec as spec
+from triserve_gateway.answers import class_count, predicted_labels, topk_of
 from triserve_gateway.api_common import (
     JSON,
     DirectRoute,
-    class_count,
     forced_backend,
     infer_request,
-    predicted_labels,
     request_id_of,
     service_of,
-    topk_of,
 )
 from triserve_gateway.models import ModelVersion
 from triserve_gateway.service import InferenceCall, Payload

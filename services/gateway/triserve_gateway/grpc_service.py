@@ -28,7 +28,6 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -36,14 +35,21 @@ from typing import Any, TypeVar
 import grpc
 
 from triserve_common.errors import BadRequestError, ClientClosedRequestError, TriserveError
+from triserve_common.server import new_request_id
 from triserve_gateway import __version__
-from triserve_gateway.api_v2 import SERVER_NAME, model_metadata, outputs_of, tensor_payload, wanted_outputs
 from triserve_gateway.auth import ApiKey
 from triserve_gateway.deadline import Deadline, request_budget_s
 from triserve_gateway.grpc_status import grpc_code
 from triserve_gateway.grpc_tensors import decode_infer_request, infer_response, metadata_response
 from triserve_gateway.proto import grpc_predict_v2_pb2 as pb
 from triserve_gateway.service import InferenceCall, InferenceService, RequestTrack, Served
+from triserve_gateway.v2_dataplane import (
+    SERVER_NAME,
+    model_metadata,
+    outputs_of,
+    tensor_payload,
+    wanted_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def _request_id(metadata: Metadata, message_id: str) -> str:
     for candidate in (metadata.get("x-request-id", ""), message_id):
         if _VALID_ID.match(candidate):
             return candidate
-    return uuid.uuid4().hex
+    return new_request_id().decode()
 
 
 class InferenceServicer:

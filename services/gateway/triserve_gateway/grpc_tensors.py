@@ -2,7 +2,7 @@
 
 A ``ModelInferRequest`` becomes the :class:`~triserve_common.codec.DecodedRequest` the REST
 endpoint builds from its body, so that both protocols share one validation and one payload path
-(:func:`triserve_gateway.api_v2.tensor_payload`). Every input's data — ``raw_input_contents`` (one
+(:func:`triserve_gateway.v2_dataplane.tensor_payload`). Every input's data — ``raw_input_contents`` (one
 entry per input, in order) or the typed ``contents`` field of its datatype — is decoded by the
 codec's binary tensor reader (:func:`~triserve_common.codec.tensor_from_binary`): shapes and sizes
 are checked before anything is allocated, BYTES raw data is 4-byte length prefixed (as Triton's and
@@ -134,7 +134,7 @@ def _raw_items(arr: Array) -> list[bytes]:
 
 
 def metadata_response(metadata: Mapping[str, Any]) -> pb.ModelMetadataResponse:
-    """A model's OIP v2 metadata (:func:`triserve_gateway.api_v2.model_metadata`) as the gRPC message
+    """A model's OIP v2 metadata (:func:`triserve_gateway.v2_dataplane.model_metadata`) as the gRPC message
     (which has no ``parameters``)."""
     response = pb.ModelMetadataResponse(
         name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"]
