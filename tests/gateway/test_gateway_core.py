@@ -18,7 +18,7 @@ from triserve_gateway.errors import (
     BackendUnavailableError,
     UnknownBackendError,
 )
-from triserve_gateway.gateway import Gateway
+from triserve_gateway.gateway import Gateway, batch_share
 from triserve_gateway.metrics import GatewayMetrics
 from triserve_gateway.preprocess import ImagePreprocessor
 from triserve_gateway.targets import RoutedResult
@@ -247,4 +247,29 @@ async def test_version_and_shape_checks() -> None:
         await infer(gw, "mnist", None, np.zeros((1, 28, 28), np.float32))
     res = await infer(gw, "mnist", "1", batch(4), backend="onnx")
     assert res.model_version == "1" and fb["onnx"].versions == ["1"]
+    await gw.close()
+
+
+def test_each_process_takes_its_share_of_the_concurrent_batches() -> None:
+    assert [batch_share(2, n) for n in (1, 2, 3, 4)] == [2, 1, 1, 1]
+    assert [batch_share(4, n) for n in (1, 2, 3, 8)] == [4, 2, 2, 1]
+    assert batch_share(1, 0) == 1
+
+
+@pytest.mark.parametrize(("processes", "in_flight"), [(1, 2), (2, 1)])
+async def test_a_process_sends_its_share_of_concurrent_batches(processes: int, in_flight: int) -> None:
+    """max_concurrent_batches counts for the whole gateway: one of two processes keeps 1 of 2 in flight."""
+    fb = fakes()
+    gate = fb["onnx"].gate = asyncio.Event()
+    metrics = GatewayMetrics(new_registry())
+    cfg = routing(max_concurrent_batches=2, max_queue_delay_ms=10_000)  # only the concurrency rule sends
+    gw = Gateway(cfg, catalog(), fb, metrics, processes=processes)  # type: ignore[arg-type]
+    tasks = [asyncio.ensure_future(infer(gw, "mnist", None, batch(d), backend="onnx")) for d in range(6)]
+    await eventually(lambda: len(fb["onnx"].calls) >= in_flight, f"{in_flight} batch(es) sent")
+    await asyncio.sleep(0.05)  # the rest stay queued: no further batch goes out while the gate is shut
+    assert len(fb["onnx"].calls) == in_flight
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert [labels(r.value) for r in results] == [[d] for d in range(6)]
+    assert sum(fb["onnx"].calls) == 6
     await gw.close()

@@ -84,7 +84,9 @@ def create_app(
     registry = new_registry()
     metrics = GatewayMetrics(registry, worker=role.index)
     # The gateway is built now (clients are lazy: no connection is opened before the lifespan).
-    gateway = Gateway(routing, ModelCatalog([]), clients(routing), metrics, limits=settings.limits())
+    gateway = Gateway(
+        routing, ModelCatalog([]), clients(routing), metrics, limits=settings.limits(), processes=role.count
+    )
     manager = ModelManager(
         gateway, ModelStore(settings.model_store), admins(routing.backends), settings.max_image_pixels,
         drain_timeout_s=settings.graceful_shutdown_s, image_formats=settings.image_formats, role=role,

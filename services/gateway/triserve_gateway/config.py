@@ -85,7 +85,8 @@ class BatchingConfig(_Strict):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     """Longest a request waits for companions."""
     max_concurrent_batches: int = Field(default=2, ge=1)
-    """Batches in flight per backend before requests start waiting to be batched."""
+    """Batches in flight per backend before requests start waiting to be batched, from the whole
+    gateway instance: each of its N processes takes ``ceil(max_concurrent_batches / N)``."""
 
 
 class ShadowCandidate(_Strict):
