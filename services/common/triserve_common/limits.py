@@ -6,6 +6,10 @@ timeout, but no limit on how long a client may take to send a request. Here:
 - :func:`header_timeout_protocol`: uvicorn's own httptools protocol class, with a timer from the
   first byte of a request (or the connection's start) to its complete headers; a client that is
   slower (slow-loris) has its connection closed. Parsing stays httptools'.
+- the same protocol hands each request/response cycle a :class:`CoalescingTransport`: uvicorn
+  writes a response's status line and headers, then its body, in two ``write`` calls (two
+  syscalls, two TCP segments); the header block is held until the body's first bytes (or the
+  loop's next turn) and both go out in one write.
 - :class:`BodyTimeoutMiddleware` (pure ASGI): the body must arrive within ``body_timeout_s`` of
   the headers, else 408 with ``Connection: close``.
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -35,8 +39,51 @@ class ServerLimits:
     keep_alive_timeout_s: int = 75
 
 
+class CoalescingTransport:
+    """The transport as one uvicorn request/response cycle sees it: the cycle's first write (the
+    response's status line and headers, or ``100 Continue``) is held and sent with the next one
+    (the body) in a single ``write``; a write nothing follows goes out on the loop's next turn
+    (``call_soon``), and ``close`` sends what is held first. Bytes and their order are unchanged."""
+
+    __slots__ = ("_held", "_loop", "_transport", "_used")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._used = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (the cycle's first write: held until the next write or the next turn)."""
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._used:
+            self._used = True
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held, if anything."""
+        if self._held is not None:
+            data, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        """Whether the connection is closing."""
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        """Send what is held, then close the connection."""
+        self.flush()
+        self._transport.close()
+
+
 class _HeaderTimeoutProtocol(HttpToolsProtocol):
-    """httptools protocol whose clients must complete each request's headers in time."""
+    """httptools protocol whose clients must complete each request's headers in time, and whose
+    responses go out in one write (:class:`CoalescingTransport`)."""
 
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
@@ -66,6 +113,9 @@ class _HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new cycle (not an upgrade)
+            cycle.transport = cast(asyncio.Transport, CoalescingTransport(self.transport, self.loop))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
