@@ -156,10 +156,15 @@ class Slot:
 def metered_admission(model: str, limits: Limits, metrics: GatewayMetrics) -> Admission:
     """``model``'s gate with ``limits``, feeding the in-flight/queue gauges and rejection counters."""
     admitted, queued = metrics.admitted.labels(model), metrics.queued.labels(model)
+    last = [-1, -1]  # what the gauges hold: a value is written only when it changes (a queue mostly stays 0)
 
     def changed(in_flight: int, waiting: int) -> None:
-        admitted.set(in_flight)
-        queued.set(waiting)
+        if in_flight != last[0]:
+            last[0] = in_flight
+            admitted.set(in_flight)
+        if waiting != last[1]:
+            last[1] = waiting
+            queued.set(waiting)
 
     def rejected(reason: str) -> None:
         metrics.rejections.labels(model, reason).inc()

@@ -66,11 +66,15 @@ class HealthChecker:
         self.config = config
         self.metrics = metrics
         self._periodic = Periodic(self.check, config.interval_s, "health check round failed", log)
+        self._published: dict[str, bool] = {}
 
     def publish_up(self, state: BackendState) -> None:
-        """Export whether ``state`` is in rotation (healthy, circuit not open)."""
+        """Export whether ``state`` is in rotation (healthy, circuit not open); written when it changes
+        (every backend call reports in)."""
         up = state.healthy and state.breaker.state is not CircuitState.OPEN
-        self.metrics.backend_up.labels(state.name).set(1.0 if up else 0.0)
+        if self._published.get(state.name) is not up:
+            self._published[state.name] = up
+            self.metrics.backend_up.labels(state.name).set(1.0 if up else 0.0)
 
     async def check(self) -> None:
         """Probe every backend once, concurrently, and update their ``healthy`` flags."""
