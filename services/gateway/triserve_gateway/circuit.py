@@ -53,9 +53,9 @@ class CircuitBreaker:
 
     def available(self) -> bool:
         """Whether :meth:`acquire` would let a request through now (no state change)."""
-        now = self._clock()
-        if self._state is CircuitState.CLOSED:
+        if self._state is CircuitState.CLOSED:  # the common case: no clock read
             return True
+        now = self._clock()
         if self._state is CircuitState.OPEN:
             return now - self._opened_at >= self.open_s
         return self._probe_started is None or now - self._probe_started >= self.open_s

@@ -25,9 +25,9 @@ def can_add(
     budget: RetryBudget,
 ) -> bool:
     """Whether another attempt could start: one left, a routable backend untried, budget left."""
-    return len(tried) < attempts and budget.balance() >= 1.0 and any(
+    return len(tried) < attempts and len(pool) > len(tried) and any(
         c.name not in tried and backends[c.name].routable() for c in pool
-    )
+    ) and budget.balance() >= 1.0
 
 
 def next_backend(
@@ -44,7 +44,8 @@ def next_backend(
             metrics.retry_budget_exhausted.labels(target.model).inc()
             log.warning("retry budget of model %s spent, not retrying", target.model)
             return None
-        cand = target.route.strategy.choose([c for c in avail if c.weight > 0] or avail)
+        weighted = avail if all(c.weight > 0 for c in avail) else [c for c in avail if c.weight > 0]
+        cand = target.route.strategy.choose(weighted or avail)
         state = backends[cand.name]
         if not state.breaker.acquire():
             tried.append(cand.name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from triserve_common.errors import ModelNotReadyError, TriserveError
 from triserve_gateway.attempts import AttemptTimeouts
@@ -35,6 +35,34 @@ AttemptFn = Callable[[BackendState], asyncio.Future[BatchOutcome]]
 """Starts one attempt of the request on a backend (its breaker already acquired)."""
 HEDGE_FACTOR = 1.5
 """An attempt running this many times its backend's attempt timeout gets a hedge."""
+
+
+async def first_done(futures: Collection[asyncio.Future[BatchOutcome]], timeout: float) -> list[
+    asyncio.Future[BatchOutcome]
+]:
+    """The futures done once one of them is, or after ``timeout`` seconds (maybe none). What
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does, without its per-call sets and checks
+    (every request waits here). The futures are left running."""
+    done = [f for f in futures if f.done()]
+    if done:
+        return done
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for f in futures:
+        f.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for f in futures:
+            f.remove_done_callback(wake)
+    return [f for f in futures if f.done()]
 
 
 class AttemptRunner:
@@ -76,7 +104,7 @@ class AttemptRunner:
                 if can_add(self.backends, pool, tried, max_attempts, budget):
                     newest = next(reversed(running.values()))
                     wait_s = min(wait_s, HEDGE_FACTOR * self.timeouts.timeout(newest))
-                done, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                done = await first_done(running, wait_s)
                 if not done and deadline.expired():
                     self.metrics.deadline_expired.labels(target.model, "backend").inc()
                     raise deadline.exceeded(f"waiting for backend(s) {', '.join(running.values())}")
