@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping
+from typing import TypeVar
 
 from triserve_common.errors import ModelNotReadyError, TriserveError
 from triserve_gateway.attempts import AttemptTimeouts
@@ -31,15 +32,14 @@ from triserve_gateway.targets import RoutedResult, Target
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 AttemptFn = Callable[[BackendState], asyncio.Future[BatchOutcome]]
 """Starts one attempt of the request on a backend (its breaker already acquired)."""
 HEDGE_FACTOR = 1.5
 """An attempt running this many times its backend's attempt timeout gets a hedge."""
 
 
-async def first_done(futures: Collection[asyncio.Future[BatchOutcome]], timeout: float) -> list[
-    asyncio.Future[BatchOutcome]
-]:
+async def first_done(futures: Collection[asyncio.Future[T]], timeout: float) -> list[asyncio.Future[T]]:
     """The futures done once one of them is, or after ``timeout`` seconds (maybe none). What
     ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does, without its per-call sets and checks
     (every request waits here). The futures are left running."""
