@@ -179,6 +179,31 @@ def test_client_mistakes_and_missing_key(gateway: Gateway, digits: Digits) -> No
         assert list(outputs_of(answer)["label"]) == [str(digits.labels[9]).encode()]
 
 
+def test_tritons_own_grpc_client_is_served(gateway: Gateway, digits: Digits) -> None:
+    """NVIDIA's ``tritonclient.grpc`` (what Triton users already run), in its own process: health,
+    metadata, PNGs as BYTES, an FP32 tensor, the key as its headers, a client mistake as its error."""
+    import base64
+    import json
+    import subprocess
+
+    spec = digits.spec
+    x = ((digits.images.astype(np.float32) / 255.0 - spec.mean[0]) / spec.std[0]).reshape(-1, 1, 28, 28)
+    given = {"pngs": [base64.b64encode(p).decode() for p in digits.pngs], "tensor": x.ravel().tolist(),
+             "shape": list(x.shape)}
+    done = subprocess.run(
+        [python_exe(), "-m", "tests.support.triton_client", gateway.grpc_address, KEY],
+        input=json.dumps(given), capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert (seen["live"], seen["ready"], seen["model_ready"]) == (True, True, True)
+    assert (seen["name"], seen["inputs"]) == ("mnist", ["input"])
+    expected = [int(label) for label in digits.labels]
+    assert [int(label) for label in seen["labels"]] == expected and seen["argmax"] == expected
+    assert seen["error"]["status"] == "StatusCode.INVALID_ARGUMENT" and "shape" in seen["error"]["message"]
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_grpc_port_another_program_holds_stops_the_start(tmp_path: Path, workers: str) -> None:
     import os
