@@ -21,19 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.encode import png
 from tests.support.procs import ServiceProcess, python_exe
+from tests.support.stack import one_onnx_routing
 from triserve_common.ports import free_port
 
 KEY = "workers-test-key"
-ROUTING = """
-backends:
-  onnx: {{protocol: oip-v2, url: "http://127.0.0.1:{port}", artifact: onnx, timeout_s: 5}}
-models:
-  mnist:
-    strategy: p2c
-    backends: [{{name: onnx, weight: 1}}]
-    batching: {{enabled: true, max_batch_size: 8, max_queue_delay_ms: 1}}
-health: {{interval_s: 0.5, timeout_s: 1}}
-"""
 
 
 @dataclass
@@ -75,7 +66,7 @@ def gateway(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                    "TRISERVE_ONNX_LOAD_MODELS": "mnist"},
     )
     routing = logs / "routing.yaml"
-    routing.write_text(ROUTING.format(port=onnx_port))
+    routing.write_text(one_onnx_routing(onnx_port, max_batch_size=8))
     port, management, metrics = free_port(), free_port(), free_port()
     proc = ServiceProcess(
         "gateway-workers", [python_exe(), "-m", "triserve_gateway"], f"http://127.0.0.1:{port}/ping", logs,

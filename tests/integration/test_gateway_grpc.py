@@ -20,6 +20,7 @@ import pytest
 from tests.support.grpc_v2 import fp32_request, images_request, outputs_of, pb, pb_grpc
 from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess, python_exe
+from tests.support.stack import one_onnx_routing
 from triserve_common import codec
 from triserve_common.manifest import read_manifest
 from triserve_common.ports import free_port
@@ -29,16 +30,6 @@ pytestmark = pytest.mark.integration
 KEY = "grpc-inference-key"
 AUTH = (("authorization", f"Bearer {KEY}"),)
 MAX_BODY = 1 << 20
-ROUTING = """
-backends:
-  onnx: {{protocol: oip-v2, url: "http://127.0.0.1:{port}", artifact: onnx, timeout_s: 5}}
-models:
-  mnist:
-    strategy: p2c
-    backends: [{{name: onnx, weight: 1}}]
-    batching: {{enabled: true, max_batch_size: 16, max_queue_delay_ms: 1}}
-health: {{interval_s: 0.5, timeout_s: 1}}
-"""
 
 
 @dataclass
@@ -67,7 +58,7 @@ def gateway(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                    "TRISERVE_ONNX_LOAD_MODELS": "mnist"},
     )
     routing = logs / "routing.yaml"
-    routing.write_text(ROUTING.format(port=onnx_port))
+    routing.write_text(one_onnx_routing(onnx_port, max_batch_size=16))
     port, grpc_port = free_port(), free_port()
     proc = ServiceProcess(
         "gateway-grpc", [python_exe(), "-m", "triserve_gateway"], f"http://127.0.0.1:{port}/v2/health/ready",

@@ -127,3 +127,18 @@ def start_platform(
     ts_thread.join()
     torchserve_ready(config.url(config.ts_management_port), procs["torchserve"])
     procs["gateway"].start()
+
+
+def one_onnx_routing(onnx_port: int, max_batch_size: int = 8) -> str:
+    """A gateway routing file with one backend, the ONNX service on ``onnx_port``, for ``mnist``
+    (for tests that start a gateway by hand in front of one real runtime)."""
+    return f"""
+backends:
+  onnx: {{protocol: oip-v2, url: "http://127.0.0.1:{onnx_port}", artifact: onnx, timeout_s: 5}}
+models:
+  mnist:
+    strategy: p2c
+    backends: [{{name: onnx, weight: 1}}]
+    batching: {{enabled: true, max_batch_size: {max_batch_size}, max_queue_delay_ms: 1}}
+health: {{interval_s: 0.5, timeout_s: 1}}
+"""
