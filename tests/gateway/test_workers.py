@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.encode import png
 from tests.support.procs import ServiceProcess, python_exe
-from tests.support.stack import one_onnx_routing
+from tests.support.stack import onnx_for_gateway
 from triserve_common.ports import free_port
 
 KEY = "workers-test-key"
@@ -59,14 +59,7 @@ def families(base: str) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def gateway(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     logs = tmp_path_factory.mktemp("workers")
-    onnx_port = free_port()
-    onnx = ServiceProcess(
-        "onnx-workers", [python_exe(), "-m", "triserve_onnx"], f"http://127.0.0.1:{onnx_port}/v2/health/ready",
-        logs, env={"TRISERVE_ONNX_PORT": str(onnx_port), "TRISERVE_ONNX_MODEL_STORE": str(model_store),
-                   "TRISERVE_ONNX_LOAD_MODELS": "mnist"},
-    )
-    routing = logs / "routing.yaml"
-    routing.write_text(one_onnx_routing(onnx_port, max_batch_size=8))
+    onnx, routing = onnx_for_gateway("onnx-workers", logs, model_store, max_batch_size=8)
     port, management, metrics = free_port(), free_port(), free_port()
     proc = ServiceProcess(
         "gateway-workers", [python_exe(), "-m", "triserve_gateway"], f"http://127.0.0.1:{port}/ping", logs,

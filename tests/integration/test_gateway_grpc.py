@@ -20,7 +20,7 @@ import pytest
 from tests.support.grpc_v2 import fp32_request, images_request, outputs_of, pb, pb_grpc
 from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess, python_exe
-from tests.support.stack import one_onnx_routing
+from tests.support.stack import onnx_for_gateway
 from triserve_common import codec
 from triserve_common.manifest import read_manifest
 from triserve_common.ports import free_port
@@ -51,14 +51,7 @@ def digits(mnist_dir: Path, model_store: Path) -> Digits:
 @pytest.fixture(scope="module")
 def gateway(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     logs = tmp_path_factory.mktemp("grpc")
-    onnx_port = free_port()
-    onnx = ServiceProcess(
-        "onnx-grpc", [python_exe(), "-m", "triserve_onnx"], f"http://127.0.0.1:{onnx_port}/v2/health/ready",
-        logs, env={"TRISERVE_ONNX_PORT": str(onnx_port), "TRISERVE_ONNX_MODEL_STORE": str(model_store),
-                   "TRISERVE_ONNX_LOAD_MODELS": "mnist"},
-    )
-    routing = logs / "routing.yaml"
-    routing.write_text(one_onnx_routing(onnx_port, max_batch_size=16))
+    onnx, routing = onnx_for_gateway("onnx-grpc", logs, model_store, max_batch_size=16)
     port, grpc_port = free_port(), free_port()
     proc = ServiceProcess(
         "gateway-grpc", [python_exe(), "-m", "triserve_gateway"], f"http://127.0.0.1:{port}/v2/health/ready",

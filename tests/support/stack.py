@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.procs import ServiceProcess, free_port
+from tests.support.procs import ServiceProcess, free_port, python_exe
 from triserve_cli.launcher import PlatformConfig, service_specs
 
 PORT_FIELDS = (
@@ -127,6 +127,23 @@ def start_platform(
     ts_thread.join()
     torchserve_ready(config.url(config.ts_management_port), procs["torchserve"])
     procs["gateway"].start()
+
+
+def onnx_for_gateway(
+    name: str, logs: Path, model_store: Path, max_batch_size: int = 8
+) -> tuple[ServiceProcess, Path]:
+    """A real ONNX service on a free port (``mnist`` loaded; not started yet) and a routing file in
+    ``logs`` that sends ``mnist`` to it alone, for a test that starts a gateway by hand."""
+
+    port = free_port()
+    onnx = ServiceProcess(
+        name, [python_exe(), "-m", "triserve_onnx"], f"http://127.0.0.1:{port}/v2/health/ready", logs,
+        env={"TRISERVE_ONNX_PORT": str(port), "TRISERVE_ONNX_MODEL_STORE": str(model_store),
+             "TRISERVE_ONNX_LOAD_MODELS": "mnist"},
+    )
+    routing = logs / "routing.yaml"
+    routing.write_text(one_onnx_routing(port, max_batch_size))
+    return onnx, routing
 
 
 def one_onnx_routing(onnx_port: int, max_batch_size: int = 8) -> str:
