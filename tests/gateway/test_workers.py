@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.encode import png
 from tests.support.procs import ServiceProcess, python_exe
-from tests.support.stack import onnx_for_gateway
+from tests.support.stack import onnx_for_gateway, start_gateway_on_a_held_port
 from triserve_common.ports import free_port
 
 KEY = "workers-test-key"
@@ -176,27 +176,7 @@ def children(pid: int) -> list[int]:
 
 def test_a_held_inference_port_stops_the_start(tmp_path: Path) -> None:
     """SO_REUSEPORT must not make two gateways share a port: the primary binds it exclusively first."""
-    import socket
-    import subprocess
-
-    with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another gateway's process
-        holder.bind(("127.0.0.1", free_port()))
-        holder.listen()
-        env = {
-            **os.environ,
-            "TRISERVE_GATEWAY_WORKERS": "2",
-            "TRISERVE_GATEWAY_PORT": str(holder.getsockname()[1]),
-            "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_METRICS_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_GRPC_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_LOAD_MODELS": "none",
-            "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(tmp_path / "key"),
-            "TMPDIR": str(tmp_path),
-        }
-        done = subprocess.run([python_exe(), "-m", "triserve_gateway"], env=env, capture_output=True,
-                              timeout=60, check=False)
+    done = start_gateway_on_a_held_port(tmp_path, "port", workers=2)
     assert done.returncode != 0
     assert b"Address already in use" in done.stderr
     assert not list(tmp_path.glob("triserve-gateway-*"))  # its run directory is gone with it

@@ -20,7 +20,7 @@ import pytest
 from tests.support.grpc_v2 import fp32_request, images_request, outputs_of, pb, pb_grpc
 from tests.support.mnist import Digits, one_per_digit
 from tests.support.procs import ServiceProcess, python_exe
-from tests.support.stack import onnx_for_gateway
+from tests.support.stack import onnx_for_gateway, start_gateway_on_a_held_port
 from triserve_common import codec
 from triserve_common.manifest import read_manifest
 from triserve_common.ports import free_port
@@ -190,28 +190,7 @@ def test_tritons_own_grpc_client_is_served(gateway: Gateway, digits: Digits) -> 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_grpc_port_another_program_holds_stops_the_start(tmp_path: Path, workers: str) -> None:
-    import os
-    import socket
-    import subprocess
-
-    with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one willing to share
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        env = {
-            **os.environ,
-            "TRISERVE_GATEWAY_WORKERS": workers,
-            "TRISERVE_GATEWAY_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_GRPC_PORT": str(holder.getsockname()[1]),
-            "TRISERVE_GATEWAY_MANAGEMENT_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_METRICS_PORT": str(free_port()),
-            "TRISERVE_GATEWAY_LOAD_MODELS": "none",
-            "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(tmp_path / "key"),
-            "TMPDIR": str(tmp_path),
-        }
-        done = subprocess.run([python_exe(), "-m", "triserve_gateway"], env=env, capture_output=True,
-                              timeout=60, check=False)
+    done = start_gateway_on_a_held_port(tmp_path, "grpc_port", workers=int(workers))
     assert done.returncode != 0
     message = b"cannot listen for gRPC" if workers == "1" else b"Address already in use"
     assert message in done.stderr, done.stderr[-2000:]

@@ -6,6 +6,9 @@ Tests start exactly the commands and environments ``triserve up`` uses, each as 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -159,3 +162,29 @@ models:
     batching: {{enabled: true, max_batch_size: {max_batch_size}, max_queue_delay_ms: 1}}
 health: {{interval_s: 0.5, timeout_s: 1}}
 """
+
+
+def start_gateway_on_a_held_port(
+    tmp_path: Path, held: str, workers: int
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m triserve_gateway`` with ``workers`` processes, while another socket holds the port
+    of setting ``held`` (``port`` or ``grpc_port``) — one willing to share it (``SO_REUSEPORT``, as
+    another gateway's process would be). The other listeners get free ports; the run ends as the
+    gateway does (it must refuse to start)."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        ports = {name: str(free_port()) for name in ("PORT", "MANAGEMENT_PORT", "METRICS_PORT", "GRPC_PORT")}
+        ports[held.upper()] = str(holder.getsockname()[1])
+        env = {
+            **os.environ,
+            **{f"TRISERVE_GATEWAY_{name}": value for name, value in ports.items()},
+            "TRISERVE_GATEWAY_WORKERS": str(workers),
+            "TRISERVE_GATEWAY_LOAD_MODELS": "none",
+            "TRISERVE_GATEWAY_MANAGEMENT_KEY_FILE": str(tmp_path / "key"),
+            "TMPDIR": str(tmp_path),
+        }
+        return subprocess.run([python_exe(), "-m", "triserve_gateway"], env=env, capture_output=True,
+                              timeout=60, check=False)
